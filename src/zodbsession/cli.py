@@ -1,0 +1,223 @@
+"""The ``zodbsession`` command line: serve, and maintain a live or offline database.
+
+A thin click layer: every command loads the settings once (``--config``,
+then ``ZODBSESSION_*`` variables), calls the Python API in ``server`` or
+``maintenance``, and turns our errors into one line on stderr and exit
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from zodbsession import maintenance
+from zodbsession.config import Settings, load_settings
+from zodbsession.errors import ZodbSessionError
+from zodbsession.manager import SessionManager
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+    help="Settings file [default: conf/zodbsession.toml if present].",
+)
+
+
+def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn zodbsession errors into one line on stderr and exit status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ZodbSessionError as exc:
+            click.echo(f"zodbsession: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _settings(config_path: str | None) -> Settings:
+    settings = load_settings(config_path)
+    logging.basicConfig(
+        level=settings.logging.level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return settings
+
+
+@contextmanager
+def _database(config_path: str | None) -> Iterator[tuple[Any, SessionManager]]:
+    settings = _settings(config_path)
+    db = settings.open_db()
+    try:
+        yield db, settings.session_manager()
+    finally:
+        db.close()
+
+
+@contextmanager
+def _progress(label: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+    """A progress bar on a terminal, silence elsewhere; yields a done-count callback."""
+    if not sys.stderr.isatty():
+        yield lambda done: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        shown = [0]
+
+        def update(done: int) -> None:
+            bar.update(done - shown[0])
+            shown[0] = done
+
+        yield update
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Transactional ZODB web sessions: serve them, inspect and maintain them."""
+
+
+@main.command()
+@config_option
+@click.option("--app", "app_spec", default=None, metavar="MODULE:CALLABLE",
+              help="Your WSGI application [default: server.app, else the demo app].")
+@_one_line_errors
+def serve(config_path: str | None, app_spec: str | None) -> None:
+    """Serve a WSGI application inside the session publisher."""
+    from zodbsession.server import serve as run_server
+
+    settings = _settings(config_path)
+    run_server(settings, app_spec=app_spec, config_name=config_path or _default_config_name())
+
+
+def _default_config_name() -> str:
+    from zodbsession.config import DEFAULT_PATH
+
+    return str(DEFAULT_PATH) if DEFAULT_PATH.is_file() else "built-in defaults"
+
+
+@main.command()
+@config_option
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Index entries per transaction [default: janitor.batch_size].")
+@_one_line_errors
+def expire(config_path: str | None, batch_size: int | None) -> None:
+    """Remove every session whose idle timeout or lifetime has passed."""
+    with _database(config_path) as (db, manager), _progress("expiring") as progress:
+        removed = maintenance.expire_sessions(db, manager, batch_size=batch_size or 500,
+                                              progress=progress)
+    click.echo(f"expired {removed} session(s)")
+
+
+@main.command()
+@config_option
+@click.option("--days", default=0.0, type=click.FloatRange(min=0), show_default=True,
+              help="Keep history newer than this many days.")
+@click.option("--database", type=click.Choice(["main", "sessions"]), default=None,
+              help="Which database [default: the sessions database, if separate].")
+@_one_line_errors
+def pack(config_path: str | None, days: float, database: str | None) -> None:
+    """Pack a database, dropping old revisions and unreachable objects."""
+    with _database(config_path) as (db, _manager):
+        result = maintenance.pack(db, days=days, database=database)
+    click.echo(str(result))
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_one_line_errors
+def stats(config_path: str | None, as_json: bool) -> None:
+    """Show how many sessions there are, live and expired, and the database's size."""
+    with _database(config_path) as (db, manager):
+        figures = maintenance.stats(db, manager).as_dict()
+    if as_json:
+        click.echo(json.dumps(figures, indent=2, sort_keys=True))
+    else:
+        width = max(map(len, figures))
+        for key, value in figures.items():
+            click.echo(f"{key:<{width}}  {value}")
+
+
+@main.command(name="ls")
+@config_option
+@click.option("--user", default=None, help="Only this user's sessions.")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, one object per line.")
+@_one_line_errors
+def list_command(config_path: str | None, user: str | None, limit: int | None,
+                 as_json: bool) -> None:
+    """List sessions' bookkeeping (never their data)."""
+    with _database(config_path) as (db, manager):
+        for info in maintenance.list_sessions(db, manager, user=user, limit=limit):
+            if as_json:
+                click.echo(json.dumps(info.as_dict(), sort_keys=True))
+            else:
+                click.echo(f"{info.id}  {info.user_id or '-':<16}  last {_when(info.last_access)}"
+                           f"  {'live' if info.live else 'expired'}")
+
+
+@main.command()
+@config_option
+@click.argument("session_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_one_line_errors
+def show(config_path: str | None, session_id: str, as_json: bool) -> None:
+    """Show one session: its bookkeeping and its data."""
+    with _database(config_path) as (db, manager):
+        detail = maintenance.show_session(db, manager, session_id)
+    figures = detail.as_dict()
+    if as_json:
+        click.echo(json.dumps(figures, indent=2, sort_keys=True, default=str))
+    else:
+        for key, value in figures.items():
+            click.echo(f"{key}: {value}")
+
+
+@main.command()
+@config_option
+@click.argument("session_id", required=False)
+@click.option("--user", default=None, help="Revoke every session of this user.")
+@click.option("--all", "revoke_everything", is_flag=True, help="Revoke every session.")
+@_one_line_errors
+def revoke(config_path: str | None, session_id: str | None, user: str | None,
+           revoke_everything: bool) -> None:
+    """End one session, all of one user's, or all of them."""
+    if sum(map(bool, (session_id, user, revoke_everything))) != 1:
+        raise click.UsageError("give exactly one of SESSION_ID, --user U or --all")
+    with _database(config_path) as (db, manager):
+        if session_id:
+            if not maintenance.revoke(db, manager, session_id):
+                click.echo(f"zodbsession: no session {session_id}", err=True)
+                sys.exit(1)
+            click.echo("revoked 1 session")
+        elif user:
+            click.echo(f"revoked {maintenance.revoke_user(db, manager, user)} session(s)")
+        else:
+            with _progress("revoking") as progress:
+                count = maintenance.revoke_all(db, manager, progress=progress)
+            click.echo(f"revoked {count} session(s)")
+
+
+@main.command()
+@config_option
+@_one_line_errors
+def verify(config_path: str | None) -> None:
+    """Check the storage's integrity with ZODB's own checkers."""
+    with _database(config_path) as (db, _manager):
+        report = maintenance.verify(db)
+    click.echo(str(report))
+    sys.exit(0 if report.sound else 1)

@@ -1,0 +1,85 @@
+"""The exceptions zodbsession raises: one root, one class per situation.
+
+Each class also inherits the builtin a caller would naturally catch
+(``KeyError`` for a missing session, ``ValueError`` for bad configuration), so
+code that does not know about zodbsession still handles them sensibly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ZodbSessionError(Exception):
+    """The root of every error zodbsession raises on purpose."""
+
+
+class ConfigError(ZodbSessionError, ValueError):
+    """A setting is unknown, of the wrong type or out of range."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}")
+
+
+class StorageURIError(ZodbSessionError, ValueError):
+    """A storage URI names no known scheme or carries options ZODB rejects."""
+
+
+class DatabaseLocked(ZodbSessionError, RuntimeError):
+    """An embedded FileStorage is held open, and locked, by another process."""
+
+
+class SessionNotFound(ZodbSessionError, KeyError):
+    """No live session has the given id (it never existed, expired or was revoked)."""
+
+    def __str__(self) -> str:
+        # KeyError's str() is the repr of its argument; ours is a sentence.
+        return str(self.args[0]) if self.args else "no such session"
+
+
+class NoActiveRequest(ZodbSessionError, LookupError):
+    """The scoped registry was asked for the current session outside a request."""
+
+
+class PublishError(ZodbSessionError):
+    """An HTTP answer the application gives on purpose; the transaction commits.
+
+    Raise it (or a subclass) for a 4xx answer or a redirect whose session
+    changes must survive: a flash message set before a redirect, a counter of
+    failed logins. Anything else that escapes the application aborts.
+    """
+
+    status: str = "400 Bad Request"
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        status: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        self.message = message
+        self.headers = list(headers)
+
+
+class Redirect(PublishError):
+    """Send the client elsewhere (303 See Other by default) and commit."""
+
+    status = "303 See Other"
+
+    def __init__(self, location: str, *, status: str | None = None) -> None:
+        super().__init__("", status=status, headers=[("Location", location)])
+        self.location = location
+
+
+class CommitOutcomeUnknown(ZodbSessionError):
+    """The storage went away during the two-phase commit's finish.
+
+    Whether the transaction was applied is unknown, so it is not retried
+    blindly: a retry could apply the same change twice.
+    """

@@ -1,0 +1,76 @@
+"""The janitor: a background thread in the server that expires stale sessions.
+
+Expiry that nobody schedules does not happen (Django's expired rows pile up
+until someone runs ``clearsessions``), so the server ships with it running.
+The sweep commits in small batches on a connection of its own, so requests
+are held up by at most one small commit, and no request ever pays for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import transaction
+from ZODB import DB
+
+from zodbsession.manager import SessionManager
+
+log = logging.getLogger(__name__)
+
+
+class Janitor:
+    """Runs ``SessionManager.expire`` every *interval* seconds until stopped.
+
+    Threading: ``start`` and ``stop`` may be called from any thread; the
+    sweep itself runs on the janitor's own daemon thread and connection.
+    """
+
+    def __init__(self, db: DB, manager: SessionManager, *, interval: float,
+                 batch_size: int = 500) -> None:
+        self.db = db
+        self.manager = manager
+        self.interval = interval
+        self.batch_size = batch_size
+        self.last_run: float | None = None
+        self.last_removed = 0
+        self.last_duration = 0.0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="zodbsession-janitor", daemon=True)
+
+    def start(self) -> Janitor:
+        """Start sweeping (no-op when the interval is 0: the janitor is disabled)."""
+        if self.interval > 0:
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask the janitor to stop and wait for its current batch to finish."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def sweep(self) -> int:
+        """Run one sweep now, on a connection of its own; returns how many expired."""
+        started = time.monotonic()
+        connection = self.db.open(transaction_manager=transaction.TransactionManager())
+        try:
+            removed = self.manager.expire(connection, batch_size=self.batch_size)
+        finally:
+            connection.close()
+        self.last_run = time.time()
+        self.last_removed = removed
+        self.last_duration = time.monotonic() - started
+        if removed:
+            log.info("janitor expired %d session(s) in %.3f s", removed, self.last_duration)
+        return removed
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval):
+            try:
+                self.sweep()
+            except Exception:
+                # A failed sweep (a storage hiccup, a conflict storm) is
+                # retried at the next interval; the server keeps serving.
+                log.exception("janitor sweep failed; will try again in %s s", self.interval)

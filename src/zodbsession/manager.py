@@ -1,0 +1,291 @@
+"""``SessionManager``: the session policy an application or a script holds.
+
+The manager owns the rules (timeouts, access resolution, the clock) and the
+lifecycle verbs: find, create, rotate, revoke, expire, and the classic
+``save_changes`` / ``forget_changes`` pair. It keeps no connection of its own:
+every verb works on the connection it is given, or on the one the session was
+loaded through, so one manager serves every thread of a server and any
+maintenance script alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Protocol
+
+from transaction.interfaces import TransientError
+from ZODB.Connection import Connection
+
+from zodbsession.errors import ConfigError
+from zodbsession.session import Session, ids_equal, is_well_formed_id, new_session_id
+from zodbsession.store import SessionContainer, get_container
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+class Progress(Protocol):
+    """What long maintenance work reports to: called with the count done so far."""
+
+    def __call__(self, done: int) -> None: ...
+
+
+def _no_progress(done: int) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class SessionManager:
+    """Finds, creates, rotates, revokes and expires sessions.
+
+    Timeouts are in seconds. ``idle_timeout`` ends a session that has not been
+    used for that long; ``max_lifetime`` ends any session that old, used or
+    not. ``access_resolution`` bounds how often a read records the access
+    time: a session whose recorded access is younger than that is read with
+    no write at all, at the price of expiring up to that much early.
+
+    ``database`` names the database of a multi-database setup that holds the
+    sessions (None: the connection's own). The manager is immutable and
+    thread-safe; the sessions it returns belong to the caller's connection.
+    """
+
+    idle_timeout: float = 1800.0
+    max_lifetime: float = 8 * 3600.0
+    access_resolution: float = 60.0
+    database: str | None = None
+    clock: Clock = field(default=time.time, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("idle_timeout", "max_lifetime"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(name, f"must be a positive number of seconds, not {getattr(self, name)!r}")
+        if not 0 <= self.access_resolution < self.idle_timeout:
+            raise ConfigError(
+                "access_resolution",
+                f"must be at least 0 and below idle_timeout ({self.idle_timeout}), "
+                f"not {self.access_resolution!r}",
+            )
+
+    # -- finding and creating ---------------------------------------------
+
+    def container(self, connection: Connection, *, create: bool = True) -> SessionContainer | None:
+        """The session container reachable from *connection*."""
+        if self.database is not None:
+            connection = connection.get_connection(self.database)
+        return get_container(connection, create=create)
+
+    def is_live(self, session: Session, now: float | None = None) -> bool:
+        """Whether neither timeout has passed for *session*."""
+        now = self.clock() if now is None else now
+        return now < session.deadline(self.idle_timeout, self.max_lifetime)
+
+    def get(self, connection: Connection, session_id: object) -> Session | None:
+        """The live session with this id, or None; never raises for bad ids.
+
+        A malformed id costs no lookup. An expired session is never returned,
+        even before a sweep has removed it. The access time is recorded only
+        when the recorded one is older than ``access_resolution``, so most
+        reads write nothing.
+        """
+        if not is_well_formed_id(session_id):
+            return None
+        container = self.container(connection, create=False)
+        if container is None:
+            return None
+        session = container.get(session_id)
+        if session is None or not ids_equal(session.id, session_id):
+            return None
+        now = self.clock()
+        if not self.is_live(session, now):
+            return None
+        session.touch(now, self.access_resolution)
+        return session
+
+    def new(self, connection: Connection, *, user_id: str | None = None) -> Session:
+        """A fresh session that is stored only when something is written to it."""
+        session = Session(new_session_id(), self.clock(), user_id=user_id)
+
+        def attach(session: Session) -> None:
+            container = self.container(connection)
+            # Add it through the connection of the database holding the
+            # container: in a multi-database, adding it to the main connection
+            # stored the session in the main database, behind a cross-database
+            # reference, instead of in the sessions database.
+            home = connection
+            if self.database is not None:
+                home = connection.get_connection(self.database)
+            home.add(session)
+            container.add(session, self._deadline(session))
+
+        session._v_attach = attach
+        return session
+
+    # -- changing identity ---------------------------------------------------
+
+    def rotate(self, session: Session) -> Session:
+        """Give *session* a new id, keeping its data: the defence against fixation.
+
+        The old id is dead afterwards. A transient session just gets a new id.
+        """
+        new_id = new_session_id()
+        if session.is_stored:
+            container = self._container_of(session)
+            container.rename(session, new_id, self._deadline(session))
+        else:
+            session.id = new_id
+        return session
+
+    def set_user(self, session: Session, user_id: str | None) -> None:
+        """Record who owns *session* (None: nobody), keeping the user index."""
+        if session.is_stored:
+            self._container_of(session).set_user(session, user_id)
+        else:
+            session.user_id = user_id
+            if user_id is not None:
+                # Owning a session is a write: a login that stores no data
+                # must still survive the request, and be found by revoke_user.
+                session.changed()
+
+    def invalidate(self, session: Session) -> None:
+        """End *session* on the server: its id no longer finds anything."""
+        session._v_attach = None
+        if session.is_stored and session.id in self._container_of(session).sessions:
+            self._remove(self._container_of(session), session)
+
+    def revoke(self, connection: Connection, session_id: str) -> bool:
+        """End the session with this id; returns whether there was one."""
+        container = self.container(connection, create=False)
+        session = container.get(session_id) if container is not None else None
+        if session is None:
+            return False
+        self._remove(container, session)
+        return True
+
+    def revoke_user(self, connection: Connection, user_id: str) -> int:
+        """End every session of one user; returns how many there were."""
+        container = self.container(connection, create=False)
+        if container is None:
+            return 0
+        ids = container.user_session_ids(user_id)
+        for session_id in ids:
+            self._remove(container, container.sessions[session_id])
+        return len(ids)
+
+    # -- the Quixote persistence interface -----------------------------------
+
+    def save_changes(self, session: Any) -> None:
+        """Save the changes made to *session* in this transaction.
+
+        With ZODB the transaction's commit does the saving; this only marks
+        the session changed, which matters after mutating a nested value in
+        place (``session["cart"].append(item)``). A transient session is
+        stored by it.
+        """
+        _unwrap(session).changed()
+
+    def forget_changes(self, session: Any) -> None:
+        """Forget every change of the current transaction, this session's included.
+
+        With ZODB this is an abort of the transaction the session was loaded
+        in: the application's other changes in it are forgotten as well.
+        """
+        session = _unwrap(session)
+        if session._p_jar is not None:
+            session._p_jar.transaction_manager.abort()
+        else:
+            session._data.clear()
+
+    # -- expiry -----------------------------------------------------------
+
+    def expire(
+        self,
+        connection: Connection,
+        *,
+        batch_size: int = 500,
+        max_attempts: int = 5,
+        progress: Progress = _no_progress,
+        now: float | None = None,
+    ) -> int:
+        """Remove sessions whose timeouts have passed; returns how many.
+
+        Works in transactions of *batch_size* index entries, committed on
+        *connection*'s transaction manager, so memory stays flat and requests
+        are held up by no more than one small commit. A batch that conflicts
+        with concurrent requests is retried, up to *max_attempts* times.
+        Each victim is re-checked inside the batch, so a session used
+        meanwhile survives; and the sweep reads it as current and rewrites it,
+        so a request that changes it concurrently conflicts instead of having
+        its change silently dropped with the deleted session.
+
+        Stopping between batches (Ctrl-C) leaves everything consistent:
+        committed batches stay done, the rest is found by the next sweep.
+        """
+        now = self.clock() if now is None else now
+        tm = connection.transaction_manager
+        removed = 0
+        while True:
+            for attempt in range(1, max_attempts + 1):
+                try:
+                    tm.begin()
+                    batch_removed, entries = self._expire_batch(connection, now, batch_size)
+                    tm.commit()
+                    break
+                except TransientError:
+                    tm.abort()
+                    if attempt == max_attempts:
+                        raise
+                    log.info("expiry batch conflicted (attempt %d), retrying", attempt)
+                except BaseException:
+                    tm.abort()
+                    raise
+            removed += batch_removed
+            progress(removed)
+            if entries < batch_size:
+                return removed
+
+    def _expire_batch(self, connection: Connection, now: float, batch_size: int) -> tuple[int, int]:
+        container = self.container(connection, create=False)
+        if container is None:
+            return 0, 0
+        entries = list(islice(container.due(now), batch_size))
+        removed = 0
+        for entry in entries:
+            container.expiry.remove(entry)
+            session = container.get(entry[1])
+            if session is None:
+                continue  # removed by revoke, rotation or logout meanwhile
+            deadline = self._deadline(session)
+            if deadline > now:
+                container.file_expiry(session.id, deadline)
+                continue
+            connection.readCurrent(session._last_access)
+            self._remove(container, session)
+            removed += 1
+        return removed, len(entries)
+
+    # -- helpers ----------------------------------------------------------
+
+    def _deadline(self, session: Session) -> float:
+        return session.deadline(self.idle_timeout, self.max_lifetime)
+
+    def _container_of(self, session: Session) -> SessionContainer:
+        return self.container(session._p_jar)
+
+    def _remove(self, container: SessionContainer, session: Session) -> None:
+        # Rewriting the victim makes a concurrent change to it conflict; a
+        # delete alone would let that change commit into an unreachable object.
+        session._p_activate()
+        session._p_changed = True
+        container.remove(session)
+
+
+def _unwrap(session: Any) -> Session:
+    """The persistent session behind a request's lazy view, or *session* itself."""
+    unwrap = getattr(session, "_zodbsession_unwrap", None)
+    return unwrap() if unwrap is not None else session
+

@@ -1,0 +1,147 @@
+"""The persistent ``Session`` and its ids.
+
+A session's state is split in two persistent records on purpose. The
+``Session`` itself holds what changes rarely and must never be merged (its id,
+owner and the application's data); its last-access time lives in a separate
+``zope.minmax.Maximum`` record, which ZODB resolves to the later of two
+concurrent values. Touching a session therefore rewrites a few bytes and never
+conflicts, while two concurrent changes to its data do conflict, as they must.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any
+
+from persistent import Persistent
+from zope.minmax import Maximum
+
+#: Bytes of randomness in a session id: 256 bits, twice the usual minimum.
+SESSION_ID_BYTES = 32
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}\Z")
+
+
+def new_session_id() -> str:
+    """Return a fresh, URL-safe session id with 256 bits from ``secrets``."""
+    return secrets.token_urlsafe(SESSION_ID_BYTES)
+
+
+def is_well_formed_id(value: object) -> bool:
+    """Tell whether *value* has the shape of an id we issue.
+
+    Anything else (wrong length, other characters, not a string) is rejected
+    before it reaches the database, so a hostile cookie costs no lookup.
+    """
+    return isinstance(value, str) and _SESSION_ID.match(value) is not None
+
+
+def ids_equal(a: str, b: str) -> bool:
+    """Compare two session ids in constant time."""
+    # UTF-8, not ASCII with "replace": that mapped every non-ASCII character
+    # to "?", so "é" and "?" compared equal.
+    return hmac.compare_digest(
+        a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass")
+    )
+
+
+class Session(Persistent, MutableMapping[str, Any]):
+    """One user's session: bookkeeping plus the application's data mapping.
+
+    Use it as a mapping (``session["cart"] = [...]``). Assigning or deleting a
+    key marks the session changed; mutating a nested value in place does not,
+    so call ``SessionManager.save_changes(session)`` (or ``changed()``) after
+    doing that.
+
+    A session made by ``SessionManager.new`` is *transient*: nothing is stored
+    until the first write, which attaches it to the container. Reading, or
+    merely creating, a session therefore writes nothing to the database.
+
+    Threading: like every persistent object, a session belongs to the one
+    connection (and so the one thread or task) that loaded it.
+    """
+
+    # Class-level defaults keep old pickles loadable when attributes are added.
+    user_id: str | None = None
+
+    def __init__(self, session_id: str, created: float, user_id: str | None = None) -> None:
+        self.id = session_id
+        self.created = created
+        self.user_id = user_id
+        self._data: dict[str, Any] = {}
+        self._last_access = Maximum(created)
+        # Called once, on the first write of a transient session, to store it.
+        self._v_attach: Callable[[Session], None] | None = None
+
+    # -- bookkeeping -------------------------------------------------------
+
+    @property
+    def last_access(self) -> float:
+        """When the session was last used, to within the access resolution."""
+        return self._last_access.value
+
+    def touch(self, now: float, resolution: float) -> bool:
+        """Record an access at *now* unless the recorded one is recent enough.
+
+        Returns whether anything was written. Only the small ``Maximum``
+        record changes, and concurrent touches merge to the later time.
+        """
+        if now - self._last_access.value < resolution:
+            return False
+        self._last_access.value = now
+        return True
+
+    def deadline(self, idle_timeout: float, max_lifetime: float) -> float:
+        """The moment this session stops being live, by either timeout."""
+        return min(self._last_access.value + idle_timeout, self.created + max_lifetime)
+
+    @property
+    def is_stored(self) -> bool:
+        """Whether the session is in a container (or will be at commit)."""
+        return self._p_jar is not None
+
+    # -- the application's data -------------------------------------------
+
+    def changed(self) -> None:
+        """Mark the session's data changed, storing a transient session."""
+        attach = getattr(self, "_v_attach", None)
+        if attach is not None:
+            self._v_attach = None
+            attach(self)
+        self._p_changed = True
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._data[key] = value
+        self.changed()
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+        self.changed()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def clear(self) -> None:
+        """Remove all data with a single write (MutableMapping's pops one by one)."""
+        if self._data:
+            self._data.clear()
+            self.changed()
+
+    def data(self) -> dict[str, Any]:
+        """A shallow copy of the application's data, for display or JSON."""
+        return dict(self._data)
+
+    def __repr__(self) -> str:
+        # Never the data, never the whole id: reprs end up in logs.
+        return f"<Session {self.id[:8]}... user={self.user_id!r}>"

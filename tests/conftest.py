@@ -1,0 +1,156 @@
+"""Shared fixtures: real ZODB databases, connections with their own transaction
+managers, a fake clock, and a storage-load counter.
+
+Everything here is a real ZODB object; nothing is mocked. The load counter
+wraps one storage instance's ``load``/``loadBefore`` to count records read,
+which measures the code under test without replacing any of it.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterator
+
+import pytest
+import transaction
+from ZODB import DB
+from ZODB.Connection import Connection
+from ZODB.FileStorage import FileStorage
+from ZODB.MappingStorage import MappingStorage
+from ZODB.utils import get_pickle_metadata
+
+from zodbsession.manager import SessionManager
+
+#: A moment far from zero and from any slot edge, so slot arithmetic is exercised.
+EPOCH = 1_700_000_000.0
+
+
+class FakeClock:
+    """A clock the test moves by hand; call it to read the time."""
+
+    def __init__(self, now: float = EPOCH) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+    def set(self, now: float) -> float:
+        self.now = now
+        return now
+
+
+class LoadCounter:
+    """Counts the records a storage instance hands out, by class name.
+
+    Install it on a storage before handing the storage to ``ZODB.DB``; every
+    object a connection loads goes through ``loadBefore`` (or ``load``).
+    """
+
+    def __init__(self, storage: object) -> None:
+        self.by_class: collections.Counter[str] = collections.Counter()
+        self.oids: list[bytes] = []
+        self.active = False
+        for name in ("load", "loadBefore"):
+            original = getattr(storage, name)
+            setattr(storage, name, self._wrap(original))
+
+    def _wrap(self, original: Callable) -> Callable:
+        def counted(oid, *args, **kwargs):
+            result = original(oid, *args, **kwargs)
+            if self.active and result is not None:
+                module, klass = get_pickle_metadata(result[0])
+                self.by_class[klass] += 1
+                self.oids.append(oid)
+            return result
+
+        return counted
+
+    def reset(self) -> None:
+        self.by_class.clear()
+        self.oids.clear()
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_class.values())
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A mutable fake clock starting at ``EPOCH``."""
+    return FakeClock()
+
+
+@pytest.fixture
+def manager(clock: FakeClock) -> SessionManager:
+    """A manager with the default timeouts on the fake clock."""
+    return SessionManager(clock=clock)
+
+
+@pytest.fixture
+def memory_db() -> Iterator[DB]:
+    """A ZODB database on a MappingStorage."""
+    database = DB(MappingStorage())
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def db_path(tmp_path) -> str:
+    """Where the ``db`` fixture keeps its FileStorage."""
+    return str(tmp_path / "Data.fs")
+
+
+@pytest.fixture
+def db(db_path: str) -> Iterator[DB]:
+    """A ZODB database on a temporary FileStorage."""
+    database = DB(FileStorage(db_path))
+    yield database
+    database.close()
+
+
+def open_connection(database: DB, *, explicit: bool = False) -> Connection:
+    """Open a connection of *database* with a transaction manager of its own."""
+    return database.open(transaction.TransactionManager(explicit=explicit))
+
+
+@pytest.fixture
+def connect() -> Iterator[Callable[..., Connection]]:
+    """A factory of connections, each with its own transaction manager.
+
+    Every connection it opened is aborted and closed at teardown, so a test
+    that fails half-way does not leave a database that refuses to close.
+    """
+    opened: list[Connection] = []
+
+    def _connect(database: DB, *, explicit: bool = False) -> Connection:
+        conn = open_connection(database, explicit=explicit)
+        opened.append(conn)
+        return conn
+
+    yield _connect
+    for conn in opened:
+        if conn.opened:
+            conn.transaction_manager.abort()
+            conn.close()
+
+
+@pytest.fixture
+def conn(db: DB, connect) -> Connection:
+    """One connection to the FileStorage ``db``."""
+    return connect(db)
+
+
+@pytest.fixture
+def memory_conn(memory_db: DB, connect) -> Connection:
+    """One connection to the MappingStorage ``memory_db``."""
+    return connect(memory_db)
+
+
+@pytest.fixture
+def load_counter() -> type[LoadCounter]:
+    """The ``LoadCounter`` class, to install on a storage the test opens."""
+    return LoadCounter

@@ -1,0 +1,135 @@
+"""``zodbsession serve`` as a real process on loopback, driven over HTTP."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+
+import pytest
+
+from serverproc import Client, ServerProcess, run_cli
+
+
+@pytest.fixture
+def env(tmp_path):
+    """Settings for a server whose database lives in this test's directory."""
+    return {
+        "ZODBSESSION_STORAGE_URI": f"file://{tmp_path}/Data.fs",
+        "ZODBSESSION_SERVER_THREADS": "4",
+        "ZODBSESSION_STORAGE_POOL_SIZE": "4",
+    }
+
+
+def test_counter_persists_across_requests_and_restarts(tmp_path, env):
+    with ServerProcess(tmp_path, env) as server:
+        client = Client(server.url)
+        assert client.json("POST", "/api/counter") == (200, {"count": 1})
+        assert client.json("POST", "/api/counter") == (200, {"count": 2})
+        cookie = client.cookie()
+        assert cookie
+    assert server.process.returncode == 0, server.log()
+    with ServerProcess(tmp_path, env) as server:
+        client.base_url = server.url
+        assert client.json("POST", "/api/counter") == (200, {"count": 3})
+        assert client.cookie() == cookie
+
+
+def test_failing_request_leaves_no_trace(tmp_path, env):
+    with ServerProcess(tmp_path, env) as server:
+        client = Client(server.url)
+        client.json("POST", "/api/counter")
+        status, body = client.json("POST", "/api/fail")
+        assert status == 500
+        assert "Traceback" not in str(body)
+        status, session = client.json("GET", "/api/session")
+    assert status == 200
+    assert session["data"]["count"] == 1
+    assert "aborted" in server.log()
+
+
+def test_reading_the_session_sets_no_cookie(tmp_path, env):
+    with ServerProcess(tmp_path, env) as server:
+        client = Client(server.url)
+        status, headers, _body = client.request("GET", "/api/session")
+    assert status == 200
+    assert "Set-Cookie" not in headers
+
+
+def test_janitor_removes_expired_sessions(tmp_path, env):
+    env = {**env, "ZODBSESSION_SESSIONS_IDLE_TIMEOUT": "1",
+           "ZODBSESSION_SESSIONS_ACCESS_RESOLUTION": "0",
+           "ZODBSESSION_JANITOR_INTERVAL": "0.5"}
+    with ServerProcess(tmp_path, env) as server:
+        for _ in range(3):
+            Client(server.url).json("POST", "/api/counter")
+        deadline = time.monotonic() + 40
+        while "janitor expired 3 session(s)" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.25)
+    assert "janitor expired 3 session(s)" in server.log()
+    result = run_cli("stats", "--json", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert '"stored": 0' in result.stdout.replace(" ", "").replace('":', '": ') or \
+        '"stored_sessions": 0' in result.stdout
+
+
+def test_sigterm_lets_the_request_in_flight_finish(tmp_path, env):
+    (tmp_path / "slowapp.py").write_text(textwrap.dedent('''
+        import time
+
+        def app(environ, start_response):
+            session = environ["zodbsession.session"]
+            session["n"] = session.get("n", 0) + 1
+            time.sleep(1.5)
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [str(session["n"]).encode()]
+    '''))
+    env = {**env, "PYTHONPATH": str(tmp_path)}
+    server = ServerProcess(tmp_path, env, "--app", "slowapp:app").start()
+    try:
+        result = {}
+        client = Client(server.url)
+        worker = threading.Thread(target=lambda: result.update(r=client.request("GET", "/")))
+        worker.start()
+        time.sleep(0.5)  # the request is now inside the application
+        assert server.stop() == 0
+        worker.join(30)
+    finally:
+        server.kill()
+    status, _headers, body = result["r"]
+    assert (status, body) == (200, b"1")
+    assert "finishing requests in flight" in server.log()
+    assert "database closed" in server.log()
+
+
+def test_bad_config_value_exits_2_naming_the_key(tmp_path, env):
+    result = run_cli("serve", env={**env, "ZODBSESSION_SERVER_THREADS": "0"}, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "server.threads" in lines[0]
+
+
+def test_bad_config_file_exits_2_naming_the_key(tmp_path, env):
+    config = tmp_path / "bad.toml"
+    config.write_text('[sessions]\nidle_timout = 60\n')
+    result = run_cli("stats", "--config", str(config), env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "sessions.idle_timout" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_app_exits_2_naming_it(tmp_path, env):
+    result = run_cli("serve", "--app", "no_such_module:app", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no_such_module" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_command_on_a_database_held_by_the_server_says_so(tmp_path, env):
+    with ServerProcess(tmp_path, env):
+        result = run_cli("stats", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "in use by another process" in lines[0]
