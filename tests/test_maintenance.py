@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from ZODB import DB
 from ZODB.FileStorage import FileIterator
+from ZODB.utils import get_pickle_metadata
 
 from zodbsession import maintenance
 from zodbsession.db import open_db
@@ -42,9 +43,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def manager(clock: FakeClock) -> SessionManager:
-    return SessionManager(
-        idle_timeout=IDLE, max_lifetime=LIFETIME, access_resolution=10, clock=clock
-    )
+    return SessionManager(idle_timeout=IDLE, max_lifetime=LIFETIME, access_resolution=10, clock=clock)
 
 
 @pytest.fixture
@@ -171,9 +170,7 @@ def test_pack_shrinks_the_file_after_churn_and_keeps_live_sessions(tmp_path, man
 
 def test_pack_of_a_multi_database_packs_only_the_sessions_database(tmp_path, clock):
     main_path, sessions_path = tmp_path / "main.fs", tmp_path / "sessions.fs"
-    manager = SessionManager(
-        idle_timeout=IDLE, max_lifetime=LIFETIME, database="sessions", clock=clock
-    )
+    manager = SessionManager(idle_timeout=IDLE, max_lifetime=LIFETIME, database="sessions", clock=clock)
     db = open_db(f"file://{main_path}", sessions_uri=f"file://{sessions_path}")
     try:
         for round_ in range(10):  # churn in main too, so packing it would shrink it
@@ -235,6 +232,32 @@ def test_stats_match_a_known_population(db, manager, clock):
     assert database.storage_class == "ZODB.FileStorage.FileStorage.FileStorage"
     assert database.last_pack is None
     json.dumps(figures.as_dict())
+
+
+def test_stats_read_only_the_due_sessions(db, manager, clock):
+    """Counting the expired loads the sessions due for expiry, not every session."""
+    populate(db, manager, 4)
+    clock.now += IDLE - 60
+    populate(db, manager, 300)
+    clock.now += 120
+    db.cacheMinimize()
+    loaded: list[str] = []
+    storage = db.storage
+    load_before = storage.loadBefore
+
+    def counting_load_before(oid, tid):
+        result = load_before(oid, tid)
+        if result is not None:
+            loaded.append(get_pickle_metadata(result[0])[1])
+        return result
+
+    storage.loadBefore = counting_load_before
+    try:
+        figures = maintenance.stats(db, manager)
+    finally:
+        del storage.loadBefore
+    assert (figures.expired_sessions, figures.live_sessions) == (4, 300)
+    assert loaded.count("Session") == 4
 
 
 def test_stats_report_the_last_pack(db, manager):
@@ -547,9 +570,7 @@ def test_verify_says_a_corrupt_container_is_not_sound(db, manager, damage):
 
 
 def test_verify_finds_a_container_in_a_multi_database(tmp_path, clock):
-    manager = SessionManager(
-        idle_timeout=IDLE, max_lifetime=LIFETIME, database="sessions", clock=clock
-    )
+    manager = SessionManager(idle_timeout=IDLE, max_lifetime=LIFETIME, database="sessions", clock=clock)
     db = open_db(f"file://{tmp_path}/main.fs", sessions_uri=f"file://{tmp_path}/sessions.fs")
     try:
         populate(db, manager, 5, users=("ann",))

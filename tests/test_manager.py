@@ -457,6 +457,7 @@ def test_expire_removes_exactly_the_expired_sessions(manager, db, connect, clock
     assert sorted(container.sessions.keys()) == sorted(s.id for s in young)
     assert len(container) == 5
     assert all(manager.get(reader, s.id) is not None for s in young)
+    assert all(container.get(s.id) is None for s in old)
 
 
 def test_expire_refiles_live_sessions_whose_entry_came_due(manager, db, connect, clock):
@@ -584,3 +585,19 @@ def test_expire_cost_is_proportional_to_due_entries(tmp_path, connect, clock, lo
         conn.transaction_manager.abort()
         conn.close()
         database.close()
+
+
+def test_forget_changes_on_a_session_first_written_in_this_transaction(manager, db, connect):
+    """The abort empties it, and a later write still stores it."""
+    conn = connect(db)
+    session = manager.new(conn)
+    session["a"] = 1
+    manager.forget_changes(session)
+    assert len(session) == 0
+    assert not session.is_stored
+    conn.transaction_manager.commit()
+    assert get_container(conn, create=False) is None
+
+    session["b"] = 2
+    conn.transaction_manager.commit()
+    assert manager.get(connect(db), session.id).data() == {"b": 2}

@@ -181,6 +181,7 @@ def environ_for(method: str = "GET", body: bytes = b"", **extra: Any) -> dict[st
     environ: dict[str, Any] = {"REQUEST_METHOD": method}
     wsgiref.util.setup_testing_defaults(environ)
     environ["wsgi.input"] = io.BytesIO(body)
+    environ.setdefault("QUERY_STRING", "")
     if body:
         environ["CONTENT_LENGTH"] = str(len(body))
     environ.update(extra)
@@ -347,6 +348,30 @@ def test_forget_changes_mid_request_goes_on_in_a_fresh_transaction(database):
     assert response.text == "late"
     assert stored(database) == {issued_id(response): {"late": 2}}
     assert app_value(database) == 0
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["buffered", "streaming"])
+def test_write_callable_output_comes_before_the_iterable(database, streaming):
+    def app(environ, start_response):
+        write = start_response("200 OK", TEXT)
+        write(b"written;")
+        environ["zodbsession.session"]["x"] = 1
+        return [b"returned"]
+
+    response = client(publisher(app, database, streaming=streaming)).get("/")
+    assert response.body == b"written;returned"
+    assert stored(database) == {issued_id(response): {"x": 1}}
+
+
+def test_app_that_never_calls_start_response_gets_500_and_aborts(database):
+    def app(environ, start_response):
+        environ["zodbsession.session"]["x"] = 1
+        return [b"forgot the status"]
+
+    response = request(client(SessionPublisher(app, database)))
+    assert response.status_int == 500
+    assert response.body == b"internal server error"
+    assert stored(database) == {}
 
 
 # -- retries -------------------------------------------------------------------
@@ -1085,15 +1110,25 @@ def test_joined_publisher_leaves_the_outer_transaction_alone(database, thread_tr
     assert registry.has() is False
 
 
-def test_joined_outer_abort_discards_the_session_change(database, thread_transaction):
+@pytest.mark.parametrize("failure", ["5xx", "exception"])
+def test_joined_outer_abort_discards_the_session_change(database, thread_transaction, failure):
     def action(environ):
         environ["zodbsession.session"]["x"] = 1
+        environ["zodbsession.connection"].root()["app"] = 9
+        if failure == "exception":
+            raise RuntimeError("boom")
         return "ok"
 
     pub = publisher(app_from(action, status="500 Oops"), database, join_outer_transaction=True)
-    response = webtest.TestApp(outer_tm(pub, [])).get("/", status=500)
-    assert response.status_int == 500
+    testapp = webtest.TestApp(outer_tm(pub, []))
+    if failure == "exception":
+        with pytest.raises(RuntimeError, match="boom"):  # the outer layer owns errors
+            testapp.get("/")
+    else:
+        assert testapp.get("/", status=500).status_int == 500
+    assert registry.has() is False
     assert stored(database) == {}
+    assert app_value(database) == 0
     assert open_connections(database) == []
 
 

@@ -54,9 +54,10 @@ def _settings(config_path: str | None) -> Settings:
 
 
 @contextmanager
-def _database(config_path: str | None) -> Iterator[tuple[Any, SessionManager]]:
+def _database(config_path: str | None, *, read_only: bool = False
+              ) -> Iterator[tuple[Any, SessionManager]]:
     settings = _settings(config_path)
-    db = settings.open_db()
+    db = settings.open_db(read_only=read_only)
     try:
         yield db, settings.session_manager()
     finally:
@@ -133,7 +134,8 @@ def pack(config_path: str | None, days: float, database: str | None) -> None:
     """Pack a database, dropping old revisions and unreachable objects."""
     with _database(config_path) as (db, _manager):
         result = maintenance.pack(db, days=days, database=database)
-    click.echo(str(result))
+    click.echo(f"packed {result.database} ({result.path or result.storage_class}): "
+               f"{result.size_before} -> {result.size_after} bytes in {result.duration:.2f} s")
 
 
 @main.command()
@@ -143,13 +145,18 @@ def pack(config_path: str | None, days: float, database: str | None) -> None:
 def stats(config_path: str | None, as_json: bool) -> None:
     """Show how many sessions there are, live and expired, and the database's size."""
     with _database(config_path) as (db, manager):
-        figures = maintenance.stats(db, manager).as_dict()
+        figures = maintenance.stats(db, manager)
     if as_json:
-        click.echo(json.dumps(figures, indent=2, sort_keys=True))
-    else:
-        width = max(map(len, figures))
-        for key, value in figures.items():
-            click.echo(f"{key:<{width}}  {value}")
+        click.echo(json.dumps(figures.as_dict(), indent=2, sort_keys=True))
+        return
+    click.echo(f"live sessions     {figures.live_sessions}")
+    click.echo(f"expired sessions  {figures.expired_sessions} (the next sweep removes them)")
+    click.echo(f"stored sessions   {figures.stored_sessions}")
+    click.echo(f"users             {figures.users}")
+    for database in figures.databases:
+        click.echo(f"database {database.name}: {database.storage_class} {database.storage_name}, "
+                   f"{database.size_bytes} bytes, last pack {_when(database.last_pack)}, "
+                   f"{database.cached_objects} cached objects")
 
 
 @main.command(name="ls")
@@ -217,7 +224,14 @@ def revoke(config_path: str | None, session_id: str | None, user: str | None,
 @_one_line_errors
 def verify(config_path: str | None) -> None:
     """Check the storage's integrity with ZODB's own checkers."""
-    with _database(config_path) as (db, _manager):
+    with _database(config_path, read_only=True) as (db, _manager):
         report = maintenance.verify(db)
-    click.echo(str(report))
+    for check in report.checks:
+        click.echo(f"{check.outcome:<8} {check.database}: {check.name}"
+                   + (f" ({check.detail})" if check.detail else ""))
+    for note in report.notes:
+        click.echo(f"note     {note}")
+    for problem in report.problems:
+        click.echo(f"PROBLEM  {problem}")
+    click.echo("the storage is sound" if report.sound else "the storage is NOT sound")
     sys.exit(0 if report.sound else 1)

@@ -169,12 +169,13 @@ class Settings:
             clock=clock,
         )
 
-    def open_db(self, **db_options: Any) -> DB:
+    def open_db(self, *, read_only: bool = False, **db_options: Any) -> DB:
         """Open the [storage] database(s); extra keywords go to ``ZODB.DB``."""
         return _open_db(
             self.storage.uri,
             sessions_uri=self.storage.sessions_uri or None,
             pool_size=self.storage.pool_size,
+            read_only=read_only,
             **db_options,
         )
 

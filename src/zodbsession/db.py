@@ -28,6 +28,7 @@ def open_db(
     *,
     sessions_uri: str | None = None,
     pool_size: int | None = None,
+    read_only: bool = False,
     **db_options: Any,
 ) -> DB:
     """Open the database a URI names; with *sessions_uri*, a multi-database.
@@ -37,13 +38,19 @@ def open_db(
     *sessions_uri* is given, the returned DB is the main one and
     ``db.databases[SESSIONS_DATABASE]`` holds the sessions.
 
+    *read_only* opens file:// storages read-only: no lock is taken, and a
+    damaged file is not silently truncated on opening (what ``verify`` needs).
+
     Raises ``StorageURIError`` for a URI that cannot be resolved and
     ``DatabaseLocked`` for a FileStorage another process has open.
     """
+    if read_only:
+        uri = _read_only(uri)
+        sessions_uri = _read_only(sessions_uri) if sessions_uri else sessions_uri
     if pool_size is not None:
         db_options["pool_size"] = pool_size
     databases: dict[str, DB] = {}
-    main = _open_one(uri, MAIN_DATABASE if sessions_uri else None, databases, db_options)
+    main = _open_one(uri, MAIN_DATABASE, databases, db_options)
     if sessions_uri:
         try:
             _open_one(sessions_uri, SESSIONS_DATABASE, databases, db_options)
@@ -54,15 +61,10 @@ def open_db(
 
 
 def _open_one(
-    uri: str, name: str | None, databases: dict[str, DB], db_options: dict[str, Any]
+    uri: str, name: str, databases: dict[str, DB], db_options: dict[str, Any]
 ) -> DB:
     factory, uri_options = _resolve(uri)
-    options = {**uri_options, **db_options}
-    if name is not None:
-        options["database_name"] = name
-        options["databases"] = databases
-    else:
-        options.pop("database_name", None)
+    options = {**uri_options, **db_options, "database_name": name, "databases": databases}
     _make_parent_directory(uri)
     try:
         storage = factory()
@@ -99,6 +101,12 @@ def _resolve(uri: str) -> tuple[Any, dict[str, Any]]:
         raise StorageURIError(f"{uri}: {exc.args[0] if exc.args else exc}") from None
     except (ValueError, TypeError) as exc:
         raise StorageURIError(f"{uri}: {exc}") from None
+
+
+def _read_only(uri: str) -> str:
+    if not uri.startswith("file://"):
+        return uri
+    return uri + ("&" if "?" in uri else "?") + "read_only=1"
 
 
 def _file_path(uri: str) -> str | None:

@@ -109,6 +109,11 @@ class SessionManager:
     def new(self, connection: Connection, *, user_id: str | None = None) -> Session:
         """A fresh session that is stored only when something is written to it."""
         session = Session(new_session_id(), self.clock(), user_id=user_id)
+        session._v_attach = self._attacher(connection)
+        return session
+
+    def _attacher(self, connection: Connection) -> Callable[[Session], None]:
+        """What stores a transient session through *connection* on its first write."""
 
         def attach(session: Session) -> None:
             container = self.container(connection)
@@ -122,8 +127,7 @@ class SessionManager:
             home.add(session)
             container.add(session, self._deadline(session))
 
-        session._v_attach = attach
-        return session
+        return attach
 
     # -- changing identity ---------------------------------------------------
 
@@ -195,10 +199,17 @@ class SessionManager:
         in: the application's other changes in it are forgotten as well.
         """
         session = _unwrap(session)
-        if session._p_jar is not None:
-            session._p_jar.transaction_manager.abort()
-        else:
+        jar = session._p_jar
+        if jar is None:
             session._data.clear()
+            return
+        jar.transaction_manager.abort()
+        if session._p_jar is None:
+            # It was first stored in this transaction: the abort detached it
+            # but left its data in memory, and its next write would have been
+            # silently dropped. Make it a fresh transient session again.
+            session._data.clear()
+            session._v_attach = self._attacher(jar)
 
     # -- expiry -----------------------------------------------------------
 

@@ -45,7 +45,8 @@ from ZODB.POSException import ConnectionStateError
 from zodbsession.cookies import CookiePolicy, read_cookie
 from zodbsession.errors import CommitOutcomeUnknown, PublishError
 from zodbsession.manager import SessionManager
-from zodbsession.registry import Scope, SessionRegistry, registry as default_registry
+from zodbsession.registry import Scope, SessionRegistry
+from zodbsession.registry import registry as default_registry
 from zodbsession.request_session import RequestSession
 from zodbsession.session import is_well_formed_id
 

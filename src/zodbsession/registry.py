@@ -14,6 +14,7 @@ session being passed down, and gets ``NoActiveRequest`` outside a request.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Hashable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -90,12 +91,10 @@ class SessionRegistry:
         if scope is None:
             return
         try:
-            try:
+            # An explicit manager after its commit has nothing to abort (it
+            # raises NoTransaction); the connection must still go back to the pool.
+            with contextlib.suppress(NoTransaction):
                 scope.transaction_manager.abort()
-            except NoTransaction:
-                # An explicit manager after its commit has nothing to abort;
-                # the connection must still go back to the pool.
-                pass
             scope.connection.close()
         finally:
             self.clear()
@@ -162,7 +161,9 @@ class _CurrentConnection:
         return getattr(registry.connection, name)
 
     def __repr__(self) -> str:
-        return f"<current_connection {registry.connection!r}>" if registry.has() else "<current_connection: none>"
+        if not registry.has():
+            return "<current_connection: none>"
+        return f"<current_connection {registry.connection!r}>"
 
 
 current_session: Any = _CurrentSession()

@@ -1,0 +1,218 @@
+"""The cookie parser and the Set-Cookie policy, as units.
+
+``read_cookie`` faces whatever a client sends: it must never raise, find only
+the cookie it was asked for, and do work linear in the header's length (the
+linearity is checked by counting the parser's executed lines, not by timing).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zodbsession.cookies import MAX_COOKIE_HEADER, CookiePolicy, read_cookie
+
+NAME = "zodbsession"
+ID = "Ab0_-" * 8 + "xyz"  # the shape of an issued id: 43 URL-safe characters
+
+# -- read_cookie: examples -----------------------------------------------------------
+
+EXAMPLES = {
+    "only": (f"{NAME}={ID}", ID),
+    "among-others": (f"theme=dark; {NAME}={ID}; lang=en", ID),
+    "no-spaces": (f"a=1;{NAME}={ID};b=2", ID),
+    "extra-whitespace": (f"  a=1 ;   {NAME} =  {ID}  ; b=2", ID),
+    "first-wins": (f"{NAME}={ID}; {NAME}=second", ID),
+    "quoted": (f'{NAME}="{ID}"', ID),
+    "lone-quote": (f'{NAME}="', '"'),
+    "empty-quotes": (f'{NAME}=""', ""),
+    "empty-value": (f"{NAME}=", ""),
+    "value-with-equals": (f"{NAME}=a=b==", "a=b=="),
+    "absent": ("theme=dark; lang=en", None),
+    "name-as-value": (f"other={NAME}", None),
+    "name-without-equals": (f"{NAME}; a=1", None),
+    "prefix-name": (f"x{NAME}={ID}", None),
+    "suffix-name": (f"{NAME}2={ID}", None),
+    "case-differs": (f"{NAME.upper()}={ID}", None),
+    "comma-is-not-a-separator": (f"a=1, {NAME}={ID}", None),
+    "empty": ("", None),
+    "separators-only": (";;;; ; ;", None),
+}
+
+
+@pytest.mark.parametrize(("header", "expected"), EXAMPLES.values(), ids=EXAMPLES.keys())
+def test_read_cookie_examples(header, expected):
+    assert read_cookie(header, NAME) == expected
+
+
+def test_read_cookie_of_no_header_is_none():
+    assert read_cookie(None, NAME) is None
+
+
+def test_header_at_the_limit_is_read_and_one_byte_more_is_ignored_whole():
+    tail = f"; {NAME}={ID}"
+    at_limit = "a=" + "x" * (MAX_COOKIE_HEADER - len(tail) - 2) + tail
+    assert len(at_limit) == MAX_COOKIE_HEADER
+    assert read_cookie(at_limit, NAME) == ID
+    assert read_cookie("a" + at_limit, NAME) is None
+
+
+def test_oversized_header_of_100kb_is_ignored():
+    assert read_cookie(f"{NAME}={ID}; junk=" + "j" * 100_000, NAME) is None
+
+
+# -- read_cookie: hostile input, linear work -------------------------------------------
+
+
+def executed_lines(function: Callable, *args: object) -> int:
+    """How many lines of *function*'s own code ran for this call (no timing)."""
+    count = 0
+    code = function.__code__
+
+    def local(frame, event, arg):
+        nonlocal count
+        if event == "line":
+            count += 1
+        return local
+
+    def global_(frame, event, arg):
+        return local if frame.f_code is code else None
+
+    previous = sys.gettrace()
+    sys.settrace(global_)
+    try:
+        function(*args)
+    finally:
+        sys.settrace(previous)
+    return count
+
+
+PATHOLOGICAL = {
+    # CVE-2024-7592 made SimpleCookie quadratic on backslashes in quoted values
+    "backslashes": lambda n: f'{NAME}="' + "\\" * (n - len(NAME) - 3) + '"',
+    "escaped-quotes": lambda n: 'a="' + '\\"' * ((n - 4) // 2) + '"',
+    "semicolons": lambda n: ";" * n,
+    "equals": lambda n: "=" * n,
+    "tiny-pairs": lambda n: "a=;" * (n // 3),
+    "whitespace": lambda n: " " * (n - 1) + "=",
+    "near-miss-names": lambda n: f"{NAME[:-1]}=1;" * (n // (len(NAME) + 2)),
+}
+
+
+@pytest.mark.parametrize("make", PATHOLOGICAL.values(), ids=PATHOLOGICAL.keys())
+def test_parser_work_is_linear_in_header_length(make):
+    """Each line runs a bounded number of times per ';'-separated pair, and the
+    builtins it calls (split, partition, strip) are linear: so is the whole."""
+    for size in (4096, 8192, MAX_COOKIE_HEADER):
+        header = make(size)
+        assert len(header) <= MAX_COOKIE_HEADER
+        pairs = header.count(";") + 1
+        assert executed_lines(read_cookie, header, NAME) <= 4 * pairs + 10
+
+
+def test_executed_lines_counter_sees_the_loop():
+    """The measurement itself: more pairs, more lines."""
+    assert executed_lines(read_cookie, "a=1;" * 100, NAME) > executed_lines(
+        read_cookie, "a=1;" * 10, NAME)
+
+
+def test_pathological_16k_headers_parse_correctly():
+    backslashes = "\\" * (MAX_COOKIE_HEADER - len(NAME) - 3)
+    assert read_cookie(f'{NAME}="{backslashes}"', NAME) == backslashes
+    head = 'a="' + '\\"' * 8000 + '"'
+    assert read_cookie(f"{head}; {NAME}={ID}", NAME) == ID
+    semicolons = ";" * (MAX_COOKIE_HEADER - len(NAME) - len(ID) - 1)
+    assert read_cookie(f"{semicolons}{NAME}={ID}", NAME) == ID
+    near_misses = f"{NAME[:-1]}=1; " * 1000
+    assert len(near_misses) < MAX_COOKIE_HEADER - 60
+    assert read_cookie(f"{near_misses}{NAME}={ID}", NAME) == ID
+    assert read_cookie(near_misses, NAME) is None
+
+
+# -- read_cookie: properties ---------------------------------------------------------------
+
+names = st.sampled_from([NAME, NAME + "2", "x" + NAME, NAME.upper(), NAME[:-1], "a", "theme"])
+values = st.text(st.characters(exclude_characters=";", codec="latin-1"), max_size=60).map(
+    str.strip)
+
+
+@settings(max_examples=300, deadline=None)
+@given(header=st.text(max_size=400), name=st.one_of(st.just(NAME), st.text(max_size=12)))
+def test_read_cookie_never_raises_and_returns_only_a_named_value(header, name):
+    value = read_cookie(header, name)
+    assert value is None or isinstance(value, str)
+    if value is not None:
+        pairs = [pair.partition("=") for pair in header.split(";")]
+        assert any(sep and key.strip() == name for key, sep, _ in pairs)
+        assert ";" not in value
+
+
+@settings(max_examples=300, deadline=None)
+@given(cookies=st.lists(st.tuples(names, values), max_size=12),
+       separator=st.sampled_from([";", "; ", " ;  "]))
+def test_read_cookie_finds_the_first_cookie_of_that_name_and_no_other(cookies, separator):
+    header = separator.join(f"{name}={value}" for name, value in cookies)
+    expected = next((value for name, value in cookies if name == NAME), None)
+    if expected is not None and len(expected) >= 2 and expected[0] == expected[-1] == '"':
+        expected = expected[1:-1]
+    assert read_cookie(header, NAME) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(cookies=st.lists(st.tuples(names.filter(lambda n: n != NAME), values), max_size=12))
+def test_read_cookie_ignores_every_other_name(cookies):
+    header = "; ".join(f"{name}={value}" for name, value in cookies)
+    assert read_cookie(header, NAME) is None
+
+
+# -- CookiePolicy ------------------------------------------------------------------------------
+
+
+def attributes(header: tuple[str, str]) -> list[str]:
+    name, value = header
+    assert name == "Set-Cookie"
+    return [part.strip() for part in value.split(";")]
+
+
+def test_default_policy_is_a_lax_httponly_browser_session_cookie():
+    assert attributes(CookiePolicy().set_header(ID, https=False)) == [
+        f"{NAME}={ID}", "Path=/", "HttpOnly", "SameSite=Lax"]
+
+
+@pytest.mark.parametrize(("secure", "https", "expected"), [
+    ("auto", True, True), ("auto", False, False), (True, False, True), (False, True, False),
+], ids=["auto-https", "auto-http", "always", "never"])
+def test_secure_attribute(secure, https, expected):
+    policy = CookiePolicy(secure=secure)
+    assert ("Secure" in attributes(policy.set_header(ID, https=https))) is expected
+    assert ("Secure" in attributes(policy.delete_header(https=https))) is expected
+
+
+def test_every_option_shows_in_the_header():
+    policy = CookiePolicy(name="sid", path="/app", domain="example.org", secure=True,
+                          httponly=False, samesite="None", max_age=600)
+    assert attributes(policy.set_header(ID, https=True)) == [
+        f"sid={ID}", "Max-Age=600", "Path=/app", "Domain=example.org", "Secure",
+        "SameSite=None"]
+
+
+def test_samesite_none_value_omits_the_attribute():
+    assert not any(part.startswith("SameSite")
+                   for part in attributes(CookiePolicy(samesite=None).set_header(ID, https=True)))
+
+
+def test_delete_header_expires_the_cookie_with_the_same_scope():
+    policy = CookiePolicy(name="sid", path="/app", domain="example.org", max_age=600)
+    parts = attributes(policy.delete_header(https=False))
+    assert parts[:3] == ["sid=", "Max-Age=0", "Expires=Thu, 01 Jan 1970 00:00:00 GMT"]
+    assert {"Path=/app", "Domain=example.org", "HttpOnly", "SameSite=Lax"} <= set(parts)
+    assert "Max-Age=600" not in parts
+
+
+def test_policy_is_immutable():
+    with pytest.raises(AttributeError):
+        CookiePolicy().name = "other"  # type: ignore[misc]
