@@ -9,10 +9,12 @@ which measures the code under test without replacing any of it.
 from __future__ import annotations
 
 import collections
+import contextlib
 from collections.abc import Callable, Iterator
 
 import pytest
 import transaction
+from transaction.interfaces import NoTransaction
 from ZODB import DB
 from ZODB.Connection import Connection
 from ZODB.FileStorage import FileStorage
@@ -134,7 +136,9 @@ def connect() -> Iterator[Callable[..., Connection]]:
     yield _connect
     for conn in opened:
         if conn.opened:
-            conn.transaction_manager.abort()
+            # An explicit manager with no transaction begun has nothing to abort.
+            with contextlib.suppress(NoTransaction):
+                conn.transaction_manager.abort()
             conn.close()
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 
 import pytest
+from transaction.interfaces import AlreadyInTransaction
 from ZODB.utils import u64
 
 from zodbsession.db import open_db
-from zodbsession.errors import ConfigError
+from zodbsession.errors import ConfigError, UncommittedChanges
 from zodbsession.manager import SessionManager
 from zodbsession.store import EXPIRY_SLOT_SECONDS, ROOT_KEY, expiry_slot, get_container
 
@@ -585,6 +586,49 @@ def test_expire_cost_is_proportional_to_due_entries(tmp_path, connect, clock, lo
         conn.transaction_manager.abort()
         conn.close()
         database.close()
+
+
+@pytest.mark.parametrize(
+    ("explicit", "database"),
+    [(False, None), (True, None), (False, "sessions")],
+    ids=["implicit-manager", "explicit-manager", "pending-in-the-sessions-database"],
+)
+def test_expire_refuses_to_discard_uncommitted_changes(request, connect, clock, explicit, database):
+    """``expire()`` begins and commits its own batches; beginning would silently
+    discard what the caller has not committed, so it raises instead, whatever
+    the kind of transaction manager and whichever database holds the change."""
+    manager = SessionManager(database=database, clock=clock)
+    conn = connect(request.getfixturevalue("multi_db" if database else "db"), explicit=explicit)
+    tm = conn.transaction_manager
+    tm.begin()
+    manager.new(conn)["a"] = "due"
+    tm.commit()
+    clock.advance(IDLE + EXPIRY_WIDTH)
+    tm.begin()
+    pending = manager.new(conn)
+    pending["a"] = "not yet committed"
+
+    with pytest.raises(UncommittedChanges, match="commit or abort") as refused:
+        manager.expire(conn)
+
+    assert isinstance(refused.value, AlreadyInTransaction)  # what explicit mode raises
+    tm.commit()  # the pending change survived the refusal
+    assert manager.expire(conn) == 1  # nothing pending: the due session is swept
+    tm.begin()
+    assert manager.get(conn, pending.id)["a"] == "not yet committed"
+
+
+def test_expire_removes_due_sessions_from_the_sessions_database(multi_db, connect, clock):
+    """The sweep reads each victim as current through the sessions database's
+    connection, not the main one it was given (ZODB asserts the two match)."""
+    manager = SessionManager(database="sessions", clock=clock)
+    conn = connect(multi_db)
+    (due,) = _sessions(manager, conn, 1)
+    clock.advance(IDLE + EXPIRY_WIDTH)
+
+    assert manager.expire(conn) == 1
+
+    assert get_container(connect(multi_db).get_connection("sessions")).get(due.id) is None
 
 
 def test_forget_changes_on_a_session_first_written_in_this_transaction(manager, db, connect):

@@ -224,3 +224,10 @@ def test_deadline_is_the_earlier_of_both_timeouts(session, clock):
 def test_session_is_stored_once_in_a_connection(session, clock):
     assert session.is_stored
     assert not Session(new_session_id(), clock()).is_stored
+
+
+def test_sessions_with_equal_data_are_distinct_and_hashable():
+    first = Session(new_session_id(), 0.0)
+    second = Session(new_session_id(), 0.0)
+    assert first != second
+    assert len({first, second}) == 2

@@ -42,18 +42,18 @@ def test_get_container_creates_it_once(memory_conn):
 
 @pytest.mark.parametrize(
     ("deadline", "slot"),
-    [(0.0, 0), (0.1, 1), (60.0, 1), (60.000001, 2), (119.9, 2), (120.0, 2)],
+    [(0.0, 0), (0.1, 1), (10.0, 1), (10.000001, 2), (19.9, 2), (20.0, 2)],
     ids=["zero", "just-after-zero", "on-edge", "just-after-edge", "mid", "next-edge"],
 )
 def test_expiry_slot_rounds_deadline_up(deadline, slot):
-    assert EXPIRY_SLOT_SECONDS == 60
+    assert EXPIRY_SLOT_SECONDS == 10
     assert expiry_slot(deadline) == slot
 
 
 def test_due_includes_a_slot_exactly_when_its_time_has_come(container):
-    container.file_expiry("a", 120.0)  # slot 2, due at 120
-    assert list(container.due(119.999)) == []
-    assert list(container.due(120.0)) == [(2, "a")]
+    container.file_expiry("a", 20.0)  # slot 2, due at 20
+    assert list(container.due(19.999)) == []
+    assert list(container.due(20.0)) == [(2, "a")]
 
 
 def test_due_is_oldest_first(container):

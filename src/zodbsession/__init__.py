@@ -14,6 +14,7 @@ from zodbsession.errors import (
     Redirect,
     SessionNotFound,
     StorageURIError,
+    UncommittedChanges,
     ZodbSessionError,
 )
 from zodbsession.manager import SessionManager
@@ -46,6 +47,7 @@ __all__ = [
     "SessionPublisher",
     "SessionRegistry",
     "StorageURIError",
+    "UncommittedChanges",
     "ZodbSessionError",
     "current_connection",
     "current_session",

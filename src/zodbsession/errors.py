@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from transaction.interfaces import AlreadyInTransaction
+
 
 class ZodbSessionError(Exception):
     """The root of every error zodbsession raises on purpose."""
@@ -82,4 +84,15 @@ class CommitOutcomeUnknown(ZodbSessionError):
 
     Whether the transaction was applied is unknown, so it is not retried
     blindly: a retry could apply the same change twice.
+    """
+
+
+class UncommittedChanges(ZodbSessionError, AlreadyInTransaction):
+    """Work that commits its own transactions met changes not yet committed.
+
+    ``SessionManager.expire`` (and the maintenance functions) begin and
+    commit transactions of their own; beginning one would discard the
+    caller's pending changes. It subclasses ``AlreadyInTransaction``, what
+    an explicit-mode transaction manager raises for the same mistake, so one
+    ``except`` catches both.
     """

@@ -12,10 +12,10 @@ import logging
 import threading
 import time
 
-import transaction
 from ZODB import DB
 
 from zodbsession.manager import SessionManager
+from zodbsession.work import connection
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,8 @@ class Janitor:
     def sweep(self) -> int:
         """Run one sweep now, on a connection of its own; returns how many expired."""
         started = time.monotonic()
-        connection = self.db.open(transaction_manager=transaction.TransactionManager())
-        try:
-            removed = self.manager.expire(connection, batch_size=self.batch_size)
-        finally:
-            connection.close()
+        with connection(self.db) as conn:
+            removed = self.manager.expire(conn, batch_size=self.batch_size)
         self.last_run = time.time()
         self.last_removed = removed
         self.last_duration = time.monotonic() - started

@@ -1,54 +1,52 @@
-"""Maintenance of a session database: expire, pack, inspect, revoke and verify.
+"""Maintenance of a session database: expire, pack, inspect and revoke.
 
 The Python API behind the ``zodbsession`` maintenance commands. Every function
 takes an open ``ZODB.DB`` and is safe on a live database shared with running
-servers (through ZEO): it opens its own connection with its own explicit
-transaction manager, works in short transactions retried on conflicts, never
-keeps a transaction open across a long loop, and closes the connection in
-``finally``. Interrupting a batched function (Ctrl-C) aborts the current batch
-and keeps the committed ones, so the database stays consistent.
+servers (through ZEO): it works on a connection of its own, in short
+transactions retried on conflicts, never keeps a transaction open across a
+long loop (see ``zodbsession.work``). Interrupting a batched function (Ctrl-C)
+aborts the current batch and keeps the committed ones, so the database stays
+consistent. ``verify`` lives in ``zodbsession.verify`` and is re-exported here.
 
-The module is longer than the house's ~400 lines on purpose: it is the one
-surface the CLI wraps and its parts share the connection, retry and chunking
-helpers. ``verify`` is the part to move out first if it grows.
+The module is a little over the house's ~400 lines because it is the one
+surface the CLI wraps; ``pack`` (a storage's concern, not the sessions') is the
+part to move out next.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import logging
 import math
 import os
-import random
 import reprlib
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
-from itertools import islice
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Any
 
-import BTrees.check
-import transaction
-from BTrees.QQBTree import QQBTree
 from persistent.mapping import PersistentMapping
-from transaction.interfaces import NoTransaction, TransientError
 from ZODB import DB
 from ZODB.Connection import Connection
 from ZODB.FileStorage import FileStorage
-from ZODB.POSException import POSKeyError
-from ZODB.scripts import fstest
-from ZODB.serialize import get_refs
-from ZODB.utils import get_pickle_metadata, load_current, oid_repr, p64
 
 from zodbsession.db import SESSIONS_DATABASE
 from zodbsession.errors import ConfigError, SessionNotFound
 from zodbsession.manager import SessionManager
 from zodbsession.session import Session, ids_equal, is_well_formed_id
-from zodbsession.store import ROOT_KEY, SessionContainer, expiry_slot
+from zodbsession.store import SessionContainer, expiry_slot
+from zodbsession.verify import Check, VerifyReport, verify
+from zodbsession.work import (
+    CHUNK_SIZE,
+    class_name,
+    connection,
+    in_transaction,
+    keys_after,
+    root_of,
+    run_batches,
+)
 
 __all__ = [
     "CHUNK_SIZE",
@@ -74,8 +72,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 #: Called with the number of items done so far, after each committed batch.
 ProgressCallback = Callable[[int], None]
 
@@ -83,15 +79,6 @@ ProgressCallback = Callable[[int], None]
 #: because FileStorage keeps no trace of when it was last packed:
 #: ``{"last_pack": <time it ran>, "last_pack_to": <the pack time>}``.
 MAINTENANCE_KEY = "zodbsession.maintenance"
-
-#: Keys read per transaction when walking a tree; memory stays flat in it.
-CHUNK_SIZE = 1000
-
-#: Tries of one transaction that conflicts with concurrent requests.
-ATTEMPTS = 5
-
-#: Problems listed per check before the rest are only counted.
-MAX_PROBLEMS = 50
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 200
@@ -200,123 +187,6 @@ class PackResult(_AsDict):
     recorded: bool  # the pack time was written to MAINTENANCE_KEY
 
 
-@dataclass(frozen=True)
-class Check(_AsDict):
-    """The outcome of one check on one database."""
-
-    database: str
-    name: str
-    outcome: Literal["passed", "failed", "skipped"]
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class VerifyReport(_AsDict):
-    """What ``verify`` found. A skipped check is listed as skipped, never as passed."""
-
-    checks: tuple[Check, ...]
-    problems: tuple[str, ...]
-    notes: tuple[str, ...]  # worth a look, but no evidence of damage
-
-    @property
-    def sound(self) -> bool:
-        """Whether every check that ran passed."""
-        return not self.problems
-
-    @property
-    def skipped(self) -> tuple[Check, ...]:
-        """The checks that could not run here, with the reason in ``detail``."""
-        return tuple(check for check in self.checks if check.outcome == "skipped")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**super().as_dict(), "sound": self.sound}
-
-
-# -- connections and transactions ------------------------------------------------
-
-
-@contextmanager
-def _connection(db: DB) -> Iterator[Connection]:
-    """A connection with its own explicit transaction manager, closed afterwards."""
-    tm = transaction.TransactionManager(explicit=True)
-    conn = db.open(tm)
-    try:
-        yield conn
-    finally:
-        _abort_quietly(tm)
-        # Give the pool back a connection that holds no maintenance objects.
-        conn.cacheMinimize()
-        conn.close()
-
-
-def _abort_quietly(tm: transaction.TransactionManager) -> None:
-    with suppress(NoTransaction):  # explicit mode: nothing begun, nothing to abort
-        tm.abort()
-
-
-def _in_transaction(conn: Connection, work: Callable[[], T], *, write: bool) -> T:
-    """Run *work* in a transaction of its own, committed if *write*, else aborted.
-
-    A conflict with concurrent requests is retried with a short random
-    back-off, up to ``ATTEMPTS`` times; anything else (KeyboardInterrupt
-    included) aborts and propagates. ZEO's ``ClientDisconnected`` is a
-    ``TransientError`` too, and retrying it is safe here, unlike in the
-    publisher: every maintenance transaction is idempotent (a revoked or
-    expired session is simply not found again), so a commit whose outcome
-    was unknown can only make a returned count too low.
-    """
-    tm = conn.transaction_manager
-    attempt = 1
-    while True:
-        tm.begin()
-        try:
-            result = work()
-            if write:
-                tm.commit()
-            else:
-                tm.abort()
-            return result
-        except TransientError:
-            _abort_quietly(tm)
-            if attempt >= ATTEMPTS:
-                raise
-            log.info("maintenance transaction conflicted (attempt %d), retrying", attempt)
-            time.sleep(random.uniform(0, 0.01 * 2**attempt))
-            attempt += 1
-        except BaseException:
-            _abort_quietly(tm)
-            raise
-
-
-def _keys_after(tree: Any, cursor: Any, count: int, **bounds: Any) -> list[Any]:
-    """Up to *count* keys of *tree* after *cursor* (None: from the start)."""
-    if cursor is not None:
-        bounds.update(min=cursor, excludemin=True)
-    return list(islice(tree.keys(**bounds), count))
-
-
-def _run_batches(
-    conn: Connection,
-    step: Callable[[Any], tuple[int, Any, bool]],
-    progress: ProgressCallback | None,
-) -> int:
-    """Commit ``step(cursor) -> (done, next_cursor, finished)`` until finished.
-
-    Each step is a transaction of its own; a cursor (the last key handled)
-    rather than "the first keys left" guarantees the walk ends even while
-    requests keep adding keys.
-    """
-    done = 0
-    cursor = None
-    while True:
-        count, cursor, finished = _in_transaction(conn, partial(step, cursor), write=True)
-        done += count
-        if progress is not None:
-            progress(done)
-        if finished:
-            return done
-
-
 def _positive(name: str, value: int) -> None:
     if not isinstance(value, int) or value < 1:
         raise ConfigError(name, f"must be a whole number of at least 1, not {value!r}")
@@ -339,13 +209,8 @@ def expire_sessions(
     private connection, so it can run beside a live server.
     """
     _positive("batch_size", batch_size)
-
-    def report(done: int) -> None:  # the shape of manager.Progress
-        if progress is not None:
-            progress(done)
-
-    with _connection(db) as conn:
-        return manager.expire(conn, batch_size=batch_size, progress=report)
+    with connection(db) as conn:
+        return manager.expire(conn, batch_size=batch_size, progress=progress)
 
 
 def revoke(db: DB, manager: SessionManager, session_id: str) -> bool:
@@ -355,8 +220,8 @@ def revoke(db: DB, manager: SessionManager, session_id: str) -> bool:
     """
     if not is_well_formed_id(session_id):
         return False
-    with _connection(db) as conn:
-        return _in_transaction(conn, lambda: manager.revoke(conn, session_id), write=True)
+    with connection(db) as conn:
+        return in_transaction(conn, lambda: manager.revoke(conn, session_id), write=True)
 
 
 def revoke_user(db: DB, manager: SessionManager, user_id: str, *, batch_size: int = 500) -> int:
@@ -365,15 +230,7 @@ def revoke_user(db: DB, manager: SessionManager, user_id: str, *, batch_size: in
     Works in batches of *batch_size*, so even a user with a huge number of
     sessions (a runaway client) holds up requests for one small commit only.
     """
-    _positive("batch_size", batch_size)
-
-    def step(conn: Connection, cursor: str | None) -> tuple[int, str | None, bool]:
-        container = manager.container(conn, create=False)
-        ids = container.by_user.get(user_id) if container is not None else None
-        return _revoke_ids(conn, manager, ids, cursor, batch_size)
-
-    with _connection(db) as conn:
-        return _run_batches(conn, partial(step, conn), None)
+    return _revoke_batches(db, manager, lambda c: c.by_user.get(user_id), batch_size, None)
 
 
 def revoke_all(
@@ -389,25 +246,30 @@ def revoke_all(
     batch being worked on; run it again after stopping the servers for a
     guaranteed empty container.
     """
+    return _revoke_batches(db, manager, lambda c: c.sessions, batch_size, progress)
+
+
+def _revoke_batches(
+    db: DB,
+    manager: SessionManager,
+    ids_of: Callable[[SessionContainer], Any],
+    batch_size: int,
+    progress: ProgressCallback | None,
+) -> int:
+    """Revoke the ids in ``ids_of(container)``, *batch_size* per transaction."""
     _positive("batch_size", batch_size)
 
     def step(conn: Connection, cursor: str | None) -> tuple[int, str | None, bool]:
         container = manager.container(conn, create=False)
-        ids = container.sessions if container is not None else None
-        return _revoke_ids(conn, manager, ids, cursor, batch_size)
+        ids = ids_of(container) if container is not None else None
+        if ids is None:
+            return 0, cursor, True
+        batch = keys_after(ids, cursor, batch_size)  # a list: the tree changes below
+        revoked = sum(manager.revoke(conn, session_id) for session_id in batch)
+        return revoked, (batch[-1] if batch else cursor), len(batch) < batch_size
 
-    with _connection(db) as conn:
-        return _run_batches(conn, partial(step, conn), progress)
-
-
-def _revoke_ids(
-    conn: Connection, manager: SessionManager, ids: Any, cursor: str | None, batch_size: int
-) -> tuple[int, str | None, bool]:
-    if ids is None:
-        return 0, cursor, True
-    batch = _keys_after(ids, cursor, batch_size)  # a list: the tree changes below
-    revoked = sum(manager.revoke(conn, session_id) for session_id in batch)
-    return revoked, (batch[-1] if batch else cursor), len(batch) < batch_size
+    with connection(db) as conn:
+        return run_batches(conn, partial(step, conn), progress)
 
 
 # -- inspecting -------------------------------------------------------------------
@@ -443,9 +305,9 @@ def _list_sessions(
     left = math.inf if limit is None else limit
     cursor: str | None = None
     while left > 0:
-        with _connection(db) as conn:
+        with connection(db) as conn:
             read = partial(_read_infos, conn, manager, user, cursor, now)
-            infos, cursor, finished = _in_transaction(conn, read, write=False)
+            infos, cursor, finished = in_transaction(conn, read, write=False)
         for info in infos:
             if left <= 0:
                 return
@@ -465,7 +327,7 @@ def _read_infos(
     ids = container.sessions if user is None else container.by_user.get(user)
     if ids is None:
         return [], cursor, True
-    keys = _keys_after(ids, cursor, CHUNK_SIZE)
+    keys = keys_after(ids, cursor, CHUNK_SIZE)
     infos = []
     for session_id in keys:
         session = container.get(session_id)
@@ -495,8 +357,8 @@ def show_session(db: DB, manager: SessionManager, session_id: str) -> SessionDet
             SessionInfo.of(session, manager, manager.clock()), MappingProxyType(data)
         )
 
-    with _connection(db) as conn:
-        detail = _in_transaction(conn, partial(read, conn), write=False)
+    with connection(db) as conn:
+        detail = in_transaction(conn, partial(read, conn), write=False)
     if detail is None:
         raise SessionNotFound(f"no stored session has the id {session_id[:8]}...")
     return detail
@@ -520,17 +382,17 @@ def stats(db: DB, manager: SessionManager) -> Stats:
     """
     now = manager.clock()
     cached = {name: database.cacheSize() for name, database in db.databases.items()}
-    with _connection(db) as conn:
-        stored = _in_transaction(conn, partial(_stored, conn, manager), write=False)
+    with connection(db) as conn:
+        stored = in_transaction(conn, partial(_stored, conn, manager), write=False)
         expired = _count_expired(conn, manager, now)
-        users = _count_keys(conn, manager, lambda container: container.by_user)
+        users = _count_users(conn, manager)
         databases = tuple(
             DatabaseStats(
                 name=name,
-                storage_class=_class_name(database.storage),
+                storage_class=class_name(database.storage),
                 storage_name=str(database.storage.getName()),
                 size_bytes=int(database.getSize()),
-                last_pack=_in_transaction(conn, partial(_last_pack, conn, name), write=False),
+                last_pack=in_transaction(conn, partial(_last_pack, conn, name), write=False),
                 cached_objects=cached[name],
             )
             for name, database in sorted(db.databases.items())
@@ -559,7 +421,7 @@ def _count_expired(conn: Connection, manager: SessionManager, now: float) -> int
         container = manager.container(conn, create=False)
         if container is None:
             return 0, cursor, True
-        entries = _keys_after(container.expiry, cursor, CHUNK_SIZE, max=upper, excludemax=True)
+        entries = keys_after(container.expiry, cursor, CHUNK_SIZE, max=upper, excludemax=True)
         expired = 0
         counted: set[str] = set()  # merged into seen only once this attempt got through
         for _slot, session_id in entries:
@@ -573,47 +435,24 @@ def _count_expired(conn: Connection, manager: SessionManager, now: float) -> int
         conn.cacheMinimize()
         return expired, (entries[-1] if entries else cursor), len(entries) < CHUNK_SIZE
 
-    return _walk(conn, step)
+    return run_batches(conn, step, write=False)
 
 
-def _count_keys(
-    conn: Connection, manager: SessionManager, tree_of: Callable[[SessionContainer], Any]
-) -> int:
+def _count_users(conn: Connection, manager: SessionManager) -> int:
     def step(cursor: Any) -> tuple[int, Any, bool]:
         container = manager.container(conn, create=False)
         if container is None:
             return 0, cursor, True
-        keys = _keys_after(tree_of(container), cursor, CHUNK_SIZE)
+        keys = keys_after(container.by_user, cursor, CHUNK_SIZE)
         conn.cacheMinimize()
         return len(keys), (keys[-1] if keys else cursor), len(keys) < CHUNK_SIZE
 
-    return _walk(conn, step)
-
-
-def _walk(conn: Connection, step: Callable[[Any], tuple[int, Any, bool]]) -> int:
-    """Sum ``step(cursor)`` over read-only transactions until it says finished."""
-    total = 0
-    cursor = None
-    while True:
-        count, cursor, finished = _in_transaction(conn, partial(step, cursor), write=False)
-        total += count
-        if finished:
-            return total
+    return run_batches(conn, step, write=False)
 
 
 def _last_pack(conn: Connection, name: str) -> float | None:
-    record = _root_of(conn, name).get(MAINTENANCE_KEY)
+    record = root_of(conn, name).get(MAINTENANCE_KEY)
     return record.get("last_pack") if record is not None else None
-
-
-def _root_of(conn: Connection, name: str) -> Any:
-    if name != conn.db().database_name:
-        conn = conn.get_connection(name)
-    return conn.root()
-
-
-def _class_name(obj: object) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 # -- packing ----------------------------------------------------------------------
@@ -662,7 +501,7 @@ def pack(db: DB, *, days: float = 0, database: str | None = None) -> PackResult:
     fsynced = path is not None and _fsync_file_and_directory(path)
     return PackResult(
         database=name,
-        storage_class=_class_name(storage),
+        storage_class=class_name(storage),
         path=path,
         size_before=size_before,
         size_after=int(target.getSize()),
@@ -701,241 +540,9 @@ def _record_pack(target: DB, pack_time: float) -> bool:
         record.update(last_pack=time.time(), last_pack_to=pack_time)
 
     try:
-        with _connection(target) as conn:
-            _in_transaction(conn, partial(write, conn), write=True)
+        with connection(target) as conn:
+            in_transaction(conn, partial(write, conn), write=True)
     except Exception:
         log.warning("packed, but could not record the pack time", exc_info=True)
         return False
     return True
-
-
-# -- verifying --------------------------------------------------------------------
-
-
-def verify(db: DB) -> VerifyReport:
-    """Check every database of *db* for damage, with ZODB's own checkers.
-
-    For each database whose storage is a ``FileStorage`` in this process:
-
-    - ``fstest``: ``ZODB.scripts.fstest.check`` reads the whole file and
-      checks the structure of every transaction and data record;
-    - ``references``: the logic of ``ZODB.scripts.fsrefs``, run on a second,
-      read-only ``FileStorage`` of the same file (a read-only one takes no
-      lock): every current object must load and every object it references
-      must exist and load. Like fsrefs, it reads every current object twice.
-
-    Other storages (ZEO, RelStorage, in-memory) get these two reported as
-    skipped: run verify where the file is (on the ZEO server, with the server
-    stopped or read-only). Wherever a session container is found in a root:
-
-    - ``btrees``: ``BTrees.check.check`` and the C-level ``_check`` on its
-      three trees and on every user's id set;
-    - ``consistency``: the Length equals the number of sessions; every
-      session is filed under its own id, has an expiry entry and is in its
-      owner's user index; every user-index entry names a stored session
-      owned by that user.
-
-    The container checks read one consistent snapshot in a single read-only
-    transaction (emptying the cache as they go) and keep a set of the ids in
-    the expiry index: memory is about 100 bytes per session. To check a file
-    suspected of damage, open it read-only: a writable FileStorage silently
-    cuts a damaged tail off when it opens (keeping it in ``Data.fs.tr<n>``,
-    which verify then reports as a note).
-    """
-    checks: list[Check] = []
-    problems: list[str] = []
-    notes: list[str] = []
-    with _connection(db) as conn:
-        for name, database in sorted(db.databases.items()):
-            for check_name, outcome, found in _check_database(conn, name, database, notes):
-                detail = "; ".join(found[:3]) + (" ..." if len(found) > 3 else "")
-                checks.append(Check(name, check_name, outcome, detail))
-                if outcome == "failed":
-                    problems.extend(f"{name}: {check_name}: {problem}" for problem in found)
-    return VerifyReport(tuple(checks), tuple(problems), tuple(notes))
-
-
-_Outcome = tuple[str, Literal["passed", "failed", "skipped"], list[str]]
-
-
-def _check_database(conn: Connection, name: str, database: DB, notes: list[str]) -> list[_Outcome]:
-    storage = database.storage
-    outcomes: list[_Outcome] = []
-    if isinstance(storage, FileStorage):
-        path = storage._file_name
-        outcomes.append(_outcome("fstest", _capped(_guarded(_check_format, storage, path))))
-        outcomes.append(_outcome("references", _capped(_guarded(_check_references, path))))
-        notes.extend(
-            f"{name}: {leftover} exists: FileStorage cut data off the end of the file when it "
-            "was opened (an unfinished commit after a crash, or damage)"
-            for leftover in sorted(glob.glob(glob.escape(path) + ".tr[0-9]*"))
-        )
-        if getattr(storage, "blob_dir", None):
-            notes.append(f"{name}: blob files in {storage.blob_dir} were not checked")
-    else:
-        why = (
-            f"{_class_name(storage)} is not a FileStorage in this process; ZODB's file "
-            "checkers need the Data.fs itself (run verify where the file is)"
-        )
-        outcomes += [("fstest", "skipped", [why]), ("references", "skipped", [why])]
-
-    def read() -> list[_Outcome]:
-        container = _root_of(conn, name).get(ROOT_KEY)
-        if container is None:
-            none = ["no session container in this database"]
-            return [("btrees", "skipped", none), ("consistency", "skipped", none)]
-        btrees = _guarded(_check_btrees, container)
-        conn.cacheMinimize()
-        return [
-            _outcome("btrees", _capped(btrees)),
-            _outcome("consistency", _capped(_guarded(_check_consistency, conn, container))),
-        ]
-
-    outcomes += _in_transaction(conn, read, write=False)
-    return outcomes
-
-
-def _outcome(check: str, problems: list[str]) -> _Outcome:
-    return (check, "failed" if problems else "passed", problems)
-
-
-def _capped(problems: list[str]) -> list[str]:
-    if len(problems) <= MAX_PROBLEMS:
-        return problems
-    return problems[:MAX_PROBLEMS] + [f"and {len(problems) - MAX_PROBLEMS} more"]
-
-
-def _guarded(check: Callable[..., list[str]], *args: Any) -> list[str]:
-    """Run a check; one that cannot finish is a failure, never a pass."""
-    try:
-        return check(*args)
-    except TransientError:
-        raise
-    except Exception as exc:
-        return [f"could not finish: {_describe(exc)}"]
-
-
-def _describe(exc: BaseException) -> str:
-    """Name an error, with its cause when it says nothing itself (StateLoadError)."""
-    text = f"{type(exc).__name__}: {str(exc)[:200]}".rstrip(": ")
-    if not str(exc) and exc.__cause__ is not None:
-        text += f" ({_describe(exc.__cause__)})"
-    return text
-
-
-def _check_format(storage: FileStorage, path: str) -> list[str]:
-    # A commit landing while fstest reads can look like a damaged tail; such
-    # a failure is believed only if the storage did not grow meanwhile.
-    for _ in range(3):
-        size = storage.getSize()
-        try:
-            fstest.check(path)
-            return []
-        except fstest.FormatError as exc:
-            error = str(exc)
-            if storage.getSize() == size:
-                break
-    return [error]
-
-
-def _check_references(path: str) -> list[str]:
-    """fsrefs' two passes, returning what it would print, plus unloadable objects."""
-    fs = FileStorage(path, read_only=True)
-    try:
-        # fsrefs itself walks this private index; by file position, as it
-        # does, so that the file is read front to back.
-        by_position = QQBTree()
-        for oid, position in fs._index.iteritems():
-            by_position[position] = int.from_bytes(oid, "big")
-        undone: set[bytes] = set()
-        unloadable: dict[bytes, str] = {}
-        for oid in map(p64, by_position.values()):
-            try:
-                get_refs(load_current(fs, oid)[0])
-            except POSKeyError:
-                undone.add(oid)
-            except Exception as exc:
-                unloadable[oid] = _describe(exc)
-        problems = [
-            f"oid {oid_repr(oid)} cannot be loaded: {why}" for oid, why in unloadable.items()
-        ]
-        for oid in map(p64, by_position.values()):
-            if oid in undone or oid in unloadable:
-                continue
-            data = load_current(fs, oid)[0]
-            for ref, _klass in get_refs(data):
-                if ref not in fs._index:
-                    reason = "missing"
-                elif ref in unloadable:
-                    reason = "unloadable"
-                elif ref in undone:
-                    reason = "an object whose creation was undone"
-                else:
-                    continue
-                module, klass = get_pickle_metadata(data)
-                problems.append(
-                    f"oid {oid_repr(oid)} ({module}.{klass}) refers to oid "
-                    f"{oid_repr(ref)}, which is {reason}"
-                )
-        return problems
-    finally:
-        fs.close()
-
-
-def _check_btrees(container: SessionContainer) -> list[str]:
-    problems = []
-    for name in ("sessions", "expiry", "by_user"):
-        problems += _check_tree(name, getattr(container, name))
-    return problems
-
-
-def _check_tree(name: str, tree: Any) -> list[str]:
-    try:
-        tree._check()  # pointers between buckets
-        BTrees.check.check(tree)  # key order and ranges within them
-    except AssertionError as exc:
-        return [f"{name} is a damaged BTree: {exc}"]
-    return []
-
-
-def _check_consistency(conn: Connection, container: SessionContainer) -> list[str]:
-    problems: list[str] = []
-    filed = {session_id for _slot, session_id in _chunked(conn, container.expiry, keys_only=True)}
-    stored = 0
-    for key, session in _chunked(conn, container.sessions):
-        stored += 1
-        if session.id != key:
-            problems.append(f"session {key[:8]}... is stored under another id's key")
-        if key not in filed:
-            problems.append(f"session {key[:8]}... has no expiry entry: no sweep will remove it")
-        owner_ids = container.by_user.get(session.user_id) if session.user_id is not None else ()
-        if session.user_id is not None and (owner_ids is None or key not in owner_ids):
-            problems.append(f"session {key[:8]}... is missing from {session.user_id!r}'s index")
-    if container.count() != stored:
-        problems.append(f"count() is {container.count()} but {stored} sessions are stored")
-    for user_id, ids in _chunked(conn, container.by_user):
-        problems += _check_tree(f"by_user[{user_id!r}]", ids)
-        if not ids:
-            problems.append(f"by_user[{user_id!r}] is empty and should have been removed")
-        for session_id in ids:
-            session = container.sessions.get(session_id)
-            if session is None:
-                problems.append(f"by_user[{user_id!r}] names {session_id[:8]}..., not stored")
-            elif session.user_id != user_id:
-                problems.append(
-                    f"by_user[{user_id!r}] names {session_id[:8]}..., owned by {session.user_id!r}"
-                )
-    return problems
-
-
-def _chunked(conn: Connection, tree: Any, *, keys_only: bool = False) -> Iterator[Any]:
-    """Walk *tree* in one transaction, ghosting what was read after each chunk."""
-    cursor = None
-    while True:
-        keys = _keys_after(tree, cursor, CHUNK_SIZE)
-        for key in keys:
-            yield key if keys_only else (key, tree[key])
-        if len(keys) < CHUNK_SIZE:
-            return
-        cursor = keys[-1]
-        conn.cacheMinimize()

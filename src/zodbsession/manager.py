@@ -10,21 +10,18 @@ maintenance script alike.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Protocol
 
-from transaction.interfaces import TransientError
 from ZODB.Connection import Connection
 
 from zodbsession.errors import ConfigError
 from zodbsession.session import Session, ids_equal, is_well_formed_id, new_session_id
 from zodbsession.store import SessionContainer, get_container
-
-log = logging.getLogger(__name__)
+from zodbsession.work import ATTEMPTS, run_batches
 
 Clock = Callable[[], float]
 
@@ -33,10 +30,6 @@ class Progress(Protocol):
     """What long maintenance work reports to: called with the count done so far."""
 
     def __call__(self, done: int) -> None: ...
-
-
-def _no_progress(done: int) -> None:
-    return None
 
 
 @dataclass(frozen=True)
@@ -218,8 +211,8 @@ class SessionManager:
         connection: Connection,
         *,
         batch_size: int = 500,
-        max_attempts: int = 5,
-        progress: Progress = _no_progress,
+        max_attempts: int = ATTEMPTS,
+        progress: Progress | None = None,
         now: float | None = None,
     ) -> int:
         """Remove sessions whose timeouts have passed; returns how many.
@@ -233,31 +226,20 @@ class SessionManager:
         so a request that changes it concurrently conflicts instead of having
         its change silently dropped with the deleted session.
 
+        Because it commits its own batches, it must be called with nothing
+        pending: changes not yet committed on *connection*'s transaction
+        manager raise ``UncommittedChanges`` rather than being discarded.
         Stopping between batches (Ctrl-C) leaves everything consistent:
         committed batches stay done, the rest is found by the next sweep.
         """
         now = self.clock() if now is None else now
-        tm = connection.transaction_manager
-        removed = 0
-        while True:
-            for attempt in range(1, max_attempts + 1):
-                try:
-                    tm.begin()
-                    batch_removed, entries = self._expire_batch(connection, now, batch_size)
-                    tm.commit()
-                    break
-                except TransientError:
-                    tm.abort()
-                    if attempt == max_attempts:
-                        raise
-                    log.info("expiry batch conflicted (attempt %d), retrying", attempt)
-                except BaseException:
-                    tm.abort()
-                    raise
-            removed += batch_removed
-            progress(removed)
-            if entries < batch_size:
-                return removed
+
+        def step(_cursor: None) -> tuple[int, None, bool]:
+            # No cursor: each batch consumes the due prefix it read.
+            removed, entries = self._expire_batch(connection, now, batch_size)
+            return removed, None, entries < batch_size
+
+        return run_batches(connection, step, progress, attempts=max_attempts, name="expire")
 
     def _expire_batch(self, connection: Connection, now: float, batch_size: int) -> tuple[int, int]:
         container = self.container(connection, create=False)
@@ -274,7 +256,9 @@ class SessionManager:
             if deadline > now:
                 container.file_expiry(session.id, deadline)
                 continue
-            connection.readCurrent(session._last_access)
+            # Through the session's own connection: in a multi-database it is
+            # the sessions database's, not *connection* (readCurrent asserts so).
+            session._p_jar.readCurrent(session._last_access)
             self._remove(container, session)
             removed += 1
         return removed, len(entries)

@@ -35,6 +35,11 @@ class RequestSession(MutableMapping[str, Any]):
         self._found = False
         self._invalidated = False
 
+    # An entity, compared by identity (MutableMapping would compare contents).
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
+
     # -- resolution ---------------------------------------------------------
 
     def _zodbsession_unwrap(self) -> Session:

@@ -102,6 +102,13 @@ class Session(Persistent, MutableMapping[str, Any]):
         """Whether the session is in a container (or will be at commit)."""
         return self._p_jar is not None
 
+    # A session is an entity, not a value: two sessions with equal data are
+    # still two sessions (MutableMapping would compare them by content and
+    # make them unhashable).
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
+
     # -- the application's data -------------------------------------------
 
     def changed(self) -> None:

@@ -33,9 +33,11 @@ from zodbsession.session import Session
 #: The database root key under which the container lives.
 ROOT_KEY = "zodbsession.sessions"
 
-#: Width of one expiry slot. Sessions created in the same minute share a
-#: slot, and within it their random ids spread inserts across buckets.
-EXPIRY_SLOT_SECONDS = 60
+#: Width of one expiry slot: a session is swept at most this long after its
+#: deadline (it is never *returned* after it). Sessions created within the
+#: same slot share its prefix, and their random ids spread the inserts
+#: across that prefix's buckets.
+EXPIRY_SLOT_SECONDS = 10
 
 
 def expiry_slot(deadline: float) -> int:

@@ -271,20 +271,3 @@ def app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]
     ])
     return [body]
 
-
-def main() -> None:
-    """Serve the demo on http://127.0.0.1:8080/ over an in-memory database (lost at exit)."""
-    from wsgiref.simple_server import make_server
-
-    from ZODB import DB
-    from ZODB.MappingStorage import MappingStorage
-
-    from zodbsession.publisher import SessionPublisher
-
-    with make_server("127.0.0.1", 8080, SessionPublisher(app, DB(MappingStorage()))) as server:
-        print("zodbsession demo on http://127.0.0.1:8080/ (Ctrl-C stops it)")
-        server.serve_forever()
-
-
-if __name__ == "__main__":
-    main()
