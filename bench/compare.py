@@ -48,7 +48,7 @@ def run_rounds(
     write-only pseudo-contender in the same rounds (the raw storage limits).
     """
     extra = extra or {}
-    for name, contender_clients in clients.items():
+    for contender_clients in clients.values():
         for kind in KINDS:
             run_requests(contender_clients, kind, config.warmup)
     rounds: dict[str, dict[str, list[Summary]]] = {n: {k: [] for k in KINDS} for n in clients}

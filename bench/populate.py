@@ -11,7 +11,6 @@ which is what the lookups pay for.
 from __future__ import annotations
 
 import random
-import secrets
 from collections.abc import Iterator, Sequence
 
 import transaction
@@ -135,7 +134,3 @@ def populate_zope_session(db: DB, count: int, now: float) -> int:
         _commit_batch(db, add(batch))
     return count
 
-
-def random_ids(count: int) -> list[str]:
-    """Ids for clients that are not in a populated tree yet (random, unsorted)."""
-    return [secrets.token_urlsafe(32) for _ in range(count)]

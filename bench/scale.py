@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -76,4 +77,4 @@ def scale(sizes: Sequence[int], config: CompareConfig, workdir: Path) -> dict[st
     for name, size, _directory in points:
         key = f"{name}@{size}"
         by_name[name][str(size)] = {**measured[key], "build": builds[key]}
-    return {"sizes": list(sizes), "config": config.__dict__, "contenders": by_name}
+    return {"sizes": list(sizes), "config": asdict(config), "contenders": by_name}

@@ -124,13 +124,15 @@ def make_clients(app: WSGIApp, count: int) -> list[Client]:
     return clients
 
 
-def run_requests(clients: Sequence[Client], kind: str, count: int) -> list[int]:
+def run_requests(clients: Sequence[Client], kind: str, count: int, *, collect: bool = True) -> list[int]:
     """Send *count* requests of *kind* ("write" or "read") round-robin; ns per request.
 
-    The garbage collector is run first and left enabled, the same for every
-    contender: collections during the phase are part of the cost.
+    The garbage collector is run first (unless *collect* is false) and left
+    enabled, the same for every contender: collections during the phase are
+    part of the cost.
     """
-    gc.collect()
+    if collect:
+        gc.collect()
     timer = time.perf_counter_ns
     times = [0] * count
     n_clients = len(clients)
