@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import shutil
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -158,3 +159,60 @@ def memory_conn(memory_db: DB, connect) -> Connection:
 def load_counter() -> type[LoadCounter]:
     """The ``LoadCounter`` class, to install on a storage the test opens."""
     return LoadCounter
+
+
+# -- a real headless browser ---------------------------------------------------------
+
+#: Upper bound, in seconds, of every browser wait: page loads, element look-ups.
+BROWSER_WAIT = 10
+
+#: Chromium's own background traffic is turned off: this machine reaches no
+#: network but loopback, and without these flags its connections are refused.
+CHROME_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1200,1400",
+)
+
+
+@pytest.fixture
+def driver(tmp_path, monkeypatch):
+    """A headless Chromium (Selenium) with a fresh profile, quit however the test ends.
+
+    Skipped, saying what is missing, without Selenium or Debian's ``chromium``
+    and ``chromium-driver``. Selenium Manager never downloads anything: the
+    driver is given by path and ``SE_OFFLINE`` is set.
+    """
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    missing = [name for name, path in (("chromium", chromium), ("chromedriver", chromedriver))
+               if path is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not found on PATH "
+                    "(apt-get install chromium chromium-driver)")
+    monkeypatch.setenv("SE_OFFLINE", "true")
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    service = Service(executable_path=chromedriver, log_output=str(tmp_path / "chromedriver.log"))
+    browser = webdriver.Chrome(options=options, service=service)
+    try:
+        browser.set_page_load_timeout(BROWSER_WAIT)
+        browser.set_script_timeout(BROWSER_WAIT)
+        browser.implicitly_wait(BROWSER_WAIT)
+        yield browser
+    finally:
+        browser.quit()

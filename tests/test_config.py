@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import tomllib
 from pathlib import Path
@@ -45,6 +46,9 @@ def test_defaults_without_file_or_environment():
     assert settings.server.port == 8080
     assert settings.logging.level == "INFO"
     assert settings.source_of("server.port") == "default"
+    assert (settings.sessions.max_sessions, settings.sessions.max_session_bytes) == (0, 65536)
+    assert (settings.admin.host, settings.admin.port, settings.admin.token) == ("127.0.0.1", 8081, "")
+    assert settings.admin.enabled is False
 
 
 def test_settings_are_frozen():
@@ -169,6 +173,34 @@ BAD_VALUES = [
     ("sessions.idle_timeout", {"sessions.idle_timeout": "1800"}),
     ("sessions.idle_timeout", {"sessions.idle_timeout": float("inf")}),
     ("server.host", {"server.host": 127}),
+    # scaling out: workers, ZEO
+    ("server.workers", {"server.workers": 0}),
+    ("server.workers", {"server.workers": 2}),
+    ("server.workers", {"server.workers": 2, "storage.uri": "memory://"}),
+    ("server.workers", {"server.workers": 2, "storage.uri": "zeo://127.0.0.1:8100",
+                        "storage.sessions_uri": "file://var/Sessions.fs"}),
+    ("storage.uri", {"storage.uri": "zeo://127.0.0.1:8100?server_sync=2"}),
+    ("storage.uri", {"storage.uri": "zeo://127.0.0.1:8100?wait_timeout=0"}),
+    ("zeo.address", {"zeo.address": "8100"}),
+    ("zeo.address", {"zeo.address": "127.0.0.1:0"}),
+    ("zeo.address", {"zeo.address": "127.0.0.1:99999"}),
+    ("zeo.address", {"zeo.address": "::1:8100"}),
+    ("zeo.storage", {"zeo.storage": " "}),
+    ("zeo.sessions_storage", {"zeo.sessions_storage": "var/Data.fs"}),
+    # limits and the admin listener
+    ("sessions.max_sessions", {"sessions.max_sessions": -1}),
+    ("sessions.max_session_bytes", {"sessions.max_session_bytes": -1}),
+    ("admin.host", {"admin.host": ""}),
+    ("admin.port", {"admin.port": 65536}),
+    ("admin.token", {"admin.token": "fifteen-chars.."}),
+    ("admin.token", {"admin.token": "   "}),
+    ("admin.token", {"admin.token": " a-long-enough-token-with-a-space"}),
+    ("admin.token", {"admin.token": "a-long-enough-token\n"}),
+    ("admin.token", {"admin.token": "a-long-enough-tökén-not-ascii"}),
+    ("admin.token", {"admin.token": 1234567890123456789}),
+    ("admin.port", {"admin.token": "x" * 16, "admin.port": 8080}),
+    ("admin.port", {"admin.token": "x" * 16, "admin.port": 9000, "server.port": 9000,
+                    "server.host": "0.0.0.0"}),
 ]
 BAD_IDS = [
     "idle-zero", "idle-negative", "lifetime-below-idle", "resolution-not-below-idle",
@@ -181,6 +213,14 @@ BAD_IDS = [
     "log-level-unknown",
     "bool-as-int", "int-as-str", "int-as-float", "int-as-bool", "float-as-str",
     "float-infinite", "str-as-int",
+    "workers-zero", "workers-on-file", "workers-on-memory", "workers-on-file-sessions",
+    "zeo-server-sync-bad", "zeo-wait-zero", "zeo-address-no-host", "zeo-address-port-zero",
+    "zeo-address-port-too-big", "zeo-address-ipv6-unbracketed", "zeo-storage-blank",
+    "zeo-sessions-storage-same",
+    "max-sessions-negative", "max-session-bytes-negative", "admin-host-empty",
+    "admin-port-too-big", "admin-token-too-short", "admin-token-blank", "admin-token-padded",
+    "admin-token-control-character", "admin-token-not-ascii", "admin-token-not-a-string",
+    "admin-port-is-server-port", "admin-port-is-server-port-on-all-interfaces",
 ]  # fmt: skip
 
 
@@ -293,8 +333,11 @@ def test_session_manager_uses_the_sessions_section():
     )
     manager = settings.session_manager(clock=lambda: 42.0)
     assert (manager.idle_timeout, manager.max_lifetime, manager.access_resolution) == (100, 500, 7)
+    assert (manager.max_sessions, manager.max_session_bytes) == (0, 65536)
     assert manager.database is None
     assert manager.clock() == 42.0
+    limited = Settings.from_mapping({"sessions": {"max_sessions": 10, "max_session_bytes": 0}})
+    assert (limited.session_manager().max_sessions, limited.session_manager().max_session_bytes) == (10, 0)
 
 
 def test_session_manager_targets_the_sessions_database_when_separate():
@@ -337,3 +380,105 @@ def test_open_db_with_sessions_uri_joins_a_multi_database():
     finally:
         for database in db.databases.values():
             database.close()
+
+
+# -- scaling out: workers and the ZEO server ---------------------------------------------
+
+
+def test_zeo_section_defaults():
+    settings = load_settings(environ={})
+    assert settings.zeo.address == "127.0.0.1:8100"
+    assert settings.zeo.storage == "var/Data.fs"
+    assert settings.zeo.sessions_storage == ""
+    assert settings.server.workers == 1
+
+
+_NEEDS_RELSTORAGE = pytest.mark.skipif(importlib.util.find_spec("relstorage") is None,
+                                       reason="RelStorage is not installed")
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["zeo://127.0.0.1:8100", "zeo:///run/zeo.sock?wait_timeout=5",
+     pytest.param("sqlite://?data_dir=var/rs", marks=_NEEDS_RELSTORAGE),
+     pytest.param("postgres://user:pw@db.example:5432/sessions?keep_history=false",
+                  marks=_NEEDS_RELSTORAGE)],
+    ids=["zeo-tcp", "zeo-unix", "relstorage-sqlite", "relstorage-postgres"],
+)
+def test_several_workers_are_accepted_on_a_shared_storage(uri):
+    settings = load_settings(environ={}, overrides={"server.workers": 4, "storage.uri": uri})
+    assert settings.server.workers == 4
+
+
+def test_workers_on_a_file_storage_explain_why_in_one_line():
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"ZODBSESSION_SERVER_WORKERS": "3"})
+    message = str(info.value)
+    assert message.startswith("server.workers: 3 processes cannot share file://var/Data.fs: ")
+    assert "one process only" in message and "zeo://" in message and "RelStorage" in message
+    assert message.endswith("(got 3 from environment ZODBSESSION_SERVER_WORKERS)")
+
+
+def test_command_line_overrides_are_named_as_such():
+    with pytest.raises(ConfigError, match=r"\(got 0 from --workers\)$"):
+        load_settings(environ={}, overrides={"server.workers": 0}, overrides_source="--workers")
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:8100", "localhost:9", "[::1]:8100", "./var/zeo.sock", "/run/zeo.sock"],
+    ids=["ipv4", "hostname", "ipv6", "relative-socket", "absolute-socket"],
+)
+def test_zeo_address_accepts_host_port_and_socket_paths(address):
+    assert load_settings(environ={}, overrides={"zeo.address": address}).zeo.address == address
+
+
+# -- the admin listener ------------------------------------------------------------------------
+
+SECRET = "s3cret-admin-token-never-printed"
+
+
+def test_an_admin_token_turns_the_listener_on_from_the_environment():
+    settings = load_settings(environ={"ZODBSESSION_ADMIN_TOKEN": SECRET, "ZODBSESSION_ADMIN_PORT": "9999"})
+    assert settings.admin.enabled is True
+    assert (settings.admin.token, settings.admin.port) == (SECRET, 9999)
+    assert settings.source_of("admin.token") == "environment ZODBSESSION_ADMIN_TOKEN"
+
+
+def test_the_admin_token_stays_out_of_reprs():
+    settings = Settings.from_mapping({"admin": {"token": SECRET}})
+    assert SECRET not in repr(settings) and SECRET not in repr(settings.admin)
+    assert "token=<set>" in repr(settings.admin)
+    assert "token=''" in repr(Settings().admin)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [{"admin": {"token": SECRET[:10]}}, {"admin": {"tokn": SECRET}}, {"admin": {"token": SECRET + "\t"}},
+     {"admn": {"token": SECRET}}, {"admin.admin_token": SECRET}],
+    ids=["too-short", "misspelt-key", "control-character", "misspelt-section", "unknown-token-key"],
+)
+def test_the_admin_token_stays_out_of_error_messages(source):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_mapping(source)
+    assert SECRET[:10] not in str(info.value)
+    assert "***" in str(info.value)
+
+
+def test_a_short_token_error_says_how_long_and_how_to_make_one():
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"ZODBSESSION_ADMIN_TOKEN": "abc"})
+    message = str(info.value)
+    assert message.startswith("admin.token: is 3 characters long; use at least 16")
+    assert "secrets.token_urlsafe" in message
+    assert message.endswith("(got '***' from environment ZODBSESSION_ADMIN_TOKEN)")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"admin.port": 8080}, {"admin.port": 8080, "admin.token": "x" * 16, "admin.host": "127.0.0.2"},
+     {"admin.port": 0, "server.port": 0, "admin.token": "x" * 16}],
+    ids=["listener-off", "other-host", "both-any-free-port"],
+)
+def test_the_admin_port_may_equal_the_servers_where_they_cannot_collide(overrides):
+    settings = load_settings(environ={}, overrides=overrides)
+    assert settings.admin.port == overrides["admin.port"]

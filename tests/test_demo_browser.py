@@ -9,69 +9,13 @@ off, as the machine reaches no network but loopback.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import BROWSER_WAIT as WAIT
 from serverproc import ServerProcess
-
-#: Upper bound, in seconds, of every wait: page loads, element look-ups, navigations.
-WAIT = 10
-
-CHROME_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1000,1300",
-)
-
-
-def _find_tools() -> tuple[str, str]:
-    """The chromium and chromedriver executables, or skip naming what is missing."""
-    chromium = shutil.which("chromium")
-    chromedriver = shutil.which("chromedriver")
-    missing = [name for name, path in (("chromium", chromium), ("chromedriver", chromedriver))
-               if path is None]
-    if missing:
-        pytest.skip(f"{' and '.join(missing)} not found on PATH "
-                    "(apt-get install chromium chromium-driver)")
-    assert chromium is not None and chromedriver is not None
-    return chromium, chromedriver
-
-
-@pytest.fixture
-def driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    """A headless Chromium with a fresh profile; quit however the test ends."""
-    pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
-    chromium, chromedriver = _find_tools()
-    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not download
-
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in CHROME_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    service = Service(executable_path=chromedriver,
-                      log_output=str(tmp_path / "chromedriver.log"))
-    browser = webdriver.Chrome(options=options, service=service)
-    try:
-        browser.set_page_load_timeout(WAIT)
-        browser.set_script_timeout(WAIT)
-        browser.implicitly_wait(WAIT)
-        yield browser
-    finally:
-        browser.quit()
 
 
 @pytest.fixture

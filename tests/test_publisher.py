@@ -1230,3 +1230,113 @@ def test_explicit_manager_per_request_refuses_work_outside_the_transaction(datab
     request(client(publisher(app_from(action), database)))
     with pytest.raises(NoTransaction):
         managers[0].get()
+
+
+# -- the read path: nothing to commit, managers reused ----------------------------------
+
+
+def test_request_that_changed_nothing_is_aborted_not_committed(database):
+    """No vote, no witness: a read costs an abort. What it registered for an abort runs."""
+    seen = []
+
+    def action(environ):
+        txn = environ["zodbsession.connection"].transaction_manager.get()
+        txn.addAfterAbortHook(lambda: seen.append("aborted"))
+        seen.append(environ["zodbsession.session"].get("x"))
+        return "ok"
+
+    testapp = client(publisher(app_from(action), database))
+    before = database.storage.lastTransaction()
+    response = request(testapp)
+    assert response.status_int == 200
+    assert seen == [None, "aborted"]
+    assert database.storage.lastTransaction() == before
+
+
+@pytest.mark.parametrize("what", ["after-commit-hook", "before-commit-hook"])
+def test_request_with_a_commit_hook_still_commits(database, what):
+    """A hook is a promise of work at commit time: it must run, even if nothing was written."""
+    seen = []
+
+    def action(environ):
+        txn = environ["zodbsession.connection"].transaction_manager.get()
+        if what == "after-commit-hook":
+            txn.addAfterCommitHook(lambda status: seen.append(status))
+        else:
+            txn.addBeforeCommitHook(lambda: seen.append("before"))
+        return "ok"
+
+    assert request(client(publisher(app_from(action), database))).status_int == 200
+    assert seen == ([True] if what == "after-commit-hook" else ["before"])
+
+
+def test_doomed_request_that_changed_nothing_still_fails_its_commit(database):
+    def action(environ):
+        environ["zodbsession.connection"].transaction_manager.doom()
+        return "ok"
+
+    assert request(client(publisher(app_from(action), database))).status_int == 500
+
+
+def test_transaction_managers_are_reused_clean_across_requests(database):
+    managers = []
+
+    def action(environ):
+        tm = environ["zodbsession.connection"].transaction_manager
+        managers.append(tm)
+        assert tm.explicit
+        environ["zodbsession.session"]["n"] = len(managers)
+        return "ok"
+
+    testapp = client(publisher(app_from(action), database))
+    for _ in range(3):
+        assert request(testapp, method="POST").status_int == 200
+    assert managers[0] is managers[1] is managers[2]
+    assert testapp.publisher._idle_managers == [managers[0]]
+    with pytest.raises(NoTransaction):
+        managers[0].get()
+    assert not managers[0].registeredSynchs()
+
+
+def test_a_streaming_response_keeps_its_manager_until_closed(database):
+    """Another request meanwhile gets a manager of its own; the stream's comes back at close."""
+    managers = []
+
+    def app(environ, start_response):
+        managers.append(environ["zodbsession.connection"].transaction_manager)
+        start_response("200 OK", TEXT)
+        return iter([b"a", b"b"])
+
+    pub = SessionPublisher(app, database, streaming=True)
+    first = pub(environ_for(), Recorder())
+    second = pub(environ_for(), Recorder())
+    assert managers[0] is not managers[1]
+    assert pub._idle_managers == []
+    assert b"".join(second) == b"ab"
+    second.close()
+    assert pub._idle_managers == [managers[1]]
+    assert b"".join(first) == b"ab"
+    first.close()
+    assert set(map(id, pub._idle_managers)) == {id(managers[0]), id(managers[1])}
+    pub(environ_for(), Recorder()).close()
+    assert managers[2] in managers[:2]
+
+
+def test_a_manager_left_with_a_transaction_is_not_reused(database):
+    """An application that keeps a synchronizer on its manager gets it dropped, not pooled."""
+    class Synch:
+        def beforeCompletion(self, txn): ...  # noqa: N802
+
+        def afterCompletion(self, txn): ...  # noqa: N802
+
+        def newTransaction(self, txn): ...  # noqa: N802
+
+    synch = Synch()
+
+    def action(environ):
+        environ["zodbsession.connection"].transaction_manager.registerSynch(synch)
+        return "ok"
+
+    pub = publisher(app_from(action), database)
+    assert request(client(pub)).status_int == 200
+    assert pub._idle_managers == []

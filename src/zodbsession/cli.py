@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,10 +19,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
+from ZEO.Exceptions import ClientDisconnected
 
 from zodbsession import maintenance
 from zodbsession.config import Settings, load_settings
-from zodbsession.errors import ZodbSessionError
+from zodbsession.errors import ConfigError, ZodbSessionError
 from zodbsession.manager import SessionManager
 
 config_option = click.option(
@@ -31,7 +33,12 @@ config_option = click.option(
 
 
 def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn zodbsession errors into one line on stderr and exit status 2."""
+    """Turn zodbsession errors into one line on stderr and exit status 2.
+
+    A ZEO server lost in the middle of a command (``ClientDisconnected``,
+    raised after the URI's wait_timeout) is one line and status 1: the work
+    done so far was committed in batches, the rest was not.
+    """
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -40,15 +47,21 @@ def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except ZodbSessionError as exc:
             click.echo(f"zodbsession: {exc}", err=True)
             sys.exit(2)
+        except ClientDisconnected as exc:
+            click.echo(f"zodbsession: lost the ZEO server ({exc or 'disconnected'}); "
+                       "batches committed before that are kept, run the command again", err=True)
+            sys.exit(1)
 
     return wrapper
 
 
-def _settings(config_path: str | None) -> Settings:
-    settings = load_settings(config_path)
+def _settings(config_path: str | None, overrides: dict[str, Any] | None = None) -> Settings:
+    settings = load_settings(config_path, overrides=overrides,
+                             overrides_source="the command line")
     logging.basicConfig(
         level=settings.logging.level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        # The pid tells apart the lines of several workers and servers.
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
     )
     return settings
 
@@ -57,6 +70,13 @@ def _settings(config_path: str | None) -> Settings:
 def _database(config_path: str | None, *, read_only: bool = False
               ) -> Iterator[tuple[Any, SessionManager]]:
     settings = _settings(config_path)
+    # A command's output is its answer; ZEO's and RelStorage's clients narrate
+    # each connection (and RelStorage each pack step) at INFO.
+    for noisy in ("ZEO", "relstorage"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # A record that cannot be loaded is the command's to report (verify lists
+    # it); ZODB.Connection would print a raw traceback for it first.
+    logging.getLogger("ZODB.Connection").setLevel(logging.CRITICAL)
     db = settings.open_db(read_only=read_only)
     try:
         yield db, settings.session_manager()
@@ -70,6 +90,7 @@ def _progress(label: str, total: int | None = None) -> Iterator[Callable[[int], 
     if not sys.stderr.isatty():
         yield lambda done: None
         return
+    bar: Any
     with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
         shown = [0]
 
@@ -95,13 +116,26 @@ def main() -> None:
 @config_option
 @click.option("--app", "app_spec", default=None, metavar="MODULE:CALLABLE",
               help="Your WSGI application [default: server.app, else the demo app].")
+@click.option("--workers", type=int, default=None, metavar="N",
+              help="Processes sharing the address; above 1 needs a zeo:// or RelStorage "
+                   "URI [default: server.workers].")
 @_one_line_errors
-def serve(config_path: str | None, app_spec: str | None) -> None:
+def serve(config_path: str | None, app_spec: str | None, workers: int | None) -> None:
     """Serve a WSGI application inside the session publisher."""
     from zodbsession.server import serve as run_server
 
-    settings = _settings(config_path)
+    settings = _settings(config_path, {"server.workers": workers} if workers is not None else None)
     run_server(settings, app_spec=app_spec, config_name=config_path or _default_config_name())
+
+
+@main.command()
+@config_option
+@_one_line_errors
+def zeo(config_path: str | None) -> None:
+    """Run the ZEO server that zeo:// app servers share ([zeo] settings)."""
+    from zodbsession.zeo import run_zeo
+
+    run_zeo(_settings(config_path))
 
 
 def _default_config_name() -> str:
@@ -143,11 +177,14 @@ def pack(config_path: str | None, days: float, database: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_one_line_errors
 def stats(config_path: str | None, as_json: bool) -> None:
-    """Show how many sessions there are, live and expired, and the database's size."""
+    """Show how many sessions there are, live and expired, the database's size, and the
+    running server's counters when PROMETHEUS_MULTIPROC_DIR names its metrics directory.
+    """
     with _database(config_path) as (db, manager):
         figures = maintenance.stats(db, manager)
+        metrics = _metrics_figures(db, manager)
     if as_json:
-        click.echo(json.dumps(figures.as_dict(), indent=2, sort_keys=True))
+        click.echo(json.dumps({**figures.as_dict(), "metrics": metrics}, indent=2, sort_keys=True))
         return
     click.echo(f"live sessions     {figures.live_sessions}")
     click.echo(f"expired sessions  {figures.expired_sessions} (the next sweep removes them)")
@@ -157,6 +194,53 @@ def stats(config_path: str | None, as_json: bool) -> None:
         click.echo(f"database {database.name}: {database.storage_class} {database.storage_name}, "
                    f"{database.size_bytes} bytes, last pack {_when(database.last_pack)}, "
                    f"{database.cached_objects} cached objects")
+    _echo_counters(metrics)
+
+
+def _metrics_figures(db: Any, manager: SessionManager) -> dict[str, Any]:
+    """What ``/metrics`` would show that can be had here: the database's figures, and
+    the server's counters from its multiprocess directory when the environment names one.
+
+    The shape of ``Metrics.snapshot()``, plus ``multiprocess_dir``; without a
+    directory only the database's figures. Only reads: a ``Metrics`` made here
+    would add files of its own to the server's directory.
+    """
+    from zodbsession.metrics import MULTIPROC_ENV, combined_snapshot, count_sessions, storage_sizes
+
+    directory = os.environ.get(MULTIPROC_ENV) or None
+    figures: dict[str, Any] = {"multiprocess_dir": directory}
+    if directory is not None:
+        if not os.path.isdir(directory):
+            raise ConfigError(MULTIPROC_ENV, f"must name the running server's metrics directory, "
+                              f"which exists (got {directory!r})")
+        figures.update(combined_snapshot(directory))
+    figures["live_sessions"] = count_sessions(db, manager)
+    figures["storage_bytes"] = storage_sizes(db)
+    return figures
+
+
+def _echo_counters(metrics: dict[str, Any]) -> None:
+    if metrics["multiprocess_dir"] is None:
+        click.echo("server counters   not here: scrape /metrics on the admin listener, or set "
+                   "PROMETHEUS_MULTIPROC_DIR to the server's directory (--workers: var/metrics)")
+        return
+    requests = metrics["requests"]
+    outcomes = ", ".join(f"{name} {count}" for name, count in requests.items() if count)
+    commits = metrics["commit_seconds"]
+    mean = f", mean {commits['sum'] / commits['count'] * 1000:.2f} ms" if commits["count"] else ""
+    janitor = metrics["janitor"]
+    last = (f"last {_when(janitor['last_run'])}, removed {janitor['last_removed']}"
+            if janitor["last_run"] else "none yet")
+    click.echo(f"server counters (since the server started, from {metrics['multiprocess_dir']}):")
+    click.echo(f"  requests        {metrics['requests_total']}" + (f" ({outcomes})" if outcomes else ""))
+    click.echo(f"  retries         {metrics['retries']}, of which conflicts {metrics['conflicts']}")
+    click.echo(f"  answered 503    {metrics['answers_503']}")
+    click.echo(f"  commits         {commits['count']}{mean}")
+    click.echo("  sessions        " + ", ".join(f"{kind} {count}"
+                                                for kind, count in metrics["sessions"].items()))
+    click.echo(f"  janitor sweeps  {janitor['runs']}, removed {janitor['removed']}; {last}")
+    for name, pool in metrics["pool"].items():
+        click.echo(f"  connections     {name}: {pool['in_use']} in use of {pool['size']} pooled")
 
 
 @main.command(name="ls")
@@ -183,7 +267,10 @@ def list_command(config_path: str | None, user: str | None, limit: int | None,
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_one_line_errors
 def show(config_path: str | None, session_id: str, as_json: bool) -> None:
-    """Show one session: its bookkeeping and its data."""
+    """Show one session: its bookkeeping and its data.
+
+    Session ids may start with '-': put such an id after '--'.
+    """
     with _database(config_path) as (db, manager):
         detail = maintenance.show_session(db, manager, session_id)
     figures = detail.as_dict()
@@ -202,7 +289,11 @@ def show(config_path: str | None, session_id: str, as_json: bool) -> None:
 @_one_line_errors
 def revoke(config_path: str | None, session_id: str | None, user: str | None,
            revoke_everything: bool) -> None:
-    """End one session, all of one user's, or all of them."""
+    """End one session, all of one user's, or all of them.
+
+    Session ids may start with '-': put such an id after '--'
+    (zodbsession revoke -- -Xy3...).
+    """
     if sum(map(bool, (session_id, user, revoke_everything))) != 1:
         raise click.UsageError("give exactly one of SESSION_ID, --user U or --all")
     with _database(config_path) as (db, manager):

@@ -29,18 +29,20 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type_hints
 
-import zodburi
 from ZODB import DB
 
-from zodbsession.db import SESSIONS_DATABASE
+from zodbsession.db import SESSIONS_DATABASE, is_embedded, redact_uri, resolve
 from zodbsession.db import open_db as _open_db
 from zodbsession.errors import ConfigError
 from zodbsession.manager import SessionManager
+from zodbsession.zeo import parse_address
 
 #: The file ``load_settings()`` reads when given no path, relative to the current directory.
 DEFAULT_PATH = Path("conf/zodbsession.toml")
 #: Environment variables named ``ZODBSESSION_<SECTION>_<KEY>`` override the file.
 ENV_PREFIX = "ZODBSESSION_"
+#: The shortest admin token accepted: 16 random characters are beyond guessing over HTTP.
+MIN_TOKEN_LENGTH = 16
 
 SameSite = Literal["Lax", "Strict", "None"]
 Secure = bool | Literal["auto"]
@@ -62,6 +64,8 @@ class SessionsSettings:
     idle_timeout: float = 1800.0
     max_lifetime: float = 28800.0
     access_resolution: float = 60.0
+    max_sessions: int = 0  # 0: no limit
+    max_session_bytes: int = 65536  # 0: no limit
 
 
 @dataclass(frozen=True)
@@ -90,12 +94,17 @@ class PublisherSettings:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """The bundled waitress server; ``app`` is ``"module:callable"`` or "" for the demo."""
+    """The bundled waitress server; ``app`` is ``"module:callable"`` or "" for the demo.
+
+    ``workers`` > 1 forks that many processes sharing one listening socket,
+    which needs a storage several processes can open (zeo://, RelStorage).
+    """
 
     host: str = "127.0.0.1"
     port: int = 8080
     threads: int = 8
     app: str = ""
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,40 @@ class JanitorSettings:
 
     interval: float = 60.0
     batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class ZeoSettings:
+    """The ZEO server ``zodbsession zeo`` runs; app servers reach it with a zeo:// URI.
+
+    ``address`` is ``host:port`` or a Unix socket path (anything with a ``/``);
+    ``storage`` and ``sessions_storage`` are FileStorage paths on the server.
+    """
+
+    address: str = "127.0.0.1:8100"
+    storage: str = "var/Data.fs"
+    sessions_storage: str = ""  # "": no separate sessions storage is served
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """The admin listener (metrics, dashboard, revocation); it runs only when ``token`` is set.
+
+    The token is a secret: ``repr`` and every error message leave it out.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8081
+    token: str = field(default="", repr=False)  # "": the admin listener is off
+
+    @property
+    def enabled(self) -> bool:
+        """Whether ``serve`` starts the admin listener: a token is set."""
+        return bool(self.token)
+
+    def __repr__(self) -> str:
+        token = "<set>" if self.token else "''"
+        return f"AdminSettings(host={self.host!r}, port={self.port!r}, token={token})"
 
 
 @dataclass(frozen=True)
@@ -132,6 +175,8 @@ class Settings:
     publisher: PublisherSettings = field(default_factory=PublisherSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     janitor: JanitorSettings = field(default_factory=JanitorSettings)
+    zeo: ZeoSettings = field(default_factory=ZeoSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     # {"section.key" -> where its value came from}; absent means "default"
     _sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -160,11 +205,13 @@ class Settings:
         return {s.name: dataclasses.asdict(getattr(self, s.name)) for s in _SECTIONS}
 
     def session_manager(self, clock: Callable[[], float] = time.time) -> SessionManager:
-        """A ``SessionManager`` with the [sessions] timeouts, on the right database."""
+        """A ``SessionManager`` with the [sessions] timeouts and limits, on the right database."""
         return SessionManager(
             idle_timeout=self.sessions.idle_timeout,
             max_lifetime=self.sessions.max_lifetime,
             access_resolution=self.sessions.access_resolution,
+            max_sessions=self.sessions.max_sessions,
+            max_session_bytes=self.sessions.max_session_bytes,
             database=SESSIONS_DATABASE if self.storage.sessions_uri else None,
             clock=clock,
         )
@@ -185,6 +232,7 @@ def load_settings(
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    overrides_source: str = "override",
 ) -> Settings:
     """Build the settings from defaults < file < environment < *overrides*.
 
@@ -192,7 +240,8 @@ def load_settings(
     given explicitly must exist. *environ* defaults to ``os.environ``; every
     ``ZODBSESSION_*`` variable in it must name a setting, so a typo fails
     loudly instead of being ignored. *overrides* takes typed values, nested or
-    dotted (``{"server.port": 9000}``). Raises ``ConfigError`` naming the key.
+    dotted (``{"server.port": 9000}``); *overrides_source* is how errors name
+    them (the CLI says "the command line"). Raises ``ConfigError`` naming the key.
     """
     layers: list[tuple[str, Mapping[str, Any], bool]] = []
     if path is None and DEFAULT_PATH.is_file():
@@ -205,7 +254,7 @@ def load_settings(
             section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
             layers.append((f"environment {name}", {f"{section}.{key}": environ[name]}, True))
     if overrides:
-        layers.append(("override", overrides, False))
+        layers.append((overrides_source, overrides, False))
     return _build(layers)
 
 
@@ -246,15 +295,15 @@ def _flatten(data: Mapping[str, Any], source: str) -> dict[str, Any]:
         elif name not in sections:
             by_name = {k.partition(".")[2]: k for k in reversed(_TYPES)}  # first wins
             hint = _closest(name, sections) or _closest(name, by_name)
-            raise ConfigError(name, f"unknown section{hint} {_got(value, source)}")
+            raise ConfigError(name, f"unknown section{hint} {_got(value, source, name)}")
         elif not isinstance(value, Mapping):
-            raise ConfigError(name, f"must be a table of settings ([{name}]) {_got(value, source)}")
+            raise ConfigError(name, f"must be a table of settings ([{name}]) {_got(value, source, name)}")
         else:
             flat.update((f"{name}.{key}", v) for key, v in value.items())
     for key, value in flat.items():
         if key not in _TYPES:
             raise ConfigError(
-                key, f"unknown setting{_closest(key, list(_TYPES))} {_got(value, source)}"
+                key, f"unknown setting{_closest(key, list(_TYPES))} {_got(value, source, key)}"
             )
     return flat
 
@@ -270,7 +319,7 @@ def _build(layers: list[tuple[str, Mapping[str, Any], bool]]) -> Settings:
     sections = {}
     for s in _SECTIONS:
         kwargs = {k.partition(".")[2]: v for k, v in values.items() if k.startswith(s.name + ".")}
-        sections[s.name] = s.default_factory(**kwargs)  # type: ignore[misc]
+        sections[s.name] = s.default_factory(**kwargs)  # type: ignore[misc,operator]
     return Settings(**sections, _sources=MappingProxyType(sources))
 
 
@@ -308,7 +357,7 @@ def _coerce(key: str, value: Any, source: str, text: bool) -> Any:
         if hint is float and (is_int or isinstance(number, float)) and math.isfinite(number):
             return float(number)
         wanted = "an integer" if hint is int else "a number"
-    raise ConfigError(key, f"must be {wanted} {_got(value, source)}")
+    raise ConfigError(key, f"must be {wanted} {_got(value, source, key)}")
 
 
 def _closest(name: str, candidates: Any) -> str:
@@ -320,8 +369,8 @@ def _closest(name: str, candidates: Any) -> str:
     return f"; did you mean {shown!r}?"
 
 
-def _got(value: Any, source: str) -> str:
-    shown = repr(value)
+def _got(value: Any, source: str, key: str = "") -> str:
+    shown = repr(_shown(key, value))
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
     return f"(got {shown})" if source == "default" else f"(got {shown} from {source})"
 
@@ -357,20 +406,62 @@ def _validate(s: Settings) -> None:
         ("server.host", bool(srv.host), "must not be empty"),
         ("server.port", 0 <= srv.port <= 65535, "must be from 0 (any free port) to 65535"),
         ("server.threads", srv.threads >= 1, "must be at least 1"),
+        ("server.workers", srv.workers >= 1, "must be at least 1"),
         ("server.app", not srv.app or bool(_APP_SPEC.fullmatch(srv.app)),
          "must be 'module:callable' (e.g. 'myapp.wsgi:application') or empty for the demo"),
+        ("sessions.max_sessions", ss.max_sessions >= 0, "must be at least 0 (0: no limit)"),
+        ("sessions.max_session_bytes", ss.max_session_bytes >= 0, "must be at least 0 (0: no limit)"),
         ("janitor.interval", s.janitor.interval >= 0, "must be at least 0 seconds (0: off)"),
         ("janitor.batch_size", s.janitor.batch_size >= 1, "must be at least 1"),
+        ("zeo.storage", bool(s.zeo.storage.strip()), "must be a FileStorage path"),
+        ("zeo.sessions_storage", s.zeo.sessions_storage != s.zeo.storage,
+         "must differ from zeo.storage (or be empty)"),
         ("logging.level", s.logging.level in logging.getLevelNamesMapping(),
          "must be a logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+        ("admin.host", bool(s.admin.host), "must not be empty"),
+        ("admin.port", 0 <= s.admin.port <= 65535, "must be from 0 (any free port) to 65535"),
     ]  # fmt: skip
     for key, ok, problem in rules:
         if not ok:
             _fail(s, key, problem)
+    _check_admin(s)
     _check_uri(s, "storage.uri", allow_empty=False)
     _check_uri(s, "storage.sessions_uri", allow_empty=True)
     if s.storage.sessions_uri == s.storage.uri:
         _fail(s, "storage.sessions_uri", "must differ from storage.uri (or be empty)")
+    try:
+        parse_address(s.zeo.address)
+    except ValueError as exc:
+        _fail(s, "zeo.address", str(exc))
+    shared = [u for u in (s.storage.uri, s.storage.sessions_uri) if u and is_embedded(u)]
+    if srv.workers > 1 and shared:
+        _fail(s, "server.workers", f"{srv.workers} processes cannot share {shared[0]}: a "
+              "FileStorage (or memory://) can be opened by one process only; run "
+              "`zodbsession zeo` and use a zeo:// URI, or use RelStorage (README, 'Scaling out')")
+
+
+def _check_admin(s: Settings) -> None:
+    """The token, when one is set, and an admin port that cannot collide with the server's."""
+    token = s.admin.token
+    if not token:
+        return  # no token: the admin listener is off, and its address unused
+    if not token.strip():
+        _fail(s, "admin.token", "is blank: set a real token, or leave it empty (\"\") to keep the "
+              "admin listener off")
+    if token != token.strip():
+        _fail(s, "admin.token", "must not begin or end with whitespace")
+    if not (token.isascii() and token.isprintable()):
+        _fail(s, "admin.token", "must be printable ASCII, as it travels in an HTTP header")
+    if len(token) < MIN_TOKEN_LENGTH:
+        _fail(s, "admin.token", f"is {len(token)} characters long; use at least {MIN_TOKEN_LENGTH}, "
+              "so that guessing it is hopeless, e.g. the output of "
+              "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    admin, server = s.admin, s.server
+    wildcard = {"", "0.0.0.0", "::", "[::]"}
+    same_host = admin.host == server.host or bool({admin.host, server.host} & wildcard)
+    if admin.port and admin.port == server.port and same_host:
+        _fail(s, "admin.port", f"must differ from server.port ({server.port}) on the same host "
+              f"(admin.host {admin.host!r}, server.host {server.host!r})")
 
 
 def _check_uri(s: Settings, key: str, *, allow_empty: bool) -> None:
@@ -381,14 +472,33 @@ def _check_uri(s: Settings, key: str, *, allow_empty: bool) -> None:
     if "://" not in uri:
         _fail(s, key, "must be a storage URI such as file://var/Data.fs or memory://")
     try:
-        zodburi.resolve_uri(uri)
-    except zodburi.NoResolverForScheme:
-        scheme = uri.partition(":")[0]
-        _fail(s, key, f"unknown storage scheme {scheme!r} (file, memory, zeo, zconfig, demo...)")
+        resolve(uri)
     except Exception as exc:  # resolvers raise what they like: KeyError, ZConfig's errors...
-        reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        reason = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        reason = reason.removeprefix(f"{redact_uri(uri)}: ")  # the value is shown after
+        if "unknown storage scheme" in reason:
+            scheme = uri.partition(":")[0]
+            _fail(s, key, f"unknown storage scheme {scheme!r} (file, memory, zeo, zconfig, "
+                  "demo, and sqlite, postgres with RelStorage)")
         _fail(s, key, f"cannot be resolved: {reason}".replace("\n", " "))
 
 
 def _fail(s: Settings, key: str, problem: str) -> NoReturn:
-    raise ConfigError(key, f"{problem} {_got(s.get(key), s.source_of(key))}")
+    value = s.get(key)
+    if key.endswith("uri"):
+        value = redact_uri(value)  # a postgres:// URI may carry a password
+    raise ConfigError(key, f"{problem} {_got(value, s.source_of(key), key)}")
+
+
+def _shown(key: str, value: Any) -> Any:
+    """*value* as a message may show it: the admin token, or a key that looks like it, as '***'.
+
+    Error messages end up in logs and terminals; a token misspelt as
+    ``tokn`` must not be printed in the "unknown setting" error either.
+    """
+    name = key.rpartition(".")[2].lower()
+    if "token" in name or difflib.SequenceMatcher(None, name, "token").ratio() >= 0.6:
+        return "***"
+    if isinstance(value, Mapping):
+        return {k: _shown(f"{key}.{k}", v) for k, v in value.items()}
+    return value

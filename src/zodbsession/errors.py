@@ -96,3 +96,56 @@ class UncommittedChanges(ZodbSessionError, AlreadyInTransaction):
     an explicit-mode transaction manager raises for the same mistake, so one
     ``except`` catches both.
     """
+
+
+class SessionLimitReached(ZodbSessionError):
+    """Storing a new session would exceed ``SessionManager.max_sessions``.
+
+    Raised by the first write to a new session; sessions already stored keep
+    working. The publisher answers 503 with ``Retry-After``: places free up
+    as the janitor expires sessions.
+    """
+
+    def __init__(self, stored: int, limit: int) -> None:
+        self.stored = stored
+        self.limit = limit
+        super().__init__(
+            f"{stored} sessions are stored and max_sessions is {limit}: no new session can be "
+            "stored until some expire (raise sessions.max_sessions, or lower the timeouts)"
+        )
+
+
+class SessionTooLarge(ZodbSessionError, ValueError):
+    """A session's pickled data would exceed ``SessionManager.max_session_bytes``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"the session's data would take {size} bytes pickled, over max_session_bytes "
+            f"({limit}): keep large data in the application's own objects, not in the session"
+        )
+
+
+class UnstorableSessionValue(ZodbSessionError, TypeError):
+    """A value put in a session cannot be pickled, so ZODB could not store it.
+
+    ``key`` names the session key holding it (None when no single value
+    fails on its own); the original pickling error is ``__cause__``.
+    """
+
+    def __init__(self, key: str | None, error: BaseException) -> None:
+        self.key = key
+        where = f"the value under session key {key!r}" if key is not None else "a session value"
+        super().__init__(
+            f"{where} cannot be stored: {type(error).__name__}: {error} (store only "
+            "picklable values: no lambdas, locks, open files or sockets)"
+        )
+
+
+class StorageWriteFailed(ZodbSessionError):
+    """The storage could not write a commit before every vote passed (disk full, I/O error).
+
+    Nothing was committed: the storage rolled its file back. The request may
+    be retried later (the publisher answers 503 with ``Retry-After``).
+    """

@@ -52,7 +52,11 @@ class Janitor:
             self._thread.join(timeout)
 
     def sweep(self) -> int:
-        """Run one sweep now, on a connection of its own; returns how many expired."""
+        """Run one sweep now, on a connection of its own; returns how many expired.
+
+        A finished sweep is reported to the manager's observers
+        (``janitor_ran``); one that fails raises, and is not reported.
+        """
         started = time.monotonic()
         with connection(self.db) as conn:
             removed = self.manager.expire(conn, batch_size=self.batch_size)
@@ -61,6 +65,7 @@ class Janitor:
         self.last_duration = time.monotonic() - started
         if removed:
             log.info("janitor expired %d session(s) in %.3f s", removed, self.last_duration)
+        self.manager.observers.janitor_ran(removed, self.last_duration)
         return removed
 
     def _run(self) -> None:

@@ -10,6 +10,7 @@ maintenance script alike.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,9 @@ from typing import Any, Protocol
 
 from ZODB.Connection import Connection
 
-from zodbsession.errors import ConfigError
+from zodbsession.errors import ConfigError, SessionLimitReached
+from zodbsession.limits import measure
+from zodbsession.observe import EventKind, Observers, SessionEvent
 from zodbsession.session import Session, ids_equal, is_well_formed_id, new_session_id
 from zodbsession.store import SessionContainer, get_container
 from zodbsession.work import ATTEMPTS, run_batches
@@ -45,18 +48,37 @@ class SessionManager:
     ``database`` names the database of a multi-database setup that holds the
     sessions (None: the connection's own). The manager is immutable and
     thread-safe; the sessions it returns belong to the caller's connection.
+
+    ``max_sessions`` (0: no limit) caps the stored sessions: the first write
+    to a new session raises ``SessionLimitReached`` when that many are
+    stored. The count is the container's conflict-free ``Length`` as this
+    transaction sees it, so concurrent creations can overshoot the cap by
+    up to the number of requests creating sessions at once; expired sessions
+    count until the janitor sweeps them. ``max_session_bytes`` (0: no limit)
+    caps the pickled size of one session's data, checked by ``check_storable``.
+
+    ``observers`` receives a ``SessionEvent`` for each session created,
+    rotated, invalidated, revoked or expired, once the transaction that did
+    it has committed; nothing is reported for a transaction that aborts.
     """
 
     idle_timeout: float = 1800.0
     max_lifetime: float = 8 * 3600.0
     access_resolution: float = 60.0
     database: str | None = None
+    max_sessions: int = 0
+    max_session_bytes: int = 65536
     clock: Clock = field(default=time.time, repr=False, compare=False)
+    observers: Observers = field(default_factory=Observers, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("idle_timeout", "max_lifetime"):
             if not getattr(self, name) > 0:
                 raise ConfigError(name, f"must be a positive number of seconds, not {getattr(self, name)!r}")
+        for name in ("max_sessions", "max_session_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(name, f"must be a whole number, 0 for no limit, not {value!r}")
         if not 0 <= self.access_resolution < self.idle_timeout:
             raise ConfigError(
                 "access_resolution",
@@ -87,6 +109,10 @@ class SessionManager:
         """
         if not is_well_formed_id(session_id):
             return None
+        return self._get_well_formed(connection, session_id)  # type: ignore[arg-type]
+
+    def _get_well_formed(self, connection: Connection, session_id: str) -> Session | None:
+        """``get`` for an id already known to be well formed (the publisher checked the cookie)."""
         container = self.container(connection, create=False)
         if container is None:
             return None
@@ -110,6 +136,9 @@ class SessionManager:
 
         def attach(session: Session) -> None:
             container = self.container(connection)
+            if self.max_sessions and len(container) >= self.max_sessions:
+                # Checked before anything is added: the refused session stays transient.
+                raise SessionLimitReached(len(container), self.max_sessions)
             # Add it through the connection of the database holding the
             # container: in a multi-database, adding it to the main connection
             # stored the session in the main database, behind a cross-database
@@ -119,8 +148,21 @@ class SessionManager:
                 home = connection.get_connection(self.database)
             home.add(session)
             container.add(session, self._deadline(session))
+            self._report(connection, "created", session)
 
         return attach
+
+    def check_storable(self, session: Any) -> int:
+        """Check that *session* can be committed; returns its data's pickled size.
+
+        Raises ``UnstorableSessionValue`` (naming the key) for a value ZODB
+        cannot pickle, and ``SessionTooLarge`` past ``max_session_bytes``.
+        Costs one pickle of the session's data, without side effects; the
+        publisher calls it before committing a request that wrote its session.
+        """
+        if type(session) is not Session:  # a request's view; unwrapping a Session costs a lookup
+            session = _unwrap(session)
+        return measure(session, self.max_session_bytes)
 
     # -- changing identity ---------------------------------------------------
 
@@ -132,7 +174,9 @@ class SessionManager:
         new_id = new_session_id()
         if session.is_stored:
             container = self._container_of(session)
+            previous_id = session.id
             container.rename(session, new_id, self._deadline(session))
+            self._report(session._p_jar, "rotated", session, previous_id)
         else:
             session.id = new_id
         return session
@@ -152,7 +196,7 @@ class SessionManager:
         """End *session* on the server: its id no longer finds anything."""
         session._v_attach = None
         if session.is_stored and session.id in self._container_of(session).sessions:
-            self._remove(self._container_of(session), session)
+            self._remove(self._container_of(session), session, "invalidated")
 
     def revoke(self, connection: Connection, session_id: str) -> bool:
         """End the session with this id; returns whether there was one."""
@@ -160,7 +204,7 @@ class SessionManager:
         session = container.get(session_id) if container is not None else None
         if session is None:
             return False
-        self._remove(container, session)
+        self._remove(container, session, "revoked")
         return True
 
     def revoke_user(self, connection: Connection, user_id: str) -> int:
@@ -170,7 +214,7 @@ class SessionManager:
             return 0
         ids = container.user_session_ids(user_id)
         for session_id in ids:
-            self._remove(container, container.sessions[session_id])
+            self._remove(container, container.sessions[session_id], "revoked")
         return len(ids)
 
     # -- the Quixote persistence interface -----------------------------------
@@ -259,7 +303,7 @@ class SessionManager:
             # Through the session's own connection: in a multi-database it is
             # the sessions database's, not *connection* (readCurrent asserts so).
             session._p_jar.readCurrent(session._last_access)
-            self._remove(container, session)
+            self._remove(container, session, "expired")
             removed += 1
         return removed, len(entries)
 
@@ -271,12 +315,48 @@ class SessionManager:
     def _container_of(self, session: Session) -> SessionContainer:
         return self.container(session._p_jar)
 
-    def _remove(self, container: SessionContainer, session: Session) -> None:
+    def _remove(self, container: SessionContainer, session: Session, why: EventKind) -> None:
         # Rewriting the victim makes a concurrent change to it conflict; a
         # delete alone would let that change commit into an unreachable object.
         session._p_activate()
         session._p_changed = True
         container.remove(session)
+        self._report(session._p_jar, why, session)
+
+    # -- events -------------------------------------------------------------
+
+    def _report(self, connection: Connection, kind: EventKind, session: Session,
+                previous_id: str | None = None) -> None:
+        """Queue an event for ``observers``, delivered only if this transaction commits.
+
+        One after-commit hook per transaction delivers its events in order.
+        A session created (or rotated) and then rotated in the same
+        transaction is reported once, under the id the client got: the ids
+        in between were never visible outside the transaction.
+        """
+        if not self.observers:
+            return
+        txn = connection.transaction_manager.get()
+        try:
+            pending: list[SessionEvent] = txn.data(self.observers)
+        except KeyError:
+            pending = []
+            txn.set_data(self.observers, pending)
+            txn.addAfterCommitHook(_deliver, (self.observers, pending))
+        if kind == "rotated":
+            for index, earlier in enumerate(pending):
+                if earlier.session_id == previous_id and earlier.kind in ("created", "rotated"):
+                    pending[index] = dataclasses.replace(
+                        earlier, session_id=session.id, user_id=session.user_id)
+                    return
+        pending.append(SessionEvent(kind, session.id, session.user_id, self.clock(), previous_id))
+
+
+def _deliver(committed: bool, observers: Observers, events: list[SessionEvent]) -> None:
+    """The after-commit hook: report the transaction's events if it committed."""
+    if committed:
+        for event in events:
+            observers.session_event(event)
 
 
 def _unwrap(session: Any) -> Session:

@@ -7,28 +7,45 @@ other data manager in the transaction) change together or not at all. The
 commit happens before the response leaves: a client never sees a success for
 a change that was not committed.
 
-What happens, by outcome (the *commit veto* decides the first three rows):
+What happens, by outcome (the *commit veto* decides the first three rows;
+the last column is the ``RequestOutcome`` reported to the manager's observers):
 
-====================================================  ==============  ===========================
-outcome of one attempt                                transaction     answer
-====================================================  ==============  ===========================
-application returned, veto says commit                commit          the application's response
-application raised ``PublishError`` (4xx, redirect)    commit          the error's status and body
-application returned a 5xx (default veto)             abort           the application's response
-application raised anything else                      abort           500, logged with traceback
-``TransientError`` (app or commit), attempts left     abort, retry    (next attempt)
-``TransientError`` on the last attempt                abort           503 with Retry-After
-commit failed after every vote (outcome unknown)      unknown         503, logged, not retried
-commit failed before that (e.g. unpicklable value)    abort           500, logged
-====================================================  ==============  ===========================
+=================================================  ============  ==========================  =================
+outcome of one attempt                             transaction   answer                      reported as
+=================================================  ============  ==========================  =================
+application returned, veto says commit             commit        the application's response  committed
+application raised ``PublishError`` (4xx, redir.)  commit        the error's status and body committed
+application returned a 5xx (default veto)          abort         the application's response  aborted_veto
+application raised anything else                   abort         500, logged with traceback  aborted_exception
+the session cannot be stored (too large, a value   abort         500, logged naming the key  aborted_invalid
+that cannot be pickled), checked before the commit
+a new session refused: ``max_sessions`` reached    abort         503 with Retry-After        session_limit
+``TransientError`` (app or commit), attempts left  abort, retry  (next attempt)              (request_retried)
+``TransientError`` on the last attempt             abort         503 with Retry-After        gave_up
+ZEO server unreachable (``ClientDisconnected``)    abort         503 at once, not retried    storage_error
+the storage failed to write before every vote      abort         503 with Retry-After        storage_error
+(``OSError``: disk full, file too large)
+commit failed after every vote (outcome unknown)   unknown       503, logged, not retried    outcome_unknown
+commit failed before that, not an ``OSError``      abort         500, logged                 aborted_exception
+=================================================  ============  ==========================  =================
+
+A transaction that nothing joined (no write to any object, no other data
+manager, no commit hook) is aborted rather than committed: the same outcome
+for less work, which is what a read costs.
 
 Retries replay the request with a fresh environ and the buffered body, after
 a short randomized back-off. A body larger than ``max_replay_bytes`` is not
 buffered, and such a request gets one attempt only.
+
+``ClientDisconnected`` is a ``TransientError`` but is not retried: ZEO's
+client raises it only after waiting its ``wait_timeout`` for the server to
+come back, so retrying would hold the request ``retry_attempts`` times that
+long. The request gets a 503 after one bounded wait instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import random
@@ -39,12 +56,21 @@ from typing import Any
 
 import transaction
 from transaction.interfaces import TransientError
+from ZEO.Exceptions import ClientDisconnected
 from ZODB import DB
 from ZODB.POSException import ConnectionStateError
 
 from zodbsession.cookies import CookiePolicy, read_cookie
-from zodbsession.errors import CommitOutcomeUnknown, PublishError
+from zodbsession.errors import (
+    CommitOutcomeUnknown,
+    PublishError,
+    SessionLimitReached,
+    SessionTooLarge,
+    StorageWriteFailed,
+    UnstorableSessionValue,
+)
 from zodbsession.manager import SessionManager
+from zodbsession.observe import RequestOutcome
 from zodbsession.registry import Scope, SessionRegistry
 from zodbsession.registry import registry as default_registry
 from zodbsession.request_session import RequestSession
@@ -57,6 +83,10 @@ StartResponse = Callable[..., Callable[[bytes], Any]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 #: ``commit_veto(environ, status, headers) -> True`` to abort instead of commit.
 CommitVeto = Callable[[dict[str, Any], str, Headers], bool]
+
+
+#: Idle transaction managers a publisher keeps for reuse (about one per server thread).
+IDLE_MANAGERS = 32
 
 
 def default_commit_veto(environ: dict[str, Any], status: str, headers: Headers) -> bool:
@@ -88,6 +118,13 @@ class SessionPublisher:
     ``serialize_same_session`` concurrent requests that carry the same
     session cookie run one after another inside this process, so a page
     firing parallel calls on one session does not conflict with itself.
+    The explicit transaction manager a request gets (the connection's
+    ``transaction_manager``) is handed to a later request once this one is
+    done with it: register data managers with it per request, never keep it.
+
+    How each request ended is reported to ``manager.observers``
+    (``request_finished``, and ``request_retried`` for each replay); a
+    joined publisher reports nothing, as the outer manager decides.
     """
 
     def __init__(
@@ -120,6 +157,9 @@ class SessionPublisher:
         self.join_outer_transaction = join_outer_transaction
         self.registry = registry
         self._session_locks = _KeyedLocks() if serialize_same_session else None
+        # Explicit transaction managers no request holds, for reuse: making
+        # one per request is a measurable part of a read's cost.
+        self._idle_managers: list[transaction.TransactionManager] = []
         self._ensure_container()
 
     def _ensure_container(self) -> None:
@@ -143,6 +183,10 @@ class SessionPublisher:
         finally:
             if lock is not None:
                 lock.__exit__(None, None, None)
+        observers = self.manager.observers
+        if observers:
+            observers.request_finished(response.outcome, response.attempts,
+                                       response.commit_seconds)
         start_response(response.status, response.headers)
         return response.body
 
@@ -150,10 +194,22 @@ class SessionPublisher:
         body, attempts = self._replayable_body(environ)
         for attempt in range(1, attempts + 1):
             fresh = dict(environ)
-            if body is not None:
+            # A first attempt without a body reads the server's own (empty) stream.
+            if body or (body is not None and attempt > 1):
                 fresh["wsgi.input"] = io.BytesIO(body)
             try:
-                return self._attempt(fresh, cookie_id, attempt)
+                response = self._attempt(fresh, cookie_id, attempt)
+                response.attempts = attempt
+                return response
+            except ClientDisconnected as exc:
+                # ZEO fault handling: the storage already waited its wait_timeout
+                # for the server before raising; a retry would wait again, for
+                # each attempt. (In the commit's finish it is CommitOutcomeUnknown.)
+                log.error("%s %s: the storage server is unreachable (%s); answering 503",
+                          environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), exc)
+                return _Response.plain("503 Service Unavailable", "the session database is "
+                                       "unavailable, please retry", [("Retry-After", "5")],
+                                       outcome="storage_error", attempts=attempt)
             except TransientError as exc:
                 if attempt == attempts:
                     log.warning(
@@ -162,20 +218,23 @@ class SessionPublisher:
                         type(exc).__name__, attempt, attempts,
                     )
                     return _Response.plain("503 Service Unavailable", "busy, please retry",
-                                           [("Retry-After", "1")])
+                                           [("Retry-After", "1")], outcome="gave_up",
+                                           attempts=attempt)
                 delay = random.uniform(0, self.retry_backoff * 2 ** (attempt - 1))
                 log.warning(
                     "%s %s: %s on attempt %d of %d, retrying in %.0f ms",
                     environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
                     type(exc).__name__, attempt, attempts, delay * 1000,
                 )
+                self.manager.observers.request_retried(exc, attempt)
                 time.sleep(delay)
             except CommitOutcomeUnknown:
                 log.error("%s %s: the storage failed while finishing the commit; its outcome is "
                           "unknown, so the request is not retried", environ.get("REQUEST_METHOD"),
                           environ.get("PATH_INFO"), exc_info=True)
                 return _Response.plain("503 Service Unavailable", "the outcome of this request "
-                                       "is unknown; check before retrying", [("Retry-After", "1")])
+                                       "is unknown; check before retrying", [("Retry-After", "1")],
+                                       outcome="outcome_unknown", attempts=attempt)
         raise AssertionError("unreachable: the last attempt returns")
 
     def _replayable_body(self, environ: dict[str, Any]) -> tuple[bytes | None, int]:
@@ -205,9 +264,18 @@ class SessionPublisher:
     # -- one attempt ----------------------------------------------------------
 
     def _attempt(self, environ: dict[str, Any], cookie_id: str | None, attempt: int) -> _Response:
-        tm = transaction.TransactionManager(explicit=True)
+        tm = self._take_manager()
         connection = self.db.open(transaction_manager=tm)
-        tm.begin()
+        try:
+            tm.begin()
+        except BaseException:
+            # ZEO fault handling: with server_sync, begin() asks the server for
+            # news and raises ClientDisconnected when it is away; the
+            # connection must still go back to the pool.
+            with contextlib.suppress(Exception):  # NoTransaction, or the same outage
+                tm.abort()
+            connection.close()
+            raise
         session = RequestSession(self.manager, connection, cookie_id)
         environ["zodbsession.session"] = session
         environ["zodbsession.connection"] = connection
@@ -221,15 +289,16 @@ class SessionPublisher:
                 log.warning("%s %s: aborted: the commit veto refused %s",
                             environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), response.status)
                 tm.abort()
+                response.outcome = "aborted_veto"
                 if response.stream is not None:
                     # A vetoed stream (a 5xx page) is still sent whole, not cut
                     # after its first chunk; what it changes is discarded too.
                     tm.begin()
-                    response.body = _StreamAfterCommit(response, tm, connection)
+                    response.body = _StreamAfterCommit(response, tm, connection, self._give_back)
                     handed_off = True
                 return response
             cookie = session.cookie_to_send()
-            _commit(tm)
+            response.commit_seconds = self._commit(tm, session)
             https = environ.get("wsgi.url_scheme") == "https"
             if isinstance(cookie, str):
                 response.headers.append(self.cookie.set_header(cookie, https=https))
@@ -244,7 +313,7 @@ class SessionPublisher:
                 # unregistered change stays in the pooled connection's cache,
                 # for the next request to see (and maybe commit).
                 tm.begin()
-                response.body = _StreamAfterCommit(response, tm, connection)
+                response.body = _StreamAfterCommit(response, tm, connection, self._give_back)
                 handed_off = True
             return response
         except TransientError:
@@ -255,16 +324,45 @@ class SessionPublisher:
             _abort_quietly(tm)
             _close_app_quietly(response)
             raise
-        except Exception:
-            log.error("%s %s: aborted: the request raised", environ.get("REQUEST_METHOD"),
-                      environ.get("PATH_INFO"), exc_info=True)
+        except Exception as exc:
             _abort_quietly(tm)
             _close_app_quietly(response)
-            return _Response.plain("500 Internal Server Error", "internal server error")
+            return _refusal(environ, exc)
         finally:
             self.registry.clear()
             if not handed_off:
                 connection.close()
+                self._give_back(tm)
+
+    def _commit(self, tm: transaction.TransactionManager, session: RequestSession) -> float | None:
+        """Commit the attempt; returns the commit's duration, None when nothing needed one.
+
+        A session written in this request is checked first (picklable, within
+        ``max_session_bytes``), so that a bad value fails here, naming its key,
+        rather than inside the commit.
+        """
+        if _nothing_joined(tm.get()):
+            tm.abort()
+            return None
+        written = session.written_session()
+        if written is not None:
+            self.manager.check_storable(written)
+        started = time.perf_counter()
+        _commit(tm)
+        return time.perf_counter() - started
+
+    def _take_manager(self) -> transaction.TransactionManager:
+        try:
+            return self._idle_managers.pop()
+        except IndexError:
+            return transaction.TransactionManager(explicit=True)
+
+    def _give_back(self, tm: transaction.TransactionManager) -> None:
+        """Keep *tm* for a later request if it is as good as new: no transaction, no connection."""
+        # list.append and list.pop are atomic: no lock needed between threads.
+        if (getattr(tm, "_txn", True) is None and not tm.registeredSynchs()
+                and len(self._idle_managers) < IDLE_MANAGERS):
+            self._idle_managers.append(tm)
 
     def _call_app(self, environ: dict[str, Any]) -> _Response:
         """Run the application, collecting its response (or its first chunk, if streaming)."""
@@ -318,7 +416,11 @@ class SessionPublisher:
 
 
 class _Response:
-    """The status, headers and body an application produced for one attempt."""
+    """The status, headers and body an application produced for one attempt.
+
+    Also how the request ended, for the observers: ``outcome``, the
+    ``attempts`` made and the ``commit_seconds`` of a commit that ran.
+    """
 
     def __init__(self) -> None:
         self.status: str | None = None
@@ -326,15 +428,21 @@ class _Response:
         self.body: Any = []
         self.stream: Iterator[bytes] | None = None
         self._app_iter: Iterable[bytes] | None = None
+        self.outcome: RequestOutcome = "committed"
+        self.attempts = 1
+        self.commit_seconds: float | None = None
 
     @classmethod
-    def plain(cls, status: str, text: str, headers: Iterable[tuple[str, str]] = ()) -> _Response:
+    def plain(cls, status: str, text: str, headers: Iterable[tuple[str, str]] = (), *,
+              outcome: RequestOutcome = "committed", attempts: int = 1) -> _Response:
         response = cls()
         body = text.encode("utf-8")
         response.status = status
         response.headers = [("Content-Type", "text/plain; charset=utf-8"),
                             ("Content-Length", str(len(body))), *headers]
         response.body = [body]
+        response.outcome = outcome
+        response.attempts = attempts
         return response
 
     def start_response(self, status: str, headers: Headers, exc_info: Any = None) -> Callable:
@@ -363,12 +471,14 @@ class _StreamAfterCommit:
     """The rest of a streamed body; returns the connection when the server closes it."""
 
     def __init__(self, response: _Response, tm: transaction.TransactionManager | None,
-                 connection: Any) -> None:
+                 connection: Any,
+                 give_back: Callable[[transaction.TransactionManager], None] | None = None) -> None:
         self._head = list(response.body)
         self._rest = response.stream
         self._response = response
         self._tm = tm
         self._connection = connection
+        self._give_back = give_back
 
     def __iter__(self) -> Iterator[bytes]:
         yield from self._head
@@ -384,6 +494,8 @@ class _StreamAfterCommit:
             if self._tm is not None:
                 _abort_quietly(self._tm)
                 self._connection.close()
+                if self._give_back is not None:
+                    self._give_back(self._tm)
 
 
 class _ChainedInput(io.RawIOBase):
@@ -480,7 +592,48 @@ def _commit(tm: transaction.TransactionManager) -> None:
     except Exception as exc:
         if witness.voted:
             raise CommitOutcomeUnknown(f"commit failed after every vote: {exc!r}") from exc
+        if isinstance(exc, OSError):
+            # FileStorage writes the transaction into Data.fs in its vote and
+            # cuts it off again when that fails: nothing was committed.
+            raise StorageWriteFailed(f"the storage could not write the commit: {exc}") from exc
         raise
+
+
+def _nothing_joined(txn: transaction.Transaction) -> bool:
+    """Whether committing *txn* would change nothing: no data manager, no hook, not doomed.
+
+    A ZODB connection joins at its first write, other data managers when
+    used. The transaction package has no public way to ask whether one
+    joined; without its ``_resources`` (and hook lists) this says False, and
+    the publisher commits as it always did.
+    """
+    resources = getattr(txn, "_resources", None)
+    if resources is None or resources or txn.isDoomed():
+        return False
+    # The hook lists, read directly (the public getters build iterators):
+    # a read pays for this on every request. Missing, they count as hooks.
+    return not (getattr(txn, "_before_commit", True) or getattr(txn, "_after_commit", True))
+
+
+def _refusal(environ: dict[str, Any], exc: Exception) -> _Response:
+    """The logged answer to an attempt that ended in *exc*, its transaction aborted."""
+    where = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
+    if isinstance(exc, SessionTooLarge | UnstorableSessionValue):
+        log.error("%s: aborted: %s", where, exc)
+        return _Response.plain("500 Internal Server Error", "internal server error",
+                               outcome="aborted_invalid")
+    if isinstance(exc, SessionLimitReached):
+        log.warning("%s: aborted: a new session was refused: %s", where, exc)
+        return _Response.plain("503 Service Unavailable", "too many sessions, please retry later",
+                               [("Retry-After", "60")], outcome="session_limit")
+    if isinstance(exc, StorageWriteFailed):
+        log.error("%s: aborted: %s; answering 503", where, exc)
+        return _Response.plain("503 Service Unavailable", "the session database cannot store "
+                               "changes now, please retry", [("Retry-After", "5")],
+                               outcome="storage_error")
+    log.error("%s: aborted: the request raised", where, exc_info=exc)
+    return _Response.plain("500 Internal Server Error", "internal server error",
+                           outcome="aborted_exception")
 
 
 def _abort_quietly(tm: transaction.TransactionManager) -> None:

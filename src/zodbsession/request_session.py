@@ -24,6 +24,9 @@ from zodbsession.session import Session
 class RequestSession(MutableMapping[str, Any]):
     """The current request's session, resolved on first use.
 
+    *cookie_id* is the id the request's cookie names, already checked to be
+    well formed (``is_well_formed_id``), or None: the publisher checks it once.
+
     Threading: belongs to the one request (thread or task) it was made for.
     """
 
@@ -47,7 +50,8 @@ class RequestSession(MutableMapping[str, Any]):
         if self._session is None:
             session = None
             if self._cookie_id is not None and not self._invalidated:
-                session = self._manager.get(self._connection, self._cookie_id)
+                # The publisher passes only a well-formed cookie id (or None).
+                session = self._manager._get_well_formed(self._connection, self._cookie_id)
             self._found = session is not None
             self._session = session if session is not None else self._manager.new(self._connection)
         return self._session
@@ -126,6 +130,17 @@ class RequestSession(MutableMapping[str, Any]):
         self._invalidated = False
 
     # -- what the publisher asks at the end -----------------------------------
+
+    def written_session(self) -> Session | None:
+        """The persistent session if this request changed it (so the commit stores it), else None.
+
+        Only the session's own record counts: a touch of its access time,
+        which is a record of its own, does not.
+        """
+        session = self._session
+        if session is None or session._p_jar is None or not session._p_changed:
+            return None
+        return session
 
     def cookie_to_send(self) -> str | None | bool:
         """What the client's cookie must become: an id, False to delete it, None to leave it."""

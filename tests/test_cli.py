@@ -1,0 +1,132 @@
+"""The maintenance commands through the real ``zodbsession`` entry point, on a real FileStorage."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from serverproc import run_cli
+from zodbsession import SessionManager, open_db
+
+DAY = 86400.0
+
+
+@pytest.fixture
+def populated(tmp_path):
+    """A Data.fs with 4 live sessions (2 of them alice's) and 3 long-expired ones."""
+    uri = f"file://{tmp_path}/Data.fs"
+    db = open_db(uri)
+    live, old = SessionManager(), SessionManager(clock=lambda: time.time() - DAY)
+    ids = {"live": [], "expired": []}
+    try:
+        with db.transaction() as conn:
+            for n in range(4):
+                session = live.new(conn, user_id="alice" if n < 2 else None)
+                session["n"] = n
+                ids["live"].append(session.id)
+            for n in range(3):
+                session = old.new(conn)
+                session["n"] = n
+                ids["expired"].append(session.id)
+    finally:
+        db.close()
+    return {"ZODBSESSION_STORAGE_URI": uri}, ids
+
+
+def cli(env, tmp_path, *args):
+    result = run_cli(*args, env=env, cwd=tmp_path)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def test_stats_counts_live_and_expired_sessions(tmp_path, populated):
+    env, _ids = populated
+    result = cli(env, tmp_path, "stats", "--json")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert (figures["live_sessions"], figures["expired_sessions"], figures["users"]) == (4, 3, 1)
+    assert figures["databases"][0]["size_bytes"] > 0
+    text = cli(env, tmp_path, "stats").stdout
+    assert "live sessions     4" in text
+
+
+def test_expire_removes_only_the_expired_sessions(tmp_path, populated):
+    env, ids = populated
+    result = cli(env, tmp_path, "expire")
+    assert result.returncode == 0, result.stderr
+    assert "expired 3 session(s)" in result.stdout
+    listed = [json.loads(line)["id"] for line in cli(env, tmp_path, "ls", "--json").stdout.splitlines()]
+    assert sorted(listed) == sorted(ids["live"])
+
+
+def test_ls_filters_by_user_and_limit_and_never_shows_data(tmp_path, populated):
+    env, ids = populated
+    lines = cli(env, tmp_path, "ls", "--user", "alice", "--json").stdout.splitlines()
+    assert sorted(json.loads(line)["id"] for line in lines) == sorted(ids["live"][:2])
+    assert all("data" not in json.loads(line) for line in lines)
+    assert len(cli(env, tmp_path, "ls", "--limit", "2").stdout.splitlines()) == 2
+
+
+def test_show_prints_one_session_with_its_data(tmp_path, populated):
+    env, ids = populated
+    result = cli(env, tmp_path, "show", ids["live"][3], "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["data"] == {"n": "3"}
+
+
+@pytest.mark.parametrize("session_id", ["nonsense", "A" * 43], ids=["malformed", "unknown"])
+def test_show_of_a_missing_session_is_one_line_and_exit_2(tmp_path, populated, session_id):
+    env, _ids = populated
+    result = cli(env, tmp_path, "show", session_id)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_revoke_one_user_and_all(tmp_path, populated):
+    env, ids = populated
+    assert "revoked 1 session" in cli(env, tmp_path, "revoke", ids["live"][3]).stdout
+    assert "revoked 2 session(s)" in cli(env, tmp_path, "revoke", "--user", "alice").stdout
+    assert "revoked 4 session(s)" in cli(env, tmp_path, "revoke", "--all").stdout
+    assert cli(env, tmp_path, "ls").stdout == ""
+
+
+def test_revoke_of_an_unknown_id_exits_1(tmp_path, populated):
+    env, _ids = populated
+    assert cli(env, tmp_path, "revoke", "A" * 43).returncode == 1
+
+
+def test_revoke_needs_exactly_one_target(tmp_path, populated):
+    env, ids = populated
+    assert cli(env, tmp_path, "revoke").returncode == 2
+    assert cli(env, tmp_path, "revoke", ids["live"][0], "--all").returncode == 2
+
+
+def test_pack_after_revoking_shrinks_the_file(tmp_path, populated):
+    env, _ids = populated
+    cli(env, tmp_path, "revoke", "--all")
+    before = (tmp_path / "Data.fs").stat().st_size
+    result = cli(env, tmp_path, "pack")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "Data.fs").stat().st_size < before
+
+
+def test_verify_says_sound_and_exits_0(tmp_path, populated):
+    env, _ids = populated
+    result = cli(env, tmp_path, "verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the storage is sound" in result.stdout
+
+
+def test_verify_finds_a_damaged_file_and_exits_1(tmp_path, populated):
+    env, _ids = populated
+    path = tmp_path / "Data.fs"
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+    (tmp_path / "Data.fs.index").unlink()
+    result = cli(env, tmp_path, "verify")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "NOT sound" in result.stdout
