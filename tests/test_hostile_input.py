@@ -10,7 +10,7 @@
 - ``revoke --user`` through the real CLI ends every session of that user;
   the cookie attributes follow the configuration through the real server.
 
-Many related guarantees are pinned elsewhere; docs/guarantees.md lists them.
+Many related guarantees are pinned elsewhere; the README's "Guarantees" lists them.
 """
 
 from __future__ import annotations
