@@ -1,0 +1,79 @@
+"""Keeping a request's body so that a retried attempt can read it again.
+
+A WSGI input stream can be read once; a request retried after a conflict
+needs its body a second time. ``replayable_body`` buffers it, up to a limit
+past which the request gets one attempt only (and reads the original stream,
+what was already read put back in front by ``ChainedInput``);
+``attempt_environ`` gives each attempt its own environ and stream.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def replayable_body(environ: dict[str, Any], max_bytes: int) -> bytes | None:
+    """The request's body, buffered for replay; None if it is over *max_bytes*.
+
+    A body that cannot be replayed is left for the one attempt to read:
+    ``environ["wsgi.input"]`` is replaced when part of it had to be read to
+    find its size (a chunked body, ``wsgi.input_terminated``).
+    """
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    stream = environ.get("wsgi.input")
+    if stream is None or (length <= 0 and not environ.get("wsgi.input_terminated")):
+        return b""
+    if length > max_bytes:
+        log.info("%s %s: body of %d bytes exceeds max_replay_bytes (%d); not retryable",
+                 environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), length, max_bytes)
+        return None
+    if length > 0:
+        return stream.read(length)
+    head = stream.read(max_bytes + 1)
+    if len(head) <= max_bytes:
+        return head
+    environ["wsgi.input"] = ChainedInput(head, stream)
+    log.info("%s %s: chunked body exceeds max_replay_bytes (%d); not retryable",
+             environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), max_bytes)
+    return None
+
+
+def attempt_environ(environ: dict[str, Any], body: bytes | None, attempt: int) -> dict[str, Any]:
+    """A fresh copy of *environ* for *attempt* (1 for the first), reading *body* anew."""
+    fresh = dict(environ)
+    # A first attempt without a body reads the server's own (empty) stream.
+    if body or (body is not None and attempt > 1):
+        fresh["wsgi.input"] = io.BytesIO(body)
+    return fresh
+
+
+class ChainedInput(io.RawIOBase):
+    """A body stream whose first bytes were already read into *head*."""
+
+    def __init__(self, head: bytes, rest: Any) -> None:
+        self._head = io.BytesIO(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._head.read(size)
+        if size < 0:
+            return data + self._rest.read()
+        if len(data) < size:
+            data += self._rest.read(size - len(data))
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._head.readline(size)
+        if line.endswith(b"\n") or (size >= 0 and len(line) >= size):
+            return line
+        return line + self._rest.readline(-1 if size < 0 else size - len(line))

@@ -1,0 +1,143 @@
+"""The response to one attempt, held back until the publisher has decided its transaction.
+
+An application's status, headers and body are buffered in a ``Response``
+(or, when streaming, its first chunk), so that nothing reaches the client
+before the commit. ``StreamAfterCommit`` sends the rest of a streamed body
+and gives the connection back when the server closes it. Both follow PEP
+3333 on closing: the application's iterable is closed however the request
+ends, once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import transaction
+
+from zodbsession.commit import abort_quietly
+from zodbsession.observe import RequestOutcome
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, str]]
+
+
+class Response:
+    """The status, headers and body an application produced for one attempt.
+
+    Also how the request ended, for the observers: ``outcome``, the
+    ``attempts`` made and the ``commit_seconds`` of a commit that ran.
+    """
+
+    def __init__(self) -> None:
+        self.status: str | None = None
+        self.headers: Headers = []
+        self.body: Any = []
+        self.stream: Iterator[bytes] | None = None
+        self._app_iter: Iterable[bytes] | None = None
+        self.outcome: RequestOutcome = "committed"
+        self.attempts = 1
+        self.commit_seconds: float | None = None
+
+    @classmethod
+    def plain(cls, status: str, text: str, headers: Iterable[tuple[str, str]] = (), *,
+              outcome: RequestOutcome = "committed", attempts: int = 1) -> Response:
+        """A short text/plain answer the publisher makes itself (an error, a refusal)."""
+        response = cls()
+        body = text.encode("utf-8")
+        response.status = status
+        response.headers = [("Content-Type", "text/plain; charset=utf-8"),
+                            ("Content-Length", str(len(body))), *headers]
+        response.body = [body]
+        response.outcome = outcome
+        response.attempts = attempts
+        return response
+
+    def start_response(self, status: str, headers: Headers, exc_info: Any = None) -> Callable:
+        """The ``start_response`` the application is given."""
+        # Nothing has been sent yet (we buffer), so a second call with
+        # exc_info may always replace the first, as PEP 3333 allows.
+        self.status = status
+        self.headers = list(headers)
+        return self.body.append
+
+    def collect(self, app_iter: Iterable[bytes], *, streaming: bool) -> None:
+        """Read the application's body: all of it, or when *streaming* its first chunk."""
+        try:
+            if streaming:
+                self._begin_stream(app_iter)
+                return
+            for chunk in app_iter:
+                self.body.append(chunk)
+        finally:
+            # PEP 3333: the iterable is closed however the request ends;
+            # only a stream handed on (begun) is closed later.
+            if self.stream is None:
+                close_iterable(app_iter)
+
+    def _begin_stream(self, app_iter: Iterable[bytes]) -> None:
+        # Pull until the first non-empty chunk, so that start_response has run.
+        self._app_iter = app_iter
+        iterator = iter(app_iter)
+        for chunk in iterator:
+            self.body.append(chunk)
+            if chunk:
+                break
+        self.stream = iterator
+
+    def close_app(self) -> None:
+        """Close the stream this response began, if any."""
+        if self._app_iter is not None:
+            close_iterable(self._app_iter)
+
+    def close_app_quietly(self) -> None:
+        """Close as ``close_app`` does, logging rather than raising: a failed attempt."""
+        # Its own error must not hide the one being handled.
+        try:
+            self.close_app()
+        except Exception:
+            log.exception("closing the application's iterable failed")
+
+
+class StreamAfterCommit:
+    """The rest of a streamed body; returns the connection when the server closes it.
+
+    With no *tm* an outer transaction owns the connection and ends it;
+    otherwise whatever the rest of the body changes is aborted on close, the
+    connection closed and *tm* handed to *give_back*.
+    """
+
+    def __init__(self, response: Response, tm: transaction.TransactionManager | None = None,
+                 connection: Any = None,
+                 give_back: Callable[[transaction.TransactionManager], None] | None = None) -> None:
+        self._head = list(response.body)
+        self._rest = response.stream
+        self._response = response
+        self._tm = tm
+        self._connection = connection
+        self._give_back = give_back
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._head
+        if self._rest is not None:
+            yield from self._rest
+
+    def close(self) -> None:
+        try:
+            self._response.close_app()
+        finally:
+            # Anything changed while streaming is discarded, as documented.
+            if self._tm is not None:
+                abort_quietly(self._tm)
+                self._connection.close()
+                if self._give_back is not None:
+                    self._give_back(self._tm)
+
+
+def close_iterable(app_iter: Any) -> None:
+    """Call the iterable's ``close`` if it has one (PEP 3333)."""
+    close = getattr(app_iter, "close", None)
+    if close is not None:
+        close()
