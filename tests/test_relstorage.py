@@ -201,3 +201,40 @@ def test_app_servers_share_one_postgres_relstorage(tmp_path, postgres_uri):
         packed = run_cli("pack", env=env, cwd=tmp_path)
         assert packed.returncode == 0, packed.stderr
     assert first.process.returncode == 0 and second.process.returncode == 0
+
+
+def _set_connections(postgres, database: str, *, allowed: bool) -> None:
+    """Open or close *database* to new connections; closing also ends the open ones."""
+    import psycopg2
+
+    superuser, port = postgres
+    connection = psycopg2.connect(host="127.0.0.1", port=port, user=superuser, dbname="postgres")
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS {str(allowed).lower()}")
+        if not allowed:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
+    connection.close()
+
+
+def test_postgres_outage_answers_503_and_recovers_by_itself(tmp_path, postgres, postgres_uri):
+    """PostgreSQL refusing the database: 503 (never a 500 or a hang), then service resumes."""
+    database = postgres_uri.rsplit("/", 1)[1].split("?", 1)[0]
+    env = {"ZODBSESSION_STORAGE_URI": postgres_uri, "ZODBSESSION_SERVER_THREADS": "2"}
+    with ServerProcess(tmp_path, env) as server:
+        client = Client(server.url)
+        assert client.json("POST", "/api/counter") == (200, {"count": 1})
+        _set_connections(postgres, database, allowed=False)
+        try:
+            answers = [client.json("POST", "/api/counter") for _ in range(3)]
+        finally:
+            _set_connections(postgres, database, allowed=True)
+        assert [status for status, _body in answers] == [503] * 3, answers
+        assert all("unavailable" in body for _status, body in answers), answers
+        deadline = time.monotonic() + 30
+        while (answer := client.json("POST", "/api/counter"))[0] != 200:
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.5)
+    assert answer == (200, {"count": 2})
+    assert "the storage cannot be reached" in server.log()

@@ -22,7 +22,8 @@ that cannot be pickled), checked before the commit
 a new session refused: ``max_sessions`` reached    abort         503 with Retry-After        session_limit
 ``TransientError`` (app or commit), attempts left  abort, retry  (next attempt)              (request_retried)
 ``TransientError`` on the last attempt             abort         503 with Retry-After        gave_up
-ZEO server unreachable (``ClientDisconnected``)    abort         503 at once, not retried    storage_error
+ZEO server unreachable (``ClientDisconnected``),   abort         503 at once, not retried    storage_error
+or the storage cannot be opened (SQL server away)
 the storage failed to write before every vote      abort         503 with Retry-After        storage_error
 (``OSError``: disk full, file too large)
 commit failed after every vote (outcome unknown)   unknown       503, logged, not retried    outcome_unknown
@@ -64,6 +65,7 @@ from ZODB import DB
 
 from zodbsession.commit import abort_quietly, close_when_transaction_ends, commit, nothing_joined
 from zodbsession.cookies import CookiePolicy, read_cookie
+from zodbsession.db import StorageUnavailable
 from zodbsession.errors import (
     CommitOutcomeUnknown,
     PublishError,
@@ -91,6 +93,11 @@ CommitVeto = Callable[[dict[str, Any], str, Headers], bool]
 
 #: Idle transaction managers a publisher keeps for reuse (about one per server thread).
 IDLE_MANAGERS = 32
+
+
+#: The longest back-off between two attempts, in seconds, however many are allowed:
+#: the doubling would otherwise hold a request for seconds at ten attempts.
+MAX_BACKOFF = 0.5
 
 
 def default_commit_veto(environ: dict[str, Any], status: str, headers: Headers) -> bool:
@@ -198,14 +205,15 @@ class SessionPublisher:
         for attempt in range(1, attempts + 1):
             try:
                 response = self._attempt(attempt_environ(environ, body, attempt), cookie_id, attempt)
-            except ClientDisconnected as exc:
+            except (ClientDisconnected, StorageUnavailable) as exc:
                 # Not retried: the storage already waited its wait_timeout for
                 # the server before raising; a retry would wait again, for each
                 # attempt. (In the commit's finish it is CommitOutcomeUnknown.)
                 response = _refusal(environ, exc)
             except TransientError as exc:
                 if attempt < attempts:
-                    delay = random.uniform(0, self.retry_backoff * 2 ** (attempt - 1))
+                    ceiling = min(self.retry_backoff * 2 ** (attempt - 1), MAX_BACKOFF)
+                    delay = random.uniform(0, ceiling)
                     log.warning(
                         "%s %s: %s on attempt %d of %d, retrying in %.0f ms",
                         environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
@@ -234,16 +242,25 @@ class SessionPublisher:
         failure is answered here, the transaction aborted.
         """
         tm = self._take_manager()
-        connection = self.db.open(transaction_manager=tm)
+        try:
+            connection = self.db.open(transaction_manager=tm)
+        except TransientError:
+            raise
+        except Exception as exc:
+            # Opening polls the storage (RelStorage asks its SQL server): a
+            # failure here is the storage's, not the application's.
+            raise StorageUnavailable(f"the storage cannot be reached: {exc}") from exc
         try:
             tm.begin()
-        except BaseException:
+        except BaseException as exc:
             # ZEO fault handling: with server_sync, begin() asks the server for
             # news and raises ClientDisconnected when it is away; the
             # connection must still go back to the pool.
             with contextlib.suppress(Exception):  # NoTransaction, or the same outage
                 tm.abort()
             connection.close()
+            if isinstance(exc, Exception) and not isinstance(exc, TransientError):
+                raise StorageUnavailable(f"the storage cannot be reached: {exc}") from exc
             raise
         session = self._enter_scope(environ, connection, cookie_id, attempt)
         handed_off = False
@@ -371,7 +388,7 @@ class SessionPublisher:
 def _refusal(environ: dict[str, Any], exc: Exception) -> Response:
     """The logged answer to an attempt that failed with *exc* (anything but a retried conflict)."""
     where = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
-    if isinstance(exc, ClientDisconnected):
+    if isinstance(exc, ClientDisconnected | StorageUnavailable):
         log.error("%s: the storage server is unreachable (%s); answering 503", where, exc)
         return Response.plain("503 Service Unavailable", "the session database is unavailable, "
                               "please retry", [("Retry-After", "5")], outcome="storage_error")
