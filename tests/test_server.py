@@ -133,3 +133,31 @@ def test_command_on_a_database_held_by_the_server_says_so(tmp_path, env):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "in use by another process" in lines[0]
+
+
+def test_on_start_hook_lets_the_app_subscribe_to_session_events(tmp_path, env):
+    """``server.on_start`` runs before serving with (db, manager): an audit log sees a login."""
+    audit = tmp_path / "audit.log"
+    (tmp_path / "audithook.py").write_text(textwrap.dedent(f'''
+        def subscribe(db, manager):
+            def record(event):
+                with open({str(audit)!r}, "a") as log:
+                    log.write(f"{{event.kind}} {{event.user_id}}\\n")
+            manager.observers.on_session_event(record)
+    '''))
+    env = {**env, "PYTHONPATH": str(tmp_path), "ZODBSESSION_SERVER_ON_START": "audithook:subscribe"}
+    with ServerProcess(tmp_path, env) as server:
+        client = Client(server.url)
+        assert client.json("POST", "/api/counter")[0] == 200
+        assert client.json("POST", "/api/login", {"user": "alice"})[0] == 200
+    lines = audit.read_text().splitlines()
+    assert lines[0] == "created None"
+    assert "rotated alice" in lines
+
+
+def test_bad_on_start_hook_exits_2_naming_the_key(tmp_path, env):
+    result = run_cli("serve", env={**env, "ZODBSESSION_SERVER_ON_START": "nowhere:hook"},
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert "server.on_start" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -104,6 +104,7 @@ class ServerSettings:
     port: int = 8080
     threads: int = 8
     app: str = ""
+    on_start: str = ""  # "module:callable" called with (db, manager) before serving
     workers: int = 1
 
 
@@ -409,6 +410,8 @@ def _validate(s: Settings) -> None:
         ("server.workers", srv.workers >= 1, "must be at least 1"),
         ("server.app", not srv.app or bool(_APP_SPEC.fullmatch(srv.app)),
          "must be 'module:callable' (e.g. 'myapp.wsgi:application') or empty for the demo"),
+        ("server.on_start", not srv.on_start or bool(_APP_SPEC.fullmatch(srv.on_start)),
+         "must be 'module:callable' (e.g. 'myapp.audit:subscribe') or empty"),
         ("sessions.max_sessions", ss.max_sessions >= 0, "must be at least 0 (0: no limit)"),
         ("sessions.max_session_bytes", ss.max_session_bytes >= 0, "must be at least 0 (0: no limit)"),
         ("janitor.interval", s.janitor.interval >= 0, "must be at least 0 seconds (0: off)"),

@@ -67,22 +67,22 @@ DEFAULT_METRICS_DIR = "var/metrics"
 ADMIN_THREADS = 2
 
 
-def load_app(spec: str) -> WSGIApp:
-    """Import ``module:callable`` (dots after the colon walk attributes)."""
+def load_app(spec: str, key: str = "server.app") -> WSGIApp:
+    """Import ``module:callable`` (dots after the colon walk attributes); *key* names it in errors."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
-        raise ConfigError("server.app", f"must look like module:callable (got {spec!r})")
+        raise ConfigError(key, f"must look like module:callable (got {spec!r})")
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError("server.app", f"cannot import {module_name!r}: {exc}") from None
+        raise ConfigError(key, f"cannot import {module_name!r}: {exc}") from None
     for name in attribute.split("."):
         try:
             target = getattr(target, name)
         except AttributeError:
-            raise ConfigError("server.app", f"{module_name!r} has no attribute {attribute!r}") from None
+            raise ConfigError(key, f"{module_name!r} has no attribute {attribute!r}") from None
     if not callable(target):
-        raise ConfigError("server.app", f"{spec!r} is not callable")
+        raise ConfigError(key, f"{spec!r} is not callable")
     return target
 
 
@@ -179,6 +179,9 @@ def serve_app(settings: Settings, app: WSGIApp, *, app_name: str = "", config_na
         db = open_storage(settings, label)
         stack.callback(db.close)
         manager = settings.session_manager()
+        if settings.server.on_start:
+            # The application's hook: subscribe an audit log, warm a cache...
+            load_app(settings.server.on_start, "server.on_start")(db, manager)
         metrics = Metrics.for_database(db, manager).start()
         stack.callback(metrics.stop)
         stack.callback(manager.observers.subscribe(metrics))
