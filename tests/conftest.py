@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import shutil
+import wsgiref.util
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import transaction
@@ -159,6 +162,34 @@ def memory_conn(memory_db: DB, connect) -> Connection:
 def load_counter() -> type[LoadCounter]:
     """The ``LoadCounter`` class, to install on a storage the test opens."""
     return LoadCounter
+
+
+@pytest.fixture
+def env(tmp_path):
+    """Settings for a ``zodbsession serve`` process whose database lives in this test's directory."""
+    return {
+        "ZODBSESSION_STORAGE_URI": f"file://{tmp_path}/Data.fs",
+        "ZODBSESSION_SERVER_THREADS": "4",
+        "ZODBSESSION_STORAGE_POOL_SIZE": "4",
+    }
+
+
+def wsgi_call(app: Any, path: str = "/", *, method: str = "GET", cookie: str | None = None,
+         ) -> tuple[str, dict[str, str], bytes]:
+    """One in-process WSGI request; returns status, headers (last of each name) and body."""
+    environ: dict[str, Any] = {"REQUEST_METHOD": method, "PATH_INFO": path}
+    wsgiref.util.setup_testing_defaults(environ)
+    environ["wsgi.input"] = io.BytesIO(b"")
+    if cookie is not None:
+        environ["HTTP_COOKIE"] = cookie
+    answer: dict[str, Any] = {}
+
+    def start_response(status, headers, exc_info=None):
+        answer["status"], answer["headers"] = status, dict(headers)
+        return lambda data: None
+
+    body = b"".join(app(environ, start_response))
+    return answer["status"], answer["headers"], body
 
 
 # -- a real headless browser ---------------------------------------------------------

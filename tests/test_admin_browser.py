@@ -34,13 +34,8 @@ CHARTS_WAIT = 30
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
+def server(tmp_path: Path, env: dict[str, str]) -> Iterator[ServerProcess]:
     """``zodbsession serve`` with the demo app and the admin listener on, its database here."""
-    env = {
-        "ZODBSESSION_STORAGE_URI": f"file://{tmp_path}/Data.fs",
-        "ZODBSESSION_SERVER_THREADS": "4",
-        "ZODBSESSION_STORAGE_POOL_SIZE": "4",
-    }
     with ServerProcess(tmp_path, env, admin_token=TOKEN) as process:
         yield process
 

@@ -30,16 +30,6 @@ TIMEOUT = 10
 Figures = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-@pytest.fixture
-def env(tmp_path):
-    """Settings for a server whose database lives in this test's directory."""
-    return {
-        "ZODBSESSION_STORAGE_URI": f"file://{tmp_path}/Data.fs",
-        "ZODBSESSION_SERVER_THREADS": "4",
-        "ZODBSESSION_STORAGE_POOL_SIZE": "4",
-    }
-
-
 def admin_request(server: ServerProcess, method: str, path: str, *, token: str | None = TOKEN,
                   form: dict[str, str] | None = None) -> tuple[int, Message, bytes]:
     """One request to the admin listener, redirects not followed; Bearer *token* unless None."""

@@ -19,13 +19,8 @@ from serverproc import ServerProcess
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
+def server(tmp_path: Path, env: dict[str, str]) -> Iterator[ServerProcess]:
     """The real server with the bundled demo app, its database in this test's directory."""
-    env = {
-        "ZODBSESSION_STORAGE_URI": f"file://{tmp_path}/Data.fs",
-        "ZODBSESSION_SERVER_THREADS": "4",
-        "ZODBSESSION_STORAGE_POOL_SIZE": "4",
-    }
     with ServerProcess(tmp_path, env) as process:
         yield process
 

@@ -7,19 +7,16 @@ value), and the session keeps the state it had before the request.
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
-import wsgiref.util
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import transaction
 from persistent.list import PersistentList
 from ZODB import DB
-from ZODB.FileStorage import FileStorage
 
+from conftest import wsgi_call as call
 from zodbsession import SessionManager, SessionPublisher
 from zodbsession.errors import (
     ConfigError,
@@ -34,28 +31,11 @@ COOKIE = "zodbsession"
 
 
 @pytest.fixture
-def file_db(tmp_path) -> Iterator[DB]:
-    db = DB(FileStorage(str(tmp_path / "Data.fs")))
-    yield db
-    db.close()
+def file_db(db: DB) -> DB:
+    """The shared temporary FileStorage database (tests/conftest.py), by this file's name."""
+    return db
 
 
-def call(app: Any, path: str = "/", *, method: str = "GET", cookie: str | None = None,
-         ) -> tuple[str, dict[str, str], bytes]:
-    """One in-process WSGI request; returns status, headers (last of each name) and body."""
-    environ: dict[str, Any] = {"REQUEST_METHOD": method, "PATH_INFO": path}
-    wsgiref.util.setup_testing_defaults(environ)
-    environ["wsgi.input"] = io.BytesIO(b"")
-    if cookie is not None:
-        environ["HTTP_COOKIE"] = cookie
-    answer: dict[str, Any] = {}
-
-    def start_response(status, headers, exc_info=None):
-        answer["status"], answer["headers"] = status, dict(headers)
-        return lambda data: None
-
-    body = b"".join(app(environ, start_response))
-    return answer["status"], answer["headers"], body
 
 
 def issued(headers: dict[str, str]) -> str | None:

@@ -20,7 +20,6 @@ import pytest
 import transaction
 from waitress.server import create_server
 from ZODB import DB
-from ZODB.FileStorage import FileStorage
 
 from zodbsession import SessionPublisher
 from zodbsession.store import ROOT_KEY
@@ -30,10 +29,9 @@ COOKIE = "zodbsession"
 
 
 @pytest.fixture
-def file_db(tmp_path) -> Iterator[DB]:
-    db = DB(FileStorage(str(tmp_path / "Data.fs")))
-    yield db
-    db.close()
+def file_db(db: DB) -> DB:
+    """The shared temporary FileStorage database (tests/conftest.py), by this file's name."""
+    return db
 
 
 @contextmanager

@@ -7,20 +7,18 @@ variants run by default; ``pytest -m slow`` runs the long ones.
 
 from __future__ import annotations
 
-import io
 import random
 import threading
 import time
-import wsgiref.util
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 import transaction
 from ZODB import DB
 from ZODB.FileStorage import FileStorage
 
+from conftest import wsgi_call
 from serverproc import Client, ServerProcess, ZeoProcess, run_cli
 from stresskit import Writer, assert_sound, counter_app_env, run_writers
 from zodbsession import SessionManager, SessionPublisher
@@ -162,20 +160,6 @@ class Visitor:
     problems: list[str] = field(default_factory=list)
 
 
-def _call(app: Any, method: str, cookie: str | None) -> tuple[str, dict[str, str], bytes]:
-    environ: dict[str, Any] = {"REQUEST_METHOD": method}
-    wsgiref.util.setup_testing_defaults(environ)
-    environ["wsgi.input"] = io.BytesIO(b"")
-    if cookie:
-        environ["HTTP_COOKIE"] = f"{COOKIE}={cookie}"
-    answer: dict[str, Any] = {}
-
-    def start_response(status, headers, exc_info=None):
-        answer["status"], answer["headers"] = status, dict(headers)
-        return lambda data: None
-
-    body = b"".join(app(environ, start_response))
-    return answer["status"], answer["headers"], body
 
 
 @pytest.mark.parametrize("seconds", [6, pytest.param(60, marks=pytest.mark.slow)],
@@ -221,7 +205,8 @@ def test_sweep_racing_requests_on_the_same_sessions_loses_nothing(tmp_path, seco
         while not stop.is_set():
             method = "POST" if visitor.cookie is None or rng.random() < 0.5 else "GET"
             sent = clock()
-            status, headers, body = _call(publisher, method, visitor.cookie)
+            status, headers, body = wsgi_call(publisher, method=method,
+                                              cookie=f"{COOKIE}={visitor.cookie}" if visitor.cookie else None)
             visitor.statuses[status] += 1
             if status != "200 OK":
                 continue  # not committed: nothing to account for

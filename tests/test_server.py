@@ -7,19 +7,7 @@ import textwrap
 import threading
 import time
 
-import pytest
-
 from serverproc import Client, ServerProcess, run_cli
-
-
-@pytest.fixture
-def env(tmp_path):
-    """Settings for a server whose database lives in this test's directory."""
-    return {
-        "ZODBSESSION_STORAGE_URI": f"file://{tmp_path}/Data.fs",
-        "ZODBSESSION_SERVER_THREADS": "4",
-        "ZODBSESSION_STORAGE_POOL_SIZE": "4",
-    }
 
 
 def test_counter_persists_across_requests_and_restarts(tmp_path, env):

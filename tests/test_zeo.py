@@ -7,6 +7,7 @@ ZEO's own ``StorageServer`` where a test needs to reach inside the publisher.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -190,9 +191,13 @@ def hammer(client: Client, stop: threading.Event, tally: Tally) -> None:
             tally.others.append((status, str(answer)[:200]))
 
 
-def test_two_clients_hammer_one_session_through_both_servers(two_servers):
-    """Concurrent writes to one session from two processes: conflicts are retried, none lost."""
-    first, second = two_servers
+@contextlib.contextmanager
+def hammering(first: ServerProcess, second: ServerProcess):
+    """One browser's cookie hammering both servers from two threads; yields (browser, tallies).
+
+    The session gets its first increment before the threads start; they stop
+    when the block ends.
+    """
     browser = Client(first.url)
     assert browser.json("POST", "/api/counter") == (200, {"count": 1})
     clients = [browser, browser.sharing_cookies(second.url)]
@@ -202,10 +207,18 @@ def test_two_clients_hammer_one_session_through_both_servers(two_servers):
                for c, t in zip(clients, tallies, strict=True)]
     for thread in threads:
         thread.start()
-    time.sleep(3)
-    stop.set()
-    for thread in threads:
-        thread.join(30)
+    try:
+        yield browser, tallies
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+
+
+def test_two_clients_hammer_one_session_through_both_servers(two_servers):
+    """Concurrent writes to one session from two processes: conflicts are retried, none lost."""
+    with hammering(*two_servers) as (browser, tallies):
+        time.sleep(3)
     acknowledged = sorted(tallies[0].counts + tallies[1].counts)
     assert all(not (t.unavailable or t.unknown or t.busy or t.others) for t in tallies), tallies
     assert acknowledged == list(range(2, len(acknowledged) + 2))  # each increment seen once
@@ -223,17 +236,8 @@ def test_zeo_restart_mid_run_keeps_every_acknowledged_increment(tmp_path, zeo, t
                                                                 outages):
     """Stop ZEO under load: requests get 503 within the bound, then recover with no restart."""
     first, second = two_servers
-    browser = Client(first.url)
-    assert browser.json("POST", "/api/counter") == (200, {"count": 1})
-    clients = [browser, browser.sharing_cookies(second.url)]
-    tallies = [Tally(), Tally()]
-    stop = threading.Event()
-    threads = [threading.Thread(target=hammer, args=(c, stop, t))
-               for c, t in zip(clients, tallies, strict=True)]
-    for thread in threads:
-        thread.start()
     windows = []  # (down, up) times of each outage
-    try:
+    with hammering(first, second) as (browser, tallies):
         time.sleep(1)
         for _ in range(outages):
             down_at = time.monotonic()
@@ -249,10 +253,6 @@ def test_zeo_restart_mid_run_keeps_every_acknowledged_increment(tmp_path, zeo, t
             while time.monotonic() < deadline and not all(t.last_ok > up_at for t in tallies):
                 time.sleep(0.1)
             time.sleep(1)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(30)
     for tally in tallies:
         assert not tally.others, tally.others
         # Right after a reconnection (the ZEO cache starts cold) the two

@@ -9,12 +9,12 @@ are held up by at most one small commit, and no request ever pays for it.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from ZODB import DB
 
 from zodbsession.manager import SessionManager
+from zodbsession.periodic import Periodic
 from zodbsession.work import connection
 
 log = logging.getLogger(__name__)
@@ -36,20 +36,18 @@ class Janitor:
         self.last_run: float | None = None
         self.last_removed = 0
         self.last_duration = 0.0
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="zodbsession-janitor", daemon=True)
+        # A failed sweep (a storage hiccup, a conflict storm) is logged and
+        # retried at the next interval; the server keeps serving.
+        self._loop = Periodic(self.sweep, interval, name="zodbsession-janitor")
 
     def start(self) -> Janitor:
         """Start sweeping (no-op when the interval is 0: the janitor is disabled)."""
-        if self.interval > 0:
-            self._thread.start()
+        self._loop.start()
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
         """Ask the janitor to stop and wait for its current batch to finish."""
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        self._loop.stop(timeout)
 
     def sweep(self) -> int:
         """Run one sweep now, on a connection of its own; returns how many expired.
@@ -68,11 +66,3 @@ class Janitor:
         self.manager.observers.janitor_ran(removed, self.last_duration)
         return removed
 
-    def _run(self) -> None:
-        while not self._stopping.wait(self.interval):
-            try:
-                self.sweep()
-            except Exception:
-                # A failed sweep (a storage hiccup, a conflict storm) is
-                # retried at the next interval; the server keeps serving.
-                log.exception("janitor sweep failed; will try again in %s s", self.interval)

@@ -24,7 +24,6 @@ import fcntl
 import glob
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -44,6 +43,7 @@ from ZODB.POSException import ConflictError
 from zodbsession.errors import ConfigError
 from zodbsession.manager import SessionManager
 from zodbsession.observe import EventKind, Observer, RequestOutcome, SessionEvent
+from zodbsession.periodic import Periodic
 from zodbsession.work import connection, in_transaction
 
 __all__ = ["COMMIT_BUCKETS", "CONTENT_TYPE_LATEST", "MULTIPROC_ENV", "Metrics", "PoolFigures",
@@ -272,8 +272,7 @@ class Metrics(Observer):
 
         if self.multiprocess_dir is None:
             self._registry.register(self._database_collector)
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._refresher: Periodic | None = None
 
     @classmethod
     def for_database(cls, db: DB, manager: SessionManager) -> Metrics:
@@ -331,24 +330,17 @@ class Metrics(Observer):
         Needed in multiprocess mode, where the scraping process cannot see
         the others' pools; harmless otherwise. Calling it twice does nothing.
         """
-        if self._thread is None:
-            self._stopping.clear()
-            self._thread = threading.Thread(target=self._run, args=(interval,),
-                                            name="zodbsession-metrics", daemon=True)
-            self._thread.start()
+        if self._refresher is None:
+            self._refresher = Periodic(self.refresh, interval, name="zodbsession-metrics",
+                                       immediately=True)
+            self._refresher.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the refreshing thread, if running, and wait for it."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self, interval: float) -> None:
-        self.refresh()
-        while not self._stopping.wait(interval):
-            self.refresh()
+        if self._refresher is not None:
+            self._refresher.stop(timeout)
+            self._refresher = None
 
     # -- reading ------------------------------------------------------------------------
 

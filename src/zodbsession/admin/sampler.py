@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from zodbsession.metrics import Metrics
+from zodbsession.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,10 @@ class Sampler:
         self.clock = clock
         self._samples: deque[Sample] = deque(maxlen=capacity)  # oldest first
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        # A failing sample (the storage down for a while) is logged and the
+        # loop lives on; the page says what it can.
+        self._loop = Periodic(self.take_if_due, interval, name="zodbsession-admin-sampler",
+                              immediately=True)
 
     def take(self) -> Sample:
         """Sample the metrics now and keep the sample."""
@@ -77,29 +80,12 @@ class Sampler:
 
     def start(self) -> Sampler:
         """Sample every interval on a daemon thread; a second call does nothing."""
-        if self._thread is None:
-            self._stopping.clear()
-            self._thread = threading.Thread(target=self._run, name="zodbsession-admin-sampler",
-                                            daemon=True)
-            self._thread.start()
+        self._loop.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the sampling thread, if any, and wait for it."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.take_if_due()
-            except Exception:
-                # The storage may be down for a while; the page says so, the thread lives on.
-                log.warning("admin: taking a metrics sample failed", exc_info=True)
-            if self._stopping.wait(self.interval):
-                return
+        self._loop.stop(timeout)
 
 
 def rates(samples: Sequence[Sample], counter: str) -> list[tuple[float, float]]:
