@@ -32,7 +32,9 @@ from zodbsession.outcomes import ROWS, TABLE, answer_headers, classify
 
 @pytest.mark.parametrize("module", [outcomes, publisher], ids=["outcomes", "publisher"])
 def test_the_docstring_table_is_the_data_table(module):
-    assert outcomes.render_table() in module.__doc__
+    assert outcomes.render_table() in module.__doc__, (
+        "paste python -c 'from zodbsession.outcomes import render_table; print(render_table())' "
+        f"into {module.__name__}'s docstring")
 
 
 def test_every_row_has_a_unique_name_and_a_reported_outcome_metrics_know():

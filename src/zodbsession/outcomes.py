@@ -3,31 +3,30 @@
 Every way an attempt can end is one row of ``TABLE``, and the row says
 everything that follows: the transaction's fate, whether the request is
 tried again, the HTTP answer (none of its own: the application's), the log
-level, and the ``RequestOutcome`` reported to the manager's observers. A
-failure is matched against the rows in order, the first match winning; the
-first three rows are decided by the commit veto, not by an error; a fate of
-``none`` means that no transaction was begun. This table
-is generated from ``TABLE`` (``render_table()``), and a test keeps the two
-the same:
+level, and the ``RequestOutcome`` reported to the manager's observers. The
+first three rows are decided by the commit veto; a failure gets the first
+later row it matches. A fate of ``none`` means that no transaction was
+begun. The table below is ``render_table()``'s output, and a test keeps it
+equal to ``TABLE``:
 
-====================  =======  =====  ==================================  ========  =================
-row                   fate     retry  answer                              log       reported as
-====================  =======  =====  ==================================  ========  =================
-committed             commit   no     the application's                   -         committed
-publish_error         commit   no     the error's status and body         -         committed
-vetoed                abort    no     the application's                   WARNING   aborted_veto
-body_too_large        none     no     413, sent before reading it         WARNING   body_too_large
-session_busy          none     no     429 with Retry-After (an estimate)  WARNING   session_busy
-session_wait_timeout  none     no     503 with Retry-After (an estimate)  WARNING   session_busy
-storage_unavailable   abort    no     503 with Retry-After: 5             ERROR     storage_error
-outcome_unknown       unknown  no     503 with Retry-After: 1             ERROR+tb  outcome_unknown
-conflict              abort    yes    (the next attempt's)                WARNING   (request_retried)
-gave_up               abort    no     503 with Retry-After: 1             WARNING   gave_up
-invalid_session       abort    no     500                                 ERROR     aborted_invalid
-session_cap           abort    no     503 with Retry-After: 60            WARNING   session_limit
-storage_write_failed  abort    no     503 with Retry-After: 5             ERROR     storage_error
-app_exception         abort    no     500                                 ERROR+tb  aborted_exception
-====================  =======  =====  ==================================  ========  =================
+====================  =======  =====  ========================================  ========  ====================
+row                   fate     retry  answer                                    log       reported as
+====================  =======  =====  ========================================  ========  ====================
+committed             commit   no     the application's                         -         committed
+publish_error         commit   no     the error's status and body               -         committed
+vetoed                abort    no     the application's                         WARNING   aborted_veto
+body_too_large        abort    no     413 (unread, if its length was declared)  WARNING   body_too_large
+session_busy          none     no     429 with Retry-After (an estimate)        WARNING   session_busy
+session_wait_timeout  none     no     503 with Retry-After (an estimate)        WARNING   session_wait_timeout
+storage_unavailable   abort    no     503 with Retry-After: 5                   ERROR     storage_error
+outcome_unknown       unknown  no     503 with Retry-After: 1                   ERROR+tb  outcome_unknown
+conflict              abort    yes    (the next attempt's)                      WARNING   (request_retried)
+gave_up               abort    no     503 with Retry-After: 1                   WARNING   gave_up
+invalid_session       abort    no     500                                       ERROR     aborted_invalid
+session_cap           abort    no     503 with Retry-After: 60                  WARNING   session_limit
+storage_write_failed  abort    no     503 with Retry-After: 5                   ERROR     storage_error
+app_exception         abort    no     500                                       ERROR+tb  aborted_exception
+====================  =======  =====  ========================================  ========  ====================
 
 - ``committed``: the application returned, the veto says commit.
 - ``publish_error``: the application raised ``PublishError`` (4xx, redirect).
@@ -125,8 +124,8 @@ TABLE: tuple[Outcome, ...] = (
     Outcome("vetoed", "the application answered a 5xx (the default veto)", "abort", False,
             "the application's", "aborted_veto", logging.WARNING, match="veto",
             message="{where}: aborted: the commit veto refused {status}"),
-    Outcome("body_too_large", "the body is over ``max_request_body``", "none", False,
-            "413, sent before reading it", "body_too_large", logging.WARNING,
+    Outcome("body_too_large", "the body is over ``max_request_body``", "abort", False,
+            "413 (unread, if its length was declared)", "body_too_large", logging.WARNING,
             **_plain("413 Content Too Large", "the request's body is too large"),
             errors=(RequestBodyTooLarge,),
             message="{where}: refused with 413: {error}"),
@@ -136,7 +135,7 @@ TABLE: tuple[Outcome, ...] = (
                      "please retry", "1"), match="busy",
             message="{where}: refused with 429: {error}"),
     Outcome("session_wait_timeout", "the wait for this session's lock passed its deadline", "none", False,
-            "503 with Retry-After (an estimate)", "session_busy", logging.WARNING,
+            "503 with Retry-After (an estimate)", "session_wait_timeout", logging.WARNING,
             **_plain("503 Service Unavailable", "this session is busy, please retry", "1"),
             match="wait_timeout",
             message="{where}: refused with 503: {error}"),
