@@ -349,12 +349,4 @@ class SessionPublisher:
 
 def _own_answer(ending: Ending) -> Response:
     """The short answer the outcome table gives for *ending* (a refusal, an error page)."""
-    status, headers, body = ending.answer()
-    response = Response()
-    response.status = status
-    response.headers = headers
-    response.body = [body]
-    response.outcome = ending.outcome.reported or "committed"
-    response.attempts = ending.attempts
-    return response
-
+    return Response.of(*ending.answer())
