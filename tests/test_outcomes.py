@@ -23,6 +23,7 @@ from zodbsession.errors import (
     SessionBusy,
     SessionLimitReached,
     SessionTooLarge,
+    SessionWaitTimeout,
     StorageUnavailable,
     StorageWriteFailed,
     UnstorableSessionValue,
@@ -49,7 +50,7 @@ def test_every_row_has_a_unique_name_and_a_reported_outcome_metrics_know():
 CASES = {
     "body_too_large": (RequestBodyTooLarge(20, 10), False, False),
     "session_busy": (SessionBusy(5, 4, 3), False, False),
-    "session_wait_timeout": (SessionBusy(2, 4, 3, timed_out=True), False, False),
+    "session_wait_timeout": (SessionWaitTimeout(2, 4, 3), False, False),
     "storage_unavailable": (StorageUnavailable("away"), False, False),
     "storage_unavailable/zeo": (ClientDisconnected("away"), True, False),
     "outcome_unknown": (CommitOutcomeUnknown("after the vote"), True, False),

@@ -16,8 +16,8 @@ committed             commit   no     the application's                         
 publish_error         commit   no     the error's status and body               -         committed
 vetoed                abort    no     the application's                         WARNING   aborted_veto
 body_too_large        abort    no     413 (unread, if its length was declared)  WARNING   body_too_large
-session_busy          none     no     429 with Retry-After (an estimate)        WARNING   session_busy
 session_wait_timeout  none     no     503 with Retry-After (an estimate)        WARNING   session_wait_timeout
+session_busy          none     no     429 with Retry-After (an estimate)        WARNING   session_busy
 storage_unavailable   abort    no     503 with Retry-After: 5                   ERROR     storage_error
 outcome_unknown       unknown  no     503 with Retry-After: 1                   ERROR+tb  outcome_unknown
 conflict              abort    yes    (the next attempt's)                      WARNING   (request_retried)
@@ -32,8 +32,8 @@ app_exception         abort    no     500                                       
 - ``publish_error``: the application raised ``PublishError`` (4xx, redirect).
 - ``vetoed``: the application answered a 5xx (the default veto).
 - ``body_too_large``: the body is over ``max_request_body``.
-- ``session_busy``: too many requests wait for this session already.
 - ``session_wait_timeout``: the wait for this session's lock passed its deadline.
+- ``session_busy``: too many requests wait for this session already.
 - ``storage_unavailable``: ZEO away (``ClientDisconnected``), the storage unopenable.
 - ``outcome_unknown``: the commit failed after every vote.
 - ``conflict``: a retryable error, attempts left.
@@ -61,6 +61,7 @@ from zodbsession.errors import (
     SessionBusy,
     SessionLimitReached,
     SessionTooLarge,
+    SessionWaitTimeout,
     StorageUnavailable,
     StorageWriteFailed,
     UnstorableSessionValue,
@@ -68,7 +69,7 @@ from zodbsession.errors import (
 from zodbsession.observe import RequestOutcome
 
 Fate = Literal["commit", "abort", "unknown", "none"]
-Match = Literal["veto", "error", "retryable", "last_retryable", "busy", "wait_timeout"]
+Match = Literal["veto", "error", "retryable", "last_retryable"]
 
 #: Errors known by the dotted name of a class in their MRO (so that ZEO need not be imported).
 CLIENT_DISCONNECTED = "ZEO.Exceptions.ClientDisconnected"
@@ -129,16 +130,16 @@ TABLE: tuple[Outcome, ...] = (
             **_plain("413 Content Too Large", "the request's body is too large"),
             errors=(RequestBodyTooLarge,),
             message="{where}: refused with 413: {error}"),
-    Outcome("session_busy", "too many requests wait for this session already", "none", False,
-            "429 with Retry-After (an estimate)", "session_busy", logging.WARNING,
-            **_plain("429 Too Many Requests", "too many requests for this session at once, "
-                     "please retry", "1"), match="busy",
-            message="{where}: refused with 429: {error}"),
     Outcome("session_wait_timeout", "the wait for this session's lock passed its deadline", "none", False,
             "503 with Retry-After (an estimate)", "session_wait_timeout", logging.WARNING,
             **_plain("503 Service Unavailable", "this session is busy, please retry", "1"),
-            match="wait_timeout",
+            errors=(SessionWaitTimeout,),
             message="{where}: refused with 503: {error}"),
+    Outcome("session_busy", "too many requests wait for this session already", "none", False,
+            "429 with Retry-After (an estimate)", "session_busy", logging.WARNING,
+            **_plain("429 Too Many Requests", "too many requests for this session at once, "
+                     "please retry", "1"), errors=(SessionBusy,),
+            message="{where}: refused with 429: {error}"),
     Outcome("storage_unavailable", "ZEO away (``ClientDisconnected``), the storage unopenable", "abort",
             False, "503 with Retry-After: 5", "storage_error", logging.ERROR,
             **_plain("503 Service Unavailable", "the session database is unavailable, please retry", "5"),
@@ -209,9 +210,6 @@ def classify(error: BaseException, *, retryable: bool, last: bool) -> Outcome:
     for row in TABLE:
         if row.match == "error":
             if _is_instance(error, row.errors):
-                return row
-        elif row.match in ("busy", "wait_timeout"):
-            if isinstance(error, SessionBusy) and error.timed_out == (row.match == "wait_timeout"):
                 return row
         elif row.match == "retryable":
             if retryable and not last:

@@ -21,8 +21,8 @@ committed             commit   no     the application's                         
 publish_error         commit   no     the error's status and body               -         committed
 vetoed                abort    no     the application's                         WARNING   aborted_veto
 body_too_large        abort    no     413 (unread, if its length was declared)  WARNING   body_too_large
-session_busy          none     no     429 with Retry-After (an estimate)        WARNING   session_busy
 session_wait_timeout  none     no     503 with Retry-After (an estimate)        WARNING   session_wait_timeout
+session_busy          none     no     429 with Retry-After (an estimate)        WARNING   session_busy
 storage_unavailable   abort    no     503 with Retry-After: 5                   ERROR     storage_error
 outcome_unknown       unknown  no     503 with Retry-After: 1                   ERROR+tb  outcome_unknown
 conflict              abort    yes    (the next attempt's)                      WARNING   (request_retried)
@@ -37,8 +37,8 @@ app_exception         abort    no     500                                       
 - ``publish_error``: the application raised ``PublishError`` (4xx, redirect).
 - ``vetoed``: the application answered a 5xx (the default veto).
 - ``body_too_large``: the body is over ``max_request_body``.
-- ``session_busy``: too many requests wait for this session already.
 - ``session_wait_timeout``: the wait for this session's lock passed its deadline.
+- ``session_busy``: too many requests wait for this session already.
 - ``storage_unavailable``: ZEO away (``ClientDisconnected``), the storage unopenable.
 - ``outcome_unknown``: the commit failed after every vote.
 - ``conflict``: a retryable error, attempts left.
