@@ -3,6 +3,12 @@
 Each class also inherits the builtin a caller would naturally catch
 (``KeyError`` for a missing session, ``ValueError`` for bad configuration), so
 code that does not know about zodbsession still handles them sensibly.
+
+One class, one meaning. ``PublishError`` and ``Redirect`` are answers an
+application gives on purpose, and they subclass ``ZodbSessionError`` too: an
+``except ZodbSessionError`` inside the application also catches its own
+``Redirect``. Catch the narrower class you mean, or re-raise ``PublishError``
+first. The front doors catch ``PublishError`` before anything else.
 """
 
 from __future__ import annotations
