@@ -35,6 +35,7 @@ RequestOutcome = Literal[
     "session_busy",  # too many requests already waited for this one's session: 429
     "session_wait_timeout",  # the wait for the session's lock passed its deadline: 503
     "body_too_large",  # the request's body was over max_request_body: 413, unread
+    "client_gone",  # the client disconnected before the end of its body: aborted, no answer
 ]
 
 

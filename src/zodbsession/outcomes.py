@@ -4,8 +4,9 @@ Every way an attempt can end is one row of ``TABLE``, and the row says
 everything that follows: the transaction's fate, whether the request is
 tried again, the HTTP answer (none of its own: the application's), the log
 level, and the ``RequestOutcome`` reported to the manager's observers. The
-first three rows are decided by the commit veto; a failure gets the first
-later row it matches. A fate of ``none`` means that no transaction was
+first four rows are decided by the front door (the commit veto, a
+``PublishError``, a client gone mid-body); a failure gets the first later
+row it matches. A fate of ``none`` means that no transaction was
 begun. The table below is ``render_table()``'s output, and a test keeps it
 equal to ``TABLE``:
 
@@ -15,6 +16,7 @@ row                   fate     retry  answer                                    
 committed             commit   no     the application's                         -         committed
 publish_error         commit   no     the error's status and body               -         committed
 vetoed                abort    no     the application's                         WARNING   aborted_veto
+client_gone           abort    no     none (the client is gone)                 INFO      client_gone
 body_too_large        abort    no     413 (unread, if its length was declared)  WARNING   body_too_large
 session_wait_timeout  none     no     503 with Retry-After (an estimate)        WARNING   session_wait_timeout
 session_busy          none     no     429 with Retry-After (an estimate)        WARNING   session_busy
@@ -31,6 +33,7 @@ app_exception         abort    no     500                                       
 - ``committed``: the application returned, the veto says commit.
 - ``publish_error``: the application raised ``PublishError`` (4xx, redirect).
 - ``vetoed``: the application answered a 5xx (the default veto).
+- ``client_gone``: the client disconnected before the end of its body.
 - ``body_too_large``: the body is over ``max_request_body``.
 - ``session_wait_timeout``: the wait for this session's lock passed its deadline.
 - ``session_busy``: too many requests wait for this session already.
@@ -69,7 +72,7 @@ from zodbsession.errors import (
 from zodbsession.observe import RequestOutcome
 
 Fate = Literal["commit", "abort", "unknown", "none"]
-Match = Literal["veto", "error", "retryable", "last_retryable"]
+Match = Literal["decided", "error", "retryable", "last_retryable"]
 
 #: Errors known by the dotted name of a class in their MRO (so that ZEO need not be imported).
 CLIENT_DISCONNECTED = "ZEO.Exceptions.ClientDisconnected"
@@ -83,7 +86,8 @@ class Outcome:
     ``status``, ``headers`` and ``body`` make a short text/plain answer (a
     ``Retry-After`` the error carries, ``retry_after``, replaces the row's).
     ``errors`` are the classes (or dotted class names) a failure must be an
-    instance of for the row to match; ``match`` says what else decides it.
+    instance of for the row to match; ``match`` says what else decides it
+    (``decided``: the front door picks the row, no error matches it).
     """
 
     name: str
@@ -119,12 +123,15 @@ def _plain(status: str, body: str, retry_after: str | None = None) -> dict:
 #: Every row, in matching order: a failure gets the first row it matches.
 TABLE: tuple[Outcome, ...] = (
     Outcome("committed", "the application returned, the veto says commit", "commit", False,
-            "the application's", "committed", match="veto"),
+            "the application's", "committed", match="decided"),
     Outcome("publish_error", "the application raised ``PublishError`` (4xx, redirect)", "commit", False,
-            "the error's status and body", "committed", match="veto"),
+            "the error's status and body", "committed", match="decided"),
     Outcome("vetoed", "the application answered a 5xx (the default veto)", "abort", False,
-            "the application's", "aborted_veto", logging.WARNING, match="veto",
+            "the application's", "aborted_veto", logging.WARNING, match="decided",
             message="{where}: aborted: the commit veto refused {status}"),
+    Outcome("client_gone", "the client disconnected before the end of its body", "abort", False,
+            "none (the client is gone)", "client_gone", logging.INFO, match="decided",
+            message="{where}: the client disconnected before the end of its body; aborted"),
     Outcome("body_too_large", "the body is over ``max_request_body``", "abort", False,
             "413 (unread, if its length was declared)", "body_too_large", logging.WARNING,
             **_plain("413 Content Too Large", "the request's body is too large"),
@@ -186,6 +193,7 @@ ROWS: dict[str, Outcome] = {row.name: row for row in TABLE}
 COMMITTED = ROWS["committed"]
 PUBLISH_ERROR = ROWS["publish_error"]
 VETOED = ROWS["vetoed"]
+CLIENT_GONE = ROWS["client_gone"]
 
 
 def _is_instance(error: BaseException, kinds: tuple[type[BaseException] | str, ...]) -> bool:

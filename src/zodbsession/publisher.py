@@ -20,6 +20,7 @@ row                   fate     retry  answer                                    
 committed             commit   no     the application's                         -         committed
 publish_error         commit   no     the error's status and body               -         committed
 vetoed                abort    no     the application's                         WARNING   aborted_veto
+client_gone           abort    no     none (the client is gone)                 INFO      client_gone
 body_too_large        abort    no     413 (unread, if its length was declared)  WARNING   body_too_large
 session_wait_timeout  none     no     503 with Retry-After (an estimate)        WARNING   session_wait_timeout
 session_busy          none     no     429 with Retry-After (an estimate)        WARNING   session_busy
@@ -36,6 +37,7 @@ app_exception         abort    no     500                                       
 - ``committed``: the application returned, the veto says commit.
 - ``publish_error``: the application raised ``PublishError`` (4xx, redirect).
 - ``vetoed``: the application answered a 5xx (the default veto).
+- ``client_gone``: the client disconnected before the end of its body.
 - ``body_too_large``: the body is over ``max_request_body``.
 - ``session_wait_timeout``: the wait for this session's lock passed its deadline.
 - ``session_busy``: too many requests wait for this session already.
