@@ -216,3 +216,25 @@ def test_delete_header_expires_the_cookie_with_the_same_scope():
 def test_policy_is_immutable():
     with pytest.raises(AttributeError):
         CookiePolicy().name = "other"  # type: ignore[misc]
+
+
+# -- set_header's max_age: what one session asks for ------------------------------------
+
+
+@pytest.mark.parametrize(("policy_age", "max_age", "expected"), [
+    (None, None, None), (600, None, "Max-Age=600"), (None, 3600, "Max-Age=3600"),
+    (600, 3600, "Max-Age=3600"), (600, "session", None), (None, 1, "Max-Age=1"),
+    (None, 90.7, "Max-Age=90"),
+], ids=["policy-none", "policy-default", "session-asks", "session-overrides", "browser-session",
+        "one-second", "float"])
+def test_set_header_max_age(policy_age, max_age, expected):
+    parts = attributes(CookiePolicy(max_age=policy_age).set_header(ID, https=False, max_age=max_age))
+    ages = [part for part in parts if part.startswith("Max-Age")]
+    assert ages == ([expected] if expected else [])
+
+
+@pytest.mark.parametrize("max_age", [0, -1, 0.5, True, "forever", "Session"],
+                         ids=["zero", "negative", "under-a-second", "bool", "word", "wrong-case"])
+def test_set_header_refuses_a_max_age_that_would_delete_or_is_nonsense(max_age):
+    with pytest.raises(ValueError, match="max_age"):
+        CookiePolicy().set_header(ID, https=False, max_age=max_age)

@@ -48,11 +48,26 @@ class CookiePolicy:
     samesite: SameSite | None = "Lax"
     max_age: int | None = None
 
-    def set_header(self, session_id: str, *, https: bool) -> tuple[str, str]:
-        """The ``Set-Cookie`` header that hands *session_id* to the client."""
+    def set_header(self, session_id: str, *, https: bool,
+                   max_age: int | Literal["session"] | None = None) -> tuple[str, str]:
+        """The ``Set-Cookie`` header that hands *session_id* to the client.
+
+        *max_age* is what this one session asks for (``RequestSession.cookie_max_age``):
+        None for the policy's own ``max_age``, ``"session"`` for a cookie
+        without ``Max-Age`` (gone when the browser closes), or a positive
+        number of seconds. Zero or less would delete the cookie being handed
+        out, so it is refused.
+        """
+        if max_age is None:
+            max_age = self.max_age
+        elif max_age == "session":
+            max_age = None
+        elif isinstance(max_age, bool) or not isinstance(max_age, int | float) or not max_age >= 1:
+            raise ValueError(f"max_age must be None, 'session' or a positive number of seconds, "
+                             f"not {max_age!r}")
         parts = [f"{self.name}={session_id}"]
-        if self.max_age is not None:
-            parts.append(f"Max-Age={int(self.max_age)}")
+        if max_age is not None:
+            parts.append(f"Max-Age={int(max_age)}")
         return ("Set-Cookie", "; ".join(parts + self._attributes(https)))
 
     def delete_header(self, *, https: bool) -> tuple[str, str]:
