@@ -10,6 +10,7 @@ import pytest
 from zodbsession.errors import InvalidUserId
 from zodbsession.manager import MAX_USER_ID_LENGTH
 from zodbsession.request_session import RequestSession
+from zodbsession.session import new_session_id
 from zodbsession.store import get_container
 
 
@@ -105,3 +106,17 @@ def test_login_at_the_limit_works(manager, memory_db, connect):
     view.login("m" * MAX_USER_ID_LENGTH)
     _commit(conn)
     assert get_container(conn).user_session_ids("m" * MAX_USER_ID_LENGTH) == [view.id]
+
+
+def test_a_stale_first_cookie_falls_back_to_a_live_later_one(manager, memory_db, connect, stored_id):
+    """Two cookies of one name (say, for two paths): the first naming a live session wins."""
+    stale = new_session_id()
+    view = RequestSession(manager, connect(memory_db), stale, more_ids=[stored_id])
+    assert view["a"] == 1
+    assert not view.is_new
+    assert view.cookie_to_send() == stored_id  # the client's first cookie is put right
+
+
+def test_no_live_cookie_among_several_starts_a_new_session(manager, memory_db, connect):
+    view = RequestSession(manager, connect(memory_db), new_session_id(), more_ids=[new_session_id()])
+    assert view.is_new

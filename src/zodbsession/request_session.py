@@ -14,7 +14,7 @@ flash queues, CSRF token and expiry readers are forwarded under the names of
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,14 +30,19 @@ class RequestSession(MutableMapping[str, Any]):
 
     *cookie_id* is the id the request's cookie names, already checked to be
     well formed (``is_well_formed_id``), or None: the publisher checks it once.
+    *more_ids* are further well-formed ids from cookies of the same name
+    (``cookies.session_cookie_ids``), tried in order when *cookie_id* names no
+    live session; the cookie is then sent again with the one found.
 
     Threading: belongs to the one request (thread or task) it was made for.
     """
 
-    def __init__(self, manager: SessionManager, connection: Connection, cookie_id: str | None):
+    def __init__(self, manager: SessionManager, connection: Connection, cookie_id: str | None,
+                 *, more_ids: Sequence[str] = ()):
         self._manager = manager
         self._connection = connection
         self._cookie_id = cookie_id
+        self._more_ids = tuple(more_ids)
         self._session: Session | None = None
         self._found = False
         self._invalidated = False
@@ -55,8 +60,12 @@ class RequestSession(MutableMapping[str, Any]):
         if self._session is None:
             session = None
             if self._cookie_id is not None and not self._invalidated:
-                # The publisher passes only a well-formed cookie id (or None).
+                # The publisher passes only well-formed cookie ids (or None).
                 session = self._manager._get_well_formed(self._connection, self._cookie_id)
+                for other_id in self._more_ids:
+                    if session is not None:
+                        break
+                    session = self._manager._get_well_formed(self._connection, other_id)
             self._found = session is not None
             self._session = session if session is not None else self._manager.new(self._connection)
         return self._session
