@@ -28,7 +28,7 @@ from starlette.routing import Route, WebSocketRoute
 from ZODB import DB
 from ZODB.FileStorage import FileStorage
 
-from asgikit import serving
+from asgikit import http_client, serving
 from zodbsession import PublishError, Redirect, SessionManager, current_connection, current_session
 from zodbsession.asgi import SessionMiddleware, run_in_connection
 from zodbsession.observe import Observer
@@ -287,8 +287,8 @@ def committed(db: DB, session_id: str | None = None) -> tuple[Any, Any]:
         return box, data
 
 
-def client(server) -> httpx.Client:
-    return httpx.Client(base_url=server.url, timeout=WAIT)
+def client(server, cookie: str | None = None) -> httpx.Client:
+    return http_client(server, cookie)
 
 
 # -- one transaction per request ----------------------------------------------------
@@ -307,7 +307,7 @@ def test_success_commits_and_sets_the_cookie_once(server, database):
 def test_sixteen_clients_on_their_own_sessions_and_eight_on_one_keep_exact_counts(lab, outcomes,
                                                                                   database):
     """24 clients at once: each own session counts its own requests, the shared one all of the 8's."""
-    rounds = 5
+    rounds = 3
     with serving(middleware(lab, outcomes, max_waiting_per_session=8)) as running:
         with client(running) as first:
             first.post("/count")
@@ -319,8 +319,7 @@ def test_sixteen_clients_on_their_own_sessions_and_eight_on_one_keep_exact_count
                 return c.cookies["zodbsession"], answers[-1]
 
         def on_shared() -> list[str]:
-            with httpx.Client(base_url=running.url, timeout=WAIT,
-                              cookies={"zodbsession": shared}) as c:
+            with client(running, shared) as c:
                 return [c.post("/count").text for _ in range(rounds)]
 
         with concurrent.futures.ThreadPoolExecutor(24) as pool:
@@ -454,7 +453,7 @@ def test_client_gone_mid_body_past_the_replay_limit_commits_nothing(lab, outcome
 def test_the_loop_serves_other_requests_while_a_commit_is_held(server, lab):
     """A request's commit waits in a worker thread at a gate; meanwhile others are served."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        held = pool.submit(lambda: httpx.post(f"{server.url}/hold", timeout=WAIT))
+        held = pool.submit(lambda: client(server).post("/hold"))
         assert lab.gate.reached.wait(WAIT)
         with client(server) as c:
             answers = [c.post("/count").text for _ in range(5)]
@@ -481,7 +480,7 @@ def test_past_the_waiting_bound_a_request_gets_429_at_once(lab, outcomes, databa
             cookie = c.cookies["zodbsession"]
 
         def slow() -> str:
-            with httpx.Client(base_url=running.url, timeout=WAIT, cookies={"zodbsession": cookie}) as c:
+            with client(running, cookie) as c:
                 return c.post("/slow").text
 
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
@@ -489,7 +488,7 @@ def test_past_the_waiting_bound_a_request_gets_429_at_once(lab, outcomes, databa
             assert lab.gate.reached.wait(WAIT)
             accepted += [pool.submit(slow), pool.submit(slow)]
             _wait_until(lambda: mw.session_locks.waiting(cookie) == 2, "two requests waiting")
-            with httpx.Client(base_url=running.url, timeout=WAIT, cookies={"zodbsession": cookie}) as c:
+            with client(running, cookie) as c:
                 refused = c.post("/slow")
             assert not accepted[0].done()
             lab.gate.opened.set()

@@ -101,6 +101,12 @@ class SessionMiddleware:
     ``Retry-After``), none longer than ``session_wait_timeout`` seconds (503).
     Waiting holds no thread.
 
+    An event loop takes any number of requests at once, but each attempt
+    holds a ZODB connection (and its cache): at most ``max_connections``
+    attempts run at a time (None: the database's ``pool_size``), the others
+    wait in the loop for a connection to come back, so the pool is never
+    outgrown.
+
     Threading: one middleware serves one event loop. The ZODB steps run in
     *executor* (None: the loop's default, as ``asyncio.to_thread``).
     ``join_outer_transaction`` exists for keyword compatibility with the
@@ -127,6 +133,7 @@ class SessionMiddleware:
         max_request_body: int | None = MAX_REQUEST_BODY,
         max_waiting_per_session: int | None = MAX_WAITING,
         session_wait_timeout: float | None = WAIT_TIMEOUT,
+        max_connections: int | None = None,
         executor: Executor | None = None,
     ) -> None:
         if join_outer_transaction:
@@ -134,6 +141,10 @@ class SessionMiddleware:
                              "transaction is always the middleware's own")
         if max_request_body is not None and max_request_body < 0:
             raise ValueError(f"max_request_body must be at least 0 (or None), not {max_request_body}")
+        if max_connections is None:
+            max_connections = db.getPoolSize()
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         self.app = app
         self.db = db
         self.manager = manager if manager is not None else SessionManager()
@@ -148,6 +159,8 @@ class SessionMiddleware:
                                     registry=registry)
         self.session_locks = (AsyncKeyedLocks(max_waiting_per_session, session_wait_timeout)
                               if serialize_same_session else None)
+        self.max_connections = max_connections
+        self._connections = asyncio.Semaphore(max_connections)
         self._ensure_container()
 
     def _ensure_container(self) -> None:
@@ -194,7 +207,8 @@ class SessionMiddleware:
         for number in range(1, attempts + 1):
             attempt = self.core.attempt(cookie_id, number=number, attempts=attempts, where=where,
                                         request=dict(scope))
-            ending, answer = await self._attempt(attempt, body, receive, send)
+            async with self._connections:
+                ending, answer = await self._attempt(attempt, body, receive, send)
             ending.attempts = number
             if not ending.retry:
                 return ending, answer
