@@ -115,6 +115,7 @@ class Lab:
         self.db = db
         self.gate = Gate()
         self.ran: list[str] = []
+        self.at_gate: list[str] = []
         self.interfered = 0
         self.started = threading.Event()
         routes = [
@@ -130,6 +131,7 @@ class Lab:
             Route("/slow", self.slow, methods=["POST"]),
             Route("/current", self.current),
             Route("/stream", self.stream),
+            Route("/stream-conflict", self.stream_conflict, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
             WebSocketRoute("/ws", self.websocket),
         ]
@@ -204,6 +206,7 @@ class Lab:
         """Count, then wait at the gate: the request holds its session meanwhile."""
         session = request.scope["zodbsession.session"]
         session["count"] = session.get("count", 0) + 1
+        self.at_gate.append("slow")
         await asyncio.to_thread(self.gate.wait)
         return PlainTextResponse(str(session["count"]))
 
@@ -220,6 +223,21 @@ class Lab:
             yield b"first "
             session["count"] = 2  # after the commit: discarded
             yield b"second"
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    async def stream_conflict(self, request: Request) -> Response:
+        """As ``conflict``, answered by a stream: the commit at its first chunk conflicts once."""
+        body = await request.body()
+        box = await run_in_connection(_box)
+        attempt = request.scope["zodbsession.attempt"]
+        if attempt == 1:
+            await asyncio.to_thread(self._interfere)
+        box.value = body.decode()
+
+        async def chunks():
+            yield f"attempt {attempt}: ".encode()
+            yield body
 
         return StreamingResponse(chunks(), media_type="text/plain")
 
@@ -500,6 +518,43 @@ def test_past_the_waiting_bound_a_request_gets_429_at_once(lab, outcomes, databa
     assert ("session_busy", 1) in outcomes.wait_for(5)
 
 
+def test_a_wait_for_the_session_past_its_timeout_gets_503(lab, outcomes, database):
+    with serving(middleware(lab, outcomes, session_wait_timeout=0.2)) as running:
+        with client(running) as c:
+            c.post("/count")
+            cookie = c.cookies["zodbsession"]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            holder = pool.submit(lambda: client(running, cookie).post("/slow").text)
+            assert lab.gate.reached.wait(WAIT)
+            with client(running, cookie) as c:
+                late = c.post("/count")
+            lab.gate.opened.set()
+            assert holder.result(WAIT) == "2"
+    assert late.status_code == 503
+    assert int(late.headers["retry-after"]) >= 1
+    assert committed(database, cookie)[1] == {"count": 2}
+
+
+def test_attempts_past_max_connections_wait_in_the_loop_for_one(lab, outcomes):
+    """Four requests, two connections: two run (at the gate), two wait holding nothing."""
+    mw = middleware(lab, outcomes, max_connections=2)
+    with serving(mw) as running, concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = [pool.submit(lambda: client(running).post("/slow").text) for _ in range(4)]
+        _wait_until(lambda: len(lab.at_gate) == 2 and mw.connections_waiting == 2,
+                    "two requests at the gate and two waiting for a connection")
+        assert len(lab.at_gate) == 2
+        lab.gate.opened.set()
+        assert [f.result(WAIT) for f in answers] == ["1"] * 4
+    assert len(lab.at_gate) == 4
+
+
+def test_body_declared_over_max_request_body_gets_413_unread(lab, outcomes):
+    with serving(middleware(lab, outcomes, max_request_body=10)) as running, client(running) as c:
+        response = c.post("/count", content=b"x" * 11)
+    assert response.status_code == 413
+    assert outcomes.wait_for(1) == [("body_too_large", 1)]
+
+
 # -- streaming, lifespan, websockets ------------------------------------------------
 
 
@@ -507,6 +562,14 @@ def test_streaming_commits_at_the_first_chunk_and_discards_later_changes(lab, ou
     with serving(middleware(lab, outcomes, streaming=True)) as running, client(running) as c:
         assert c.get("/stream").text == "first second"
         assert committed(database, c.cookies["zodbsession"])[1] == {"count": 1}
+
+
+def test_streaming_conflict_at_the_first_chunk_is_retried_with_the_body(lab, outcomes, database):
+    with serving(middleware(lab, outcomes, streaming=True)) as running, client(running) as c:
+        response = c.post("/stream-conflict", content=b"streamed")
+    assert response.text == "attempt 2: streamed"
+    assert committed(database)[0] == "streamed"
+    assert outcomes.wait_for(1) == [("committed", 2)]
 
 
 def test_without_streaming_the_whole_response_is_held_for_the_commit(server, database):
@@ -538,6 +601,40 @@ def test_websocket_scope_passes_through_untouched(lab, outcomes):
     asyncio.run(mw(scope, receive, send))
     assert seen == [(scope, receive, send)]
     assert "zodbsession.session" not in scope
+
+
+def asgi_call(app: Any, scope: dict[str, Any]) -> list[dict[str, Any]]:
+    """One HTTP request straight into *app*, in a fresh event loop; the messages it sent."""
+    sent: list[dict[str, Any]] = []
+    scope = {"type": "http", "method": "POST", "path": "/count", "headers": [], "scheme": "http",
+             **scope}
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+@pytest.mark.parametrize(("scheme", "secure"), [("https", True), ("http", False)], ids=["https", "http"])
+def test_secure_flag_follows_the_scheme(lab, outcomes, scheme, secure):
+    start = asgi_call(middleware(lab, outcomes), {"scheme": scheme})[0]
+    cookie = dict(start["headers"])[b"set-cookie"].decode()
+    assert ("; Secure" in cookie) is secure
+
+
+def test_several_cookie_headers_are_read_as_one(lab, outcomes, database):
+    """HTTP/2 clients send one cookie header per cookie: the session's is found in any of them."""
+    mw = middleware(lab, outcomes)
+    start = asgi_call(mw, {})[0]
+    session_id = dict(start["headers"])[b"set-cookie"].decode().split(";")[0].split("=", 1)[1]
+    headers = [(b"cookie", b"theme=dark"), (b"cookie", f"zodbsession={session_id}".encode())]
+    sent = asgi_call(mw, {"headers": headers})
+    assert sent[-1]["body"] == b"2"
+    assert committed(database, session_id)[1] == {"count": 2}
 
 
 def test_join_outer_transaction_is_refused(lab):

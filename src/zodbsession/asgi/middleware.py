@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
+from persistent import Persistent
 from ZODB import DB
 
 from zodbsession.asgi.messages import (
@@ -161,6 +162,8 @@ class SessionMiddleware:
                               if serialize_same_session else None)
         self.max_connections = max_connections
         self._connections = asyncio.Semaphore(max_connections)
+        #: Attempts waiting for a connection now (all ``max_connections`` are in use).
+        self.connections_waiting = 0
         self._ensure_container()
 
     def _ensure_container(self) -> None:
@@ -207,8 +210,15 @@ class SessionMiddleware:
         for number in range(1, attempts + 1):
             attempt = self.core.attempt(cookie_id, number=number, attempts=attempts, where=where,
                                         request=dict(scope))
-            async with self._connections:
+            self.connections_waiting += 1
+            try:
+                await self._connections.acquire()
+            finally:
+                self.connections_waiting -= 1
+            try:
                 ending, answer = await self._attempt(attempt, body, receive, send)
+            finally:
+                self._connections.release()
             ending.attempts = number
             if not ending.retry:
                 return ending, answer
@@ -366,7 +376,15 @@ class _ConnectionRunner:
                                "while the request runs")
         # Two calls at once (asyncio.gather) would use the connection from two threads.
         async with self._lock:
-            return await self._middleware._in_thread(fn, connection, *args)
+            return await self._middleware._in_thread(_call_loaded, fn, connection, *args)
+
+
+def _call_loaded(fn: Callable[..., T], connection: Any, *args: Any) -> T:
+    """``fn(connection, *args)``; a persistent object it returns is loaded here, not in the loop."""
+    result = fn(connection, *args)
+    if isinstance(result, Persistent):
+        result._p_activate()
+    return result
 
 
 def _abort(attempt: Attempt) -> None:
