@@ -235,7 +235,9 @@ class SessionMiddleware:
         try:
             await self._in_thread(core.open, attempt, preload=True)
         except Exception as exc:
-            return await self._in_thread(core.fail, attempt, exc), []
+            ending = core.fail(attempt, exc)  # nothing begun: no I/O
+            await self._in_thread(core.close, attempt)
+            return ending, []
         request = attempt.request
         request["zodbsession.session"] = attempt.session
         request["zodbsession.connection"] = attempt.connection
