@@ -32,6 +32,7 @@ from asgikit import http_client, serving
 from zodbsession import PublishError, Redirect, SessionManager, current_connection, current_session
 from zodbsession.asgi import SessionMiddleware, run_in_connection
 from zodbsession.observe import Observer
+from zodbsession.registry import after_abort, after_commit
 
 #: Seconds any wait in these tests may take at most (never asserted on: a bound against hangs).
 WAIT = 10
@@ -133,6 +134,7 @@ class Lab:
             Route("/stream", self.stream),
             Route("/stream-conflict", self.stream_conflict, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
+            Route("/hooked/{fail}", self.hooked, methods=["POST"]),
             WebSocketRoute("/ws", self.websocket),
         ]
         self.app = Starlette(routes=routes, lifespan=self.lifespan)
@@ -240,6 +242,14 @@ class Lab:
             yield body
 
         return StreamingResponse(chunks(), media_type="text/plain")
+
+    async def hooked(self, request: Request) -> Response:
+        request.scope["zodbsession.session"]["count"] = 1
+        after_commit(self.ran.append, "committed")
+        after_abort(self.ran.append, "aborted")
+        if request.path_params["fail"] == "yes":
+            raise ValueError("aborts")
+        return PlainTextResponse("hooked")
 
     async def logout(self, request: Request) -> Response:
         request.scope["zodbsession.session"].logout()
@@ -402,6 +412,34 @@ def test_current_session_and_connection_work_in_the_task_and_its_threads(server)
     with client(server) as c:
         c.post("/count")
         assert c.get("/current").text == "True 1 1"
+
+
+@pytest.mark.parametrize(("fail", "ran"), [("no", ["committed"]), ("yes", ["aborted"])],
+                         ids=["commit", "abort"])
+def test_transaction_hooks_registered_in_the_task_run_for_the_outcome(server, lab, fail, ran):
+    with client(server) as c:
+        c.post(f"/hooked/{fail}")
+    assert lab.ran == ran
+
+
+def test_the_middleware_needs_no_framework_and_no_server():
+    """zodbsession.asgi speaks bare ASGI: it imports no framework, no server, no ZEO."""
+    import ast
+    from pathlib import Path
+
+    import zodbsession.asgi
+
+    imported: set[str] = set()
+    for path in Path(zodbsession.asgi.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    roots = {name.split(".")[0] for name in imported}
+    assert not roots & {"starlette", "fastapi", "uvicorn", "ZEO", "waitress"}
+    ours = {name.split(".")[1] for name in imported if name.startswith("zodbsession.")}
+    assert not ours & {"server", "cli", "workers", "admin", "config", "demo"}
 
 
 # -- conflicts and bodies ------------------------------------------------------------
