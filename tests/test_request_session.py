@@ -169,3 +169,16 @@ def test_changing_the_expiry_of_a_stored_session_sends_the_cookie_again(client):
     assert client.session_id == first
     assert _max_age(response) == []
     assert _max_age(client.post("/?none")) == ["Max-Age=3600"]
+
+
+def test_pyramids_names_changed_and_new(manager, memory_db, connect, stored_id):
+    conn = connect(memory_db)
+    view = RequestSession(manager, conn, stored_id)
+    assert view.new is False
+    view["a"] = [1]
+    _commit(conn)
+    view = RequestSession(manager, conn, stored_id)
+    view["a"].append(2)
+    view.changed()
+    assert view.written_session() is not None
+    assert RequestSession(manager, connect(memory_db), None).new is True
