@@ -147,10 +147,10 @@ def test_advancing_the_clock_expires_the_session(zodbsession_client, zodbsession
 
 
 def test_each_client_is_its_own_browser(zodbsession_app, zodbsession_db, zodbsession_manager):
-    first = make_client(zodbsession_app, zodbsession_db, manager=zodbsession_manager)
-    second = make_client(zodbsession_app, zodbsession_db, manager=zodbsession_manager)
-    first.post("/add/apple")
-    assert second.get("/").json()["cart"] == []
+    with make_client(zodbsession_app, zodbsession_db, manager=zodbsession_manager) as first, \
+            make_client(zodbsession_app, zodbsession_db, manager=zodbsession_manager) as second:
+        first.post("/add/apple")
+        assert second.get("/").json()["cart"] == []
 
 
 def test_make_client_uses_an_already_wrapped_app_as_it_is(zodbsession_db, zodbsession_manager):
