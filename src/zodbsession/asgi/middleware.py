@@ -26,7 +26,7 @@ import contextvars
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from persistent import Persistent
@@ -108,8 +108,9 @@ class SessionMiddleware:
     wait in the loop for a connection to come back, so the pool is never
     outgrown.
 
-    Threading: one middleware serves one event loop. The ZODB steps run in
-    *executor* (None: the loop's default, as ``asyncio.to_thread``).
+    Threading: one middleware serves one event loop. The ZODB steps (and
+    ``run_in_connection``) run in *executor*; None gives the middleware a
+    pool of its own, a thread per connection it may have in use.
     ``join_outer_transaction`` exists for keyword compatibility with the
     publisher and must stay False: nothing outside owns an ASGI request's
     transaction.
@@ -142,10 +143,6 @@ class SessionMiddleware:
                              "transaction is always the middleware's own")
         if max_request_body is not None and max_request_body < 0:
             raise ValueError(f"max_request_body must be at least 0 (or None), not {max_request_body}")
-        if max_connections is None:
-            max_connections = db.getPoolSize()
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         self.app = app
         self.db = db
         self.manager = manager if manager is not None else SessionManager()
@@ -154,7 +151,15 @@ class SessionMiddleware:
         self.max_request_body = max_request_body
         self.streaming = streaming
         self.registry = registry
-        self.executor = executor
+        if max_connections is None:
+            max_connections = db.getPoolSize()
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        # A thread per connection in use: the ZODB steps never queue for a
+        # thread, nor compete with the application's own to_thread work.
+        self._own_executor = executor is None
+        self.executor = executor if executor is not None else ThreadPoolExecutor(
+            max_connections, thread_name_prefix="zodbsession-asgi")
         policy = retry if retry is not None else RetryPolicy(retry_attempts, retry_backoff, MAX_BACKOFF)
         self.core = TransactionCore(db, manager=self.manager, retry=policy, commit_veto=commit_veto,
                                     registry=registry)
@@ -165,6 +170,11 @@ class SessionMiddleware:
         #: Attempts waiting for a connection now (all ``max_connections`` are in use).
         self.connections_waiting = 0
         self._ensure_container()
+
+    def close(self) -> None:
+        """Stop the middleware's own thread pool once the server has drained (the db stays open)."""
+        if self._own_executor:
+            self.executor.shutdown(wait=True)
 
     def _ensure_container(self) -> None:
         # Made once here, so that concurrent first requests don't all create it.
