@@ -485,7 +485,7 @@ def test_client_gone_mid_body_runs_nothing(server, lab, outcomes, database):
     """Within max_replay_bytes the body is read first: the application never runs."""
     sock = _partial_upload(server, b"x" * 100, 10_000)
     sock.close()
-    assert outcomes.wait_for(1) == [("aborted_exception", 1)]
+    assert outcomes.wait_for(1) == [("client_gone", 1)]
     assert lab.ran == []
     assert committed(database)[0] == 0
 
@@ -496,7 +496,7 @@ def test_client_gone_mid_body_past_the_replay_limit_commits_nothing(lab, outcome
         sock = _partial_upload(running, b"x" * 100, 10_000)
         assert lab.gate.reached.wait(WAIT)
         sock.close()
-        assert outcomes.wait_for(1) == [("aborted_exception", 1)]
+        assert outcomes.wait_for(1) == [("client_gone", 1)]
     assert lab.ran == ["upload", "disconnected"]
     assert committed(database)[0] == 0
     with database.transaction() as conn:
@@ -571,6 +571,7 @@ def test_a_wait_for_the_session_past_its_timeout_gets_503(lab, outcomes, databas
     assert late.status_code == 503
     assert int(late.headers["retry-after"]) >= 1
     assert committed(database, cookie)[1] == {"count": 2}
+    assert ("session_wait_timeout", 1) in outcomes.wait_for(3)
 
 
 def test_attempts_past_max_connections_wait_in_the_loop_for_one(lab, outcomes):

@@ -46,7 +46,7 @@ from zodbsession.cookies import CookiePolicy, read_cookie
 from zodbsession.errors import PublishError, RequestBodyTooLarge, SessionBusy
 from zodbsession.locks import MAX_WAITING, WAIT_TIMEOUT, AsyncKeyedLocks
 from zodbsession.manager import SessionManager
-from zodbsession.outcomes import ROWS, Outcome
+from zodbsession.outcomes import CLIENT_GONE, ROWS
 from zodbsession.publisher import MAX_BACKOFF, MAX_REQUEST_BODY
 from zodbsession.registry import SessionRegistry
 from zodbsession.registry import registry as default_registry
@@ -58,13 +58,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
-
-#: How a request whose client went away before the end of its body ends: aborted, no answer.
-CLIENT_GONE = Outcome(
-    "client_gone", "the client disconnected before the end of its body", "abort", False,
-    "none (the client is gone)", "aborted_exception", logging.INFO,
-    message="{where}: the client disconnected before the end of its body; aborted",
-)
 
 
 #: The scope key of what ``run_in_connection`` uses.
@@ -276,8 +269,8 @@ class SessionMiddleware:
                 return ending, self._failure_answer(ending, response)
             if head:
                 return head[0], self._own_answer(head[0])
-            if replay.client_gone:
-                return await self._abandon(attempt), []
+            if replay.client_gone:  # aborted, whatever the application answered
+                return await self._in_thread(core.abandon, attempt, CLIENT_GONE), []
             if response.status is None:
                 error = RuntimeError("the application returned without sending http.response.start")
                 ending = await self._in_thread(core.fail, attempt, error)
@@ -287,15 +280,6 @@ class SessionMiddleware:
         finally:
             core.leave()
             await self._in_thread(core.close, attempt)
-
-    async def _abandon(self, attempt: Attempt) -> Ending:
-        """End an attempt whose client went away mid-body: abort, whatever it answered."""
-        await self._in_thread(_abort, attempt)
-        ending = Ending(CLIENT_GONE)
-        # The core's own log line and after-abort hooks, for a row it has no error for.
-        self.core._log(ending, attempt)
-        self.core._run_hooks(attempt, "after_abort")
-        return ending
 
     async def _commit_head(self, attempt: Attempt, head: list[Ending], response: ResponseBuffer) -> bool:
         """Streaming: decide the transaction at the first chunk, before the head goes out.
@@ -397,10 +381,6 @@ def _call_loaded(fn: Callable[..., T], connection: Any, *args: Any) -> T:
     if isinstance(result, Persistent):
         result._p_activate()
     return result
-
-
-def _abort(attempt: Attempt) -> None:
-    attempt.tm.abort()
 
 
 def _check_length(scope: dict[str, Any], max_request_body: int | None) -> None:
