@@ -171,3 +171,78 @@ def test_a_new_session_past_max_sessions_gets_503_and_old_ones_go_on(database):
     assert [outcome for outcome, _ in recorder.finished] == ["committed", "session_limit", "committed"]
     with database.transaction() as conn:
         assert manager.get(conn, cookie)["n"] == 2
+
+
+async def conflict_in_a_task_group(scope, receive, send) -> None:
+    """Raises its conflict from inside a task group (as anyio-based code does), once."""
+    scope["zodbsession.session"]["n"] = scope["zodbsession.attempt"]
+
+    async def conflicting() -> None:
+        if scope["zodbsession.attempt"] == 1:
+            raise ConflictError("inside a task group")
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(conflicting())
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_a_conflict_inside_an_exception_group_is_retried(database):
+    recorder = Recorder()
+    manager = SessionManager()
+    manager.observers.subscribe(recorder)
+    app = SessionMiddleware(conflict_in_a_task_group, database, manager=manager, retry_backoff=0)
+    assert call(app, "/")[0] == 200
+    assert recorder.finished == [("committed", 2)]
+
+
+class HeldFinish(VoteFails):
+    """A data manager whose vote waits at a gate the test opens; it records its finish."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.reached = threading.Event()
+        self.opened = threading.Event()
+        self.finished = False
+
+    def tpc_vote(self, txn):
+        self.reached.set()
+        self.opened.wait(10)
+
+    def tpc_finish(self, txn):
+        self.finished = True
+
+
+def test_a_task_cancelled_during_the_commit_waits_for_it_before_closing(database):
+    """The commit runs on in its thread; the task ends only after it: never two threads on one connection."""
+    held = HeldFinish()
+
+    async def app(scope, receive, send):
+        scope["zodbsession.connection"].transaction_manager.get().join(held)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = SessionMiddleware(app, database)
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [], "scheme": "http"}
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        pass
+
+    async def main() -> tuple[bool, bool]:
+        task = asyncio.create_task(middleware(scope, receive, send))
+        await asyncio.to_thread(held.reached.wait, 10)
+        task.cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        done_while_held = task.done()
+        held.opened.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return done_while_held, held.finished
+
+    assert asyncio.run(main()) == (False, True)
+    assert len(database.pool.available) >= 1  # the connection went back to the pool

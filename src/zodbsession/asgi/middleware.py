@@ -22,6 +22,7 @@ a websocket handler gets no session and no transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
@@ -254,7 +255,8 @@ class SessionMiddleware:
         try:
             try:
                 await self.app(request, replay, response)
-            except Exception as exc:
+            except Exception as raised:
+                exc = _only_error(raised)
                 if head:
                     if response.streaming:
                         log.error("%s: the application raised after its response began: its later "
@@ -349,10 +351,22 @@ class SessionMiddleware:
     # -- threads ------------------------------------------------------------------
 
     async def _in_thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` in the executor, in a copy of this task's context."""
+        """Run ``fn(*args, **kwargs)`` in the executor, in a copy of this task's context.
+
+        A cancelled task (a server's shutdown) still waits for the step to
+        end before it goes on: a thread cannot be stopped, and the next step
+        (closing the connection) must not use the connection beside it.
+        """
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        return await loop.run_in_executor(self.executor, functools.partial(context.run, fn, *args, **kwargs))
+        future = loop.run_in_executor(self.executor, functools.partial(context.run, fn, *args, **kwargs))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([future])
+            raise
 
 
 class _ConnectionRunner:
@@ -381,6 +395,17 @@ def _call_loaded(fn: Callable[..., T], connection: Any, *args: Any) -> T:
     if isinstance(result, Persistent):
         result._p_activate()
     return result
+
+
+def _only_error(error: Exception) -> Exception:
+    """The one error inside an exception group of one (a task group's), else *error* itself.
+
+    So that a conflict raised inside an application's task group is still
+    seen as the conflict it is, and retried.
+    """
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def _check_length(scope: dict[str, Any], max_request_body: int | None) -> None:
