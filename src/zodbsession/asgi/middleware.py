@@ -247,41 +247,44 @@ class SessionMiddleware:
         request["zodbsession.connection"] = attempt.connection
         request["zodbsession.attempt"] = attempt.number
         request[RUNNER_KEY] = _ConnectionRunner(self, attempt)
-        replay = ReplayReceive(body, receive, self.max_request_body)
-        head: list[Ending] = []  # streaming: the ending decided at the first chunk
-        response = ResponseBuffer(send, functools.partial(self._commit_head, attempt, head)
-                                  if self.streaming else None)
         core.enter(attempt)
         try:
-            try:
-                await self.app(request, replay, response)
-            except Exception as raised:
-                exc = _only_error(raised)
-                if head:
-                    if response.streaming:
-                        log.error("%s: the application raised after its response began: its later "
-                                  "changes are discarded, the body is cut short", attempt.where,
-                                  exc_info=exc)
-                    return head[0], self._own_answer(head[0])
-                if isinstance(exc, PublishError):
-                    ending = await self._in_thread(core.finish, attempt, exc.status, exc.headers,
-                                                   raised=exc)
-                    return ending, self._answer(ending, request, _publish_error_messages(exc))
-                ending = await self._in_thread(core.fail, attempt, exc)
-                return ending, self._failure_answer(ending, response)
-            if head:
-                return head[0], self._own_answer(head[0])
-            if replay.client_gone:  # aborted, whatever the application answered
-                return await self._in_thread(core.abandon, attempt, CLIENT_GONE), []
-            if response.status is None:
-                error = RuntimeError("the application returned without sending http.response.start")
-                ending = await self._in_thread(core.fail, attempt, error)
-                return ending, self._own_answer(ending)
-            ending = await self._in_thread(core.finish, attempt, response.status_line, response.headers)
-            return ending, self._answer(ending, request, response.messages)
+            return await self._run_app(attempt, ReplayReceive(body, receive, self.max_request_body), send)
         finally:
             core.leave()
             await self._in_thread(core.close, attempt)
+
+    async def _run_app(self, attempt: Attempt, replay: ReplayReceive,
+                       send: Send) -> tuple[Ending, list[Message]]:
+        """Run the application in the open attempt and end the attempt by what it did."""
+        core, request = self.core, attempt.request
+        head: list[Ending] = []  # streaming: the ending decided at the first chunk
+        response = ResponseBuffer(send, functools.partial(self._commit_head, attempt, head)
+                                  if self.streaming else None)
+        try:
+            await self.app(request, replay, response)
+        except Exception as raised:
+            exc = _only_error(raised)
+            if head:
+                if response.streaming:
+                    log.error("%s: the application raised after its response began: its later "
+                              "changes are discarded, the body is cut short", attempt.where, exc_info=exc)
+                return head[0], self._own_answer(head[0])
+            if isinstance(exc, PublishError):
+                ending = await self._in_thread(core.finish, attempt, exc.status, exc.headers, raised=exc)
+                return ending, self._answer(ending, request, _publish_error_messages(exc))
+            ending = await self._in_thread(core.fail, attempt, exc)
+            return ending, self._failure_answer(ending, response)
+        if head:
+            return head[0], self._own_answer(head[0])
+        if replay.client_gone:  # aborted, whatever the application answered
+            return await self._in_thread(core.abandon, attempt, CLIENT_GONE), []
+        if response.status is None:
+            error = RuntimeError("the application returned without sending http.response.start")
+            ending = await self._in_thread(core.fail, attempt, error)
+            return ending, self._own_answer(ending)
+        ending = await self._in_thread(core.finish, attempt, response.status_line, response.headers)
+        return ending, self._answer(ending, request, response.messages)
 
     async def _commit_head(self, attempt: Attempt, head: list[Ending], response: ResponseBuffer) -> bool:
         """Streaming: decide the transaction at the first chunk, before the head goes out.
