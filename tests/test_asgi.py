@@ -594,6 +594,38 @@ def test_body_declared_over_max_request_body_gets_413_unread(lab, outcomes):
     assert outcomes.wait_for(1) == [("body_too_large", 1)]
 
 
+def test_sixty_four_parallel_slow_requests_on_one_cookie_leave_other_clients_served(lab, outcomes,
+                                                                                      database):
+    """Issue 17 under ASGI: one served, four queued, 59 refused at once; others get through meanwhile."""
+    mw = middleware(lab, outcomes)  # the default bound: four waiting
+    with serving(mw) as running:
+        with client(running) as c:
+            c.post("/count")
+            cookie = c.cookies["zodbsession"]
+
+        def slow() -> tuple[int, str]:
+            with client(running, cookie) as c:
+                response = c.post("/slow")
+                return response.status_code, response.text
+
+        with concurrent.futures.ThreadPoolExecutor(64) as pool:
+            requests = [pool.submit(slow)]
+            assert lab.gate.reached.wait(WAIT)
+            requests += [pool.submit(slow) for _ in range(63)]
+            _wait_until(lambda: sum(f.done() for f in requests) == 59
+                        and mw.session_locks.waiting(cookie) == 4, "59 refused and 4 queued")
+            with client(running) as other:
+                others = [other.post("/count").text for _ in range(3)]
+            assert mw.session_locks.waiting(cookie) == 4  # the backlog is still there
+            lab.gate.opened.set()
+            answers = [f.result(WAIT) for f in requests]
+    assert others == ["1", "2", "3"]
+    accepted = sorted(text for status, text in answers if status == 200)
+    assert accepted == ["2", "3", "4", "5", "6"]
+    assert sorted({status for status, _ in answers}) == [200, 429]
+    assert committed(database, cookie)[1] == {"count": 6}
+
+
 # -- streaming, lifespan, websockets ------------------------------------------------
 
 
