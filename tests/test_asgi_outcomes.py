@@ -246,3 +246,78 @@ def test_a_task_cancelled_during_the_commit_waits_for_it_before_closing(database
 
     assert asyncio.run(main()) == (False, True)
     assert len(database.pool.available) >= 1  # the connection went back to the pool
+
+
+def sent_by(app: Any, path: str = "/") -> list[dict[str, Any]]:
+    """Every message *app* sent for one POST, in order."""
+    sent: list[dict[str, Any]] = []
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [], "scheme": "http"}
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def stored_sessions(db: DB) -> list[dict[str, Any]]:
+    with db.transaction() as conn:
+        return [session.data() for session in SessionManager().container(conn).sessions.values()]
+
+
+async def streamed(scope, receive, send) -> None:
+    """Writes, streams a head and a chunk, writes again, then fails or ends as the path says."""
+    session = scope["zodbsession.session"]
+    session["n"] = 1
+    status = 500 if scope["path"] == "/5xx" else 200
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b"head ", "more_body": True})
+    session["n"] = 2
+    if scope["path"] == "/raise":
+        raise RuntimeError("the stream broke")
+    await send({"type": "http.response.body", "body": b"tail"})
+
+
+def test_a_streamed_5xx_is_sent_whole_and_aborted(database):
+    app = SessionMiddleware(streamed, database, streaming=True)
+    sent = sent_by(app, "/5xx")
+    assert sent[0]["status"] == 500
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == b"head tail"
+    assert stored_sessions(database) == []
+
+
+def test_a_stream_that_breaks_keeps_what_its_head_committed_and_is_cut_short(database):
+    app = SessionMiddleware(streamed, database, streaming=True)
+    sent = sent_by(app, "/raise")
+    assert [m.get("body") for m in sent[1:]] == [b"head "]
+    assert sent[-1].get("more_body") is True  # the body never ended: the server cuts it
+    assert stored_sessions(database) == [{"n": 1}]
+
+
+def test_run_in_connection_calls_of_one_request_never_overlap(database):
+    """Two calls gathered at once: the second starts only after the first returned."""
+    import threading
+
+    from zodbsession.asgi import run_in_connection
+
+    first_in, second_in = threading.Event(), threading.Event()
+    overlapped: list[bool] = []
+
+    def first(conn):
+        first_in.set()
+        overlapped.append(second_in.wait(0.5))  # set only if the second ran beside it
+
+    def second(conn):
+        second_in.set()
+
+    async def app(scope, receive, send):
+        await asyncio.gather(run_in_connection(first), run_in_connection(second))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    assert sent_by(SessionMiddleware(app, database))[0]["status"] == 200
+    assert overlapped == [False]
+    assert second_in.is_set()
