@@ -119,6 +119,7 @@ class Lab:
         self.at_gate: list[str] = []
         self.interfered = 0
         self.started = threading.Event()
+        self.stopped = threading.Event()
         routes = [
             Route("/count", self.count, methods=["GET", "POST"]),
             Route("/read", self.read),
@@ -143,6 +144,7 @@ class Lab:
     async def lifespan(self, app):
         self.started.set()
         yield
+        self.stopped.set()
 
     async def count(self, request: Request) -> Response:
         session = request.scope["zodbsession.session"]
@@ -649,8 +651,11 @@ def test_without_streaming_the_whole_response_is_held_for_the_commit(server, dat
         assert committed(database, c.cookies["zodbsession"])[1] == {"count": 2}
 
 
-def test_lifespan_passes_through(server, lab):
-    assert lab.started.is_set()
+def test_lifespan_passes_through_both_ways(lab, outcomes):
+    with serving(middleware(lab, outcomes)):
+        assert lab.started.is_set()
+        assert not lab.stopped.is_set()
+    assert lab.stopped.is_set()
 
 
 def test_websocket_scope_passes_through_untouched(lab, outcomes):
