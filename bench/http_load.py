@@ -47,16 +47,10 @@ def server_command() -> list[str]:
     return [sys.executable, "-c", "from zodbsession.cli import main; main()"]
 
 
-def asgi_command() -> list[str]:
-    """The ASGI contender (``bench.asgi_app``) on uvicorn, configured as ``serve`` is."""
-    return [sys.executable, "-m", "bench.asgi_app"]
-
-
 class Server:
-    """``zodbsession serve`` (or *command*, read the same environment) in a child, logging to a file."""
+    """``zodbsession serve`` in a child process with its log in a file."""
 
-    def __init__(self, workdir: Path, command: list[str] | None = None) -> None:
-        self.command = command if command is not None else server_command() + ["serve"]
+    def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.log_path = workdir / "server.log"
@@ -64,15 +58,12 @@ class Server:
             **os.environ,
             "ZODBSESSION_SERVER_PORT": str(self.port),
             "ZODBSESSION_STORAGE_URI": f"file://{workdir / 'Data.fs'}",
-            # The ASGI contender is a module of bench/: importable from the repository root.
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
-                                                        os.environ.get("PYTHONPATH")])),
         }
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30) -> None:
         with self.log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(self.command, cwd=self.workdir,
+            self.process = subprocess.Popen(server_command() + ["serve"], cwd=self.workdir,
                                             env=self.env, stdout=log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -162,11 +153,9 @@ class LoadClient:
         return data.get("data", {}).get("count")
 
 
-def http_load(workdir: Path, clients: int, requests_per_client: int, seconds: float,
-              command: list[str] | None = None) -> dict[str, Any]:
-    """Serve (``zodbsession serve``, or *command*), load with *clients* threads, check the counters,
-    stop; the figures."""
-    server = Server(workdir, command)
+def http_load(workdir: Path, clients: int, requests_per_client: int, seconds: float) -> dict[str, Any]:
+    """Serve, load with *clients* threads, check the counters, stop; the figures."""
+    server = Server(workdir)
     server.start()
     try:
         load = [LoadClient(server.port) for _ in range(clients)]

@@ -165,10 +165,6 @@ def render(results: dict[str, Any]) -> str:
         out += _render_expiry(results["expiry"])
     if results.get("http"):
         out += _render_http(results["http"])
-    if results.get("http_asgi"):
-        out += _render_http(results["http_asgi"], title=(
-            "### Over HTTP, ASGI: `bench/asgi_app.py` (the same two endpoints, bare ASGI) inside "
-            "`SessionMiddleware` on uvicorn, one process, on loopback, POST /api/counter"))
     out += ["### Goals (ratios from this run)", "",
             "| goal | measured | target | verdict |", "| --- | ---: | --- | --- |"]
     for goal in goals(results):
@@ -284,12 +280,9 @@ def _render_expiry(expiry: dict[str, Any]) -> list[str]:
     return out
 
 
-HTTP_TITLE = "### Over HTTP: `zodbsession serve` (demo app, defaults) on loopback, POST /api/counter"
-
-
-def _render_http(http: dict[str, Any], title: str = HTTP_TITLE) -> list[str]:
+def _render_http(http: dict[str, Any]) -> list[str]:
     return [
-        title,
+        "### Over HTTP: `zodbsession serve` (demo app, defaults) on loopback, POST /api/counter",
         "",
         "| clients | requests | seconds | requests/s | median ms | p99 ms | errors | retries "
         "| counters = acknowledged |",

@@ -30,7 +30,7 @@ if __package__ in (None, ""):
 from bench import report  # noqa: E402 (after the path fix above)
 from bench.compare import CompareConfig, compare  # noqa: E402
 from bench.expiry import expiry  # noqa: E402
-from bench.http_load import asgi_command, http_load  # noqa: E402
+from bench.http_load import http_load  # noqa: E402
 from bench.profiling import cpu_only, profile_requests  # noqa: E402
 from bench.scale import scale  # noqa: E402
 
@@ -105,10 +105,6 @@ def run(mode_name: str, sections: tuple[str, ...], command: str) -> dict[str, An
             elif section == "http":
                 results["http"] = http_load(directory, mode.http_clients,
                                             mode.http_requests_per_client, mode.http_seconds)
-                (directory / "asgi").mkdir()
-                results["http_asgi"] = http_load(directory / "asgi", mode.http_clients,
-                                                 mode.http_requests_per_client, mode.http_seconds,
-                                                 command=asgi_command())
             elif section == "profile":
                 results["profile"] = profile_requests(mode.compare.sessions, mode.compare.clients,
                                                       mode.profile_requests)
@@ -123,10 +119,9 @@ def correctness_failures(results: dict[str, Any]) -> list[str]:
     for name, entry in results.get("compare", {}).get("contenders", {}).items():
         if entry.get("counters_match") is False:
             failures.append(f"{name}: a counter differs from its acknowledged writes")
-    for section in ("http", "http_asgi"):
-        http = results.get(section)
-        if http and (http["errors"] or not http["counters_match"]):
-            failures.append(f"{section}: {http['errors']} errors, counters match: {http['counters_match']}")
+    http = results.get("http")
+    if http and (http["errors"] or not http["counters_match"]):
+        failures.append(f"http: {http['errors']} errors, counters match: {http['counters_match']}")
     return failures
 
 
