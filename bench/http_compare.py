@@ -327,3 +327,28 @@ def failures(section: dict[str, Any]) -> list[str]:
     """Correctness failures: counter mismatches, lost writes, HTTP errors."""
     return [f"http-compare {name}: {error}" for name, entry in section.get("contenders", {}).items()
             for error in entry["errors"]]
+
+
+def plot(section: dict[str, Any], path: Path) -> None:
+    """Requests per second of every contender over HTTP, writes and reads side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = section["contenders"]
+    names = list(figures)
+    fig, axis = plt.subplots(figsize=(8, 4.5))
+    xs = range(len(names))
+    for offset, kind in ((-0.2, "writes"), (0.2, "reads")):
+        bars = axis.bar([x + offset for x in xs], [figures[n][f"{kind}_per_s"] for n in names],
+                        width=0.4, label=kind)
+        axis.bar_label(bars, fmt="%.0f", fontsize=7)
+    axis.set_xticks(list(xs), names, rotation=15)
+    axis.set_ylabel("requests per second (median of rounds)")
+    config = section["config"]
+    axis.set_title(f"over HTTP: wrk, {config['connections']} connections, waitress 8 threads")
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

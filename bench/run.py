@@ -142,6 +142,10 @@ def save(results: dict[str, Any], results_dir: Path) -> str:
     (results_dir / f"{mode}.md").write_text(text)
     if "compare" in results:
         report.plot(results, results_dir / f"{mode}.png")
+    if "contenders" in results.get("http_compare", {}):
+        from bench.http_compare import plot as plot_http
+
+        plot_http(results["http_compare"], results_dir / f"{mode}-http.png")
     if profile:
         (results_dir / f"{mode}-profile.txt").write_text(profile)
     return text
