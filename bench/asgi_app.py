@@ -1,71 +1,56 @@
-"""The ASGI contender of the HTTP section: the demo's two API endpoints on uvicorn.
+"""The ASGI contender of ``bench --http``: the counter app inside ``SessionMiddleware`` on uvicorn.
 
-A bare ASGI application (no framework, so that what differs from the WSGI
-run is the front door and the server) inside ``zodbsession.asgi.SessionMiddleware``
-with its defaults: ``POST /api/counter`` adds one to the session's counter and
-to a ``Length`` of everyone's increments (as the demo app does, one
-transaction) and answers ``{"count": n}``; ``GET /api/session`` answers
-``{"data": {...}}``, reading only. ``python -m bench.asgi_app`` serves it on
-uvicorn (one process, one event loop) with the environment ``zodbsession
-serve`` reads: ``ZODBSESSION_SERVER_PORT`` and ``ZODBSESSION_STORAGE_URI``.
+The same application as every other contender's (``workload.counter_app``:
+``POST /count`` adds one to ``session["count"]`` and answers it, ``GET
+/count`` answers it), written as a bare ASGI application so that what
+differs from the ``zodbsession`` contender is only the front door and the
+server: ``zodbsession.asgi.SessionMiddleware`` with its defaults, on uvicorn
+(one process, one event loop) instead of the WSGI publisher on waitress.
+``python -m bench.asgi_app PORT`` serves it on the storage
+``ZODBSESSION_STORAGE_URI`` names.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
+import sys
 from typing import Any
 
-from BTrees.Length import Length
-
 from zodbsession import open_db
-from zodbsession.asgi import SessionMiddleware, run_in_connection
-
-#: Where the demo app keeps everyone's increments, the same key.
-INCREMENTS_KEY = "zodbsession.demo.increments"
+from zodbsession.asgi import SessionMiddleware
 
 
-def _increments(connection: Any) -> Length:
-    root = connection.root()
-    length = root.get(INCREMENTS_KEY)
-    if length is None:
-        length = root[INCREMENTS_KEY] = Length()
-    return length
-
-
-async def counter_api(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """The two endpoints; anything else is 404."""
+async def counter_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``workload.counter_app`` in ASGI: POST increments the session's count, GET reads it."""
     while (await receive()).get("more_body", False):
-        pass  # the body, replayed by the middleware, is not used
+        pass  # the body (empty) was already read, and kept, by the middleware
     session = scope["zodbsession.session"]
-    route = (scope["method"], scope["path"])
-    if route == ("POST", "/api/counter"):
-        session["count"] = session.get("count", 0) + 1
-        (await run_in_connection(_increments)).change(1)
-        status, answer = 200, {"count": session["count"]}
-    elif route == ("GET", "/api/session"):
-        status, answer = 200, {"data": {key: session[key] for key in session}}
+    if scope["method"] == "POST":
+        count = session.get("count", 0) + 1
+        session["count"] = count
     else:
-        status, answer = 404, {"error": "not found"}
-    body = json.dumps(answer).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+        count = session.get("count", 0)
+    body = b"%d" % count
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]})
     await send({"type": "http.response.body", "body": body})
 
 
 def make_app() -> SessionMiddleware:
-    """The contender: the API inside the middleware, on the storage the environment names."""
-    db = open_db(os.environ.get("ZODBSESSION_STORAGE_URI", "file://var/Data.fs"))
-    return SessionMiddleware(counter_api, db)
+    """The contender: the counter inside the middleware, on ``ZODBSESSION_STORAGE_URI``."""
+    return SessionMiddleware(counter_app, open_db(os.environ.get("ZODBSESSION_STORAGE_URI",
+                                                                 "file://var/Data.fs")))
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     import uvicorn
 
-    port = int(os.environ.get("ZODBSESSION_SERVER_PORT", "8080"))
-    uvicorn.run(make_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    (port,) = argv
+    # As zodbsession serve sets it up (INFO to stderr): the retries are logged.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(make_app(), host="127.0.0.1", port=int(port), log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
