@@ -7,6 +7,7 @@ The application here is a small raw WSGI app; the ASGI client is in
 from __future__ import annotations
 
 import json
+from importlib.metadata import entry_points
 
 import pytest
 from ZODB.FileStorage import FileStorage
@@ -16,6 +17,10 @@ from zodbsession.errors import NoActiveRequest, NoUnitOfWork, Redirect, ZodbSess
 from zodbsession.publisher import SessionPublisher
 from zodbsession.registry import current_connection, current_session
 from zodbsession.testing import EPOCH, ManualClock, as_request, as_script, make_client
+
+if "zodbsession" not in {point.name for point in entry_points(group="pytest11")}:
+    pytest.fail("the zodbsession pytest plugin is not registered in this environment: reinstall the "
+                "package (pip install -e .) so that its pytest11 entry point is", pytrace=False)
 
 
 def shop(environ, start_response):
