@@ -2,7 +2,9 @@
 
 Every contender is a real server process on loopback serving the same
 counter app on waitress with 8 threads (see ``http_apps``): the bare app with
-sessions in a dict, zodbsession (``zodbsession serve --app``, defaults), the
+sessions in a dict, zodbsession (``zodbsession serve --app``, defaults), its
+ASGI front door (``asgi_app``: ``SessionMiddleware`` on uvicorn, one event
+loop, the one contender not on waitress), the
 hand-rolled plain-ZODB floor, Beaker on Redis without and with ``appendfsync
 always`` (redis-server started here, on loopback), and Beaker's file backend.
 wrk (a C load generator) keeps one connection per thread, each with the
@@ -153,6 +155,10 @@ def _contenders(workdir: Path, redis: dict[str, str]) -> list[Contender]:
                             {**base, "ZODBSESSION_STORAGE_URI": f"file://{workdir / 'zs' / 'Data.fs'}"})
     zodbsession.env["ZODBSESSION_SERVER_PORT"] = str(zodbsession.port)
     contenders.append(zodbsession)
+    # The ASGI front door: the same counter inside SessionMiddleware, on uvicorn (bench/asgi_app.py).
+    contenders.append(Contender("zodbsession-asgi", [sys.executable, "-m", "bench.asgi_app"],
+                                {**base, "ZODBSESSION_STORAGE_URI":
+                                 f"file://{workdir / 'zs-asgi' / 'Data.fs'}"}))
     contenders.append(Contender("plain-zodb", [*serve, "plain_zodb"],
                                 {**base, "BENCH_WORKDIR": str(workdir / "plain")}))
     for name, url in redis.items():
@@ -160,12 +166,13 @@ def _contenders(workdir: Path, redis: dict[str, str]) -> list[Contender]:
     contenders.append(Contender("beaker-file", [*serve, "beaker_file"],
                                 {**base, "BENCH_WORKDIR": str(workdir / "beaker")}))
     for contender in contenders:
-        if contender.command[:2] == serve[:2]:
+        if contender.command[:2] == serve[:2] or contender.name == "zodbsession-asgi":
             contender.command.append(str(contender.port))
         for key in ("BENCH_WORKDIR",):
             if key in contender.env:
                 Path(contender.env[key]).mkdir(parents=True, exist_ok=True)
     (workdir / "zs").mkdir()
+    (workdir / "zs-asgi").mkdir()
     return contenders
 
 
@@ -306,7 +313,8 @@ def render(section: dict[str, Any]) -> str:
     figures = section["contenders"]
     bare = figures.get("bare", {})
     lines = [f"{config['connections']} keep-alive connections from wrk, one cookie each; waitress, "
-             f"8 threads; median of {config['rounds']} interleaved rounds of {config['seconds']:g} s.",
+             f"8 threads (zodbsession-asgi: uvicorn, one event loop); median of {config['rounds']} "
+             f"interleaved rounds of {config['seconds']:g} s.",
              "", "| contender | writes/s | x bare | reads/s | x bare | server CPU µs/write | "
              "server CPU µs/read | errors |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, entry in figures.items():

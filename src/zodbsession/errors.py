@@ -133,6 +133,26 @@ class SessionTooLarge(ZodbSessionError, ValueError):
         )
 
 
+class InvalidUserId(ZodbSessionError, ValueError):
+    """A login or ``set_user`` was given a user id that is not a short non-empty string."""
+
+
+class UnsavedSessionChanges(ZodbSessionError, RuntimeError):
+    """A request changed its session's data in place without marking it (``unsaved_changes = "error"``)."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        super().__init__(
+            f"the session's {', '.join(map(repr, keys))} changed in place but the session was not "
+            "marked changed: call session.save_changes() after changing a nested value, or "
+            "assign the value again (session[key] = value)"
+        )
+
+
+class NoUnitOfWork(ZodbSessionError, RuntimeError):
+    """A script's session handle was used outside ``with handle.unit_of_work():``, so it has no connection."""
+
+
 class UnstorableSessionValue(ZodbSessionError, TypeError):
     """A value put in a session cannot be pickled, so ZODB could not store it.
 
