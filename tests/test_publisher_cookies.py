@@ -239,3 +239,30 @@ def test_expired_cookie_writes_nothing(database, timeout):
     assert response.text == "None True"
     assert response.headers.getall("Set-Cookie") == []
     assert database.storage.lastTransaction() == before
+
+
+def _reader_app(environ):
+    return repr(sorted(environ["zodbsession.session"].items()))
+
+
+@pytest.mark.parametrize("first", [
+    "not-an-id",
+    "x" * 43,  # well formed, but names no session
+], ids=["malformed-first", "unknown-first"])
+def test_a_bad_first_cookie_of_the_name_does_not_hide_a_valid_second_one(database, first):
+    session_id = create_session(client(publisher(app_from(writer_app), database)), a="1")
+    testapp = client(publisher(app_from(_reader_app), database))
+    before = stored(database)
+    response = request(testapp, cookie=f"{COOKIE}={first}; {COOKIE}={session_id}")
+    assert response.text == "[('a', '1')]"
+    sent = [cookie["value"] for cookie in set_cookies(response)]
+    assert sent in ([], [session_id]), "at most the found id again, to overwrite the bad one"
+    assert stored(database) == before
+
+
+def test_two_cookie_headers_joined_by_the_server_are_one_list(database):
+    session_id = create_session(client(publisher(app_from(writer_app), database)), a="1")
+    testapp = client(publisher(app_from(_reader_app), database))
+    # PEP 3333 servers join repeated headers with ", ".
+    response = request(testapp, cookie=f"other=1, {COOKIE}={session_id}")
+    assert response.text == "[('a', '1')]"

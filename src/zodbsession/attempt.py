@@ -27,14 +27,17 @@ class Attempt:
     in different threads one after another, never at once.
     """
 
-    __slots__ = ("number", "attempts", "cookie_id", "where", "request", "tm", "connection",
-                 "session", "scope", "joined")
+    __slots__ = ("number", "attempts", "cookie_id", "more_ids", "where", "request", "tm",
+                 "connection", "session", "scope", "joined")
 
     def __init__(self, cookie_id: str | None, number: int, attempts: int, where: str,
-                 request: Any) -> None:
+                 request: Any, more_ids: tuple[str, ...] = ()) -> None:
         self.number = number
         self.attempts = attempts
         self.cookie_id = cookie_id
+        # Further well-formed ids from cookies of the same name, tried in order
+        # when *cookie_id* names no live session.
+        self.more_ids = more_ids
         self.where = where
         self.request = request
         self.tm: transaction.TransactionManager | None = None

@@ -79,7 +79,7 @@ from typing import Any
 
 from ZODB import DB
 
-from zodbsession.cookies import CookiePolicy, read_cookie
+from zodbsession.cookies import CookiePolicy, session_cookie_ids
 from zodbsession.errors import PublishError, RequestBodyTooLarge, SessionBusy
 from zodbsession.locks import MAX_WAITING, WAIT_TIMEOUT, KeyedLocks
 from zodbsession.manager import SessionManager
@@ -89,7 +89,6 @@ from zodbsession.registry import registry as default_registry
 from zodbsession.replay import attempt_environ, check_length, replayable_body
 from zodbsession.response import Headers, Response, StreamAfterCommit
 from zodbsession.retry import RetryPolicy
-from zodbsession.session import is_well_formed_id
 from zodbsession.transact import IDLE_MANAGERS, Attempt, Ending, TransactionCore, default_commit_veto
 
 StartResponse = Callable[..., Callable[[bytes], Any]]
@@ -201,17 +200,19 @@ class SessionPublisher:
     # -- the WSGI entry point -----------------------------------------------
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        cookie_id = read_cookie(environ.get("HTTP_COOKIE"), self.cookie.name)
-        if not is_well_formed_id(cookie_id):
-            cookie_id = None
+        # Every well-formed id among the cookies of our name, first first: the
+        # first that names a live session is the request's.
+        ids = session_cookie_ids(environ.get("HTTP_COOKIE"), self.cookie.name)
+        cookie_id, more_ids = (ids[0], tuple(ids[1:])) if ids else (None, ())
         if self.join_outer_transaction:
-            response = self._call_joined(environ, cookie_id)
+            response = self._call_joined(environ, cookie_id, more_ids)
         else:
-            response = self._call_owned(environ, cookie_id)
+            response = self._call_owned(environ, cookie_id, more_ids)
         start_response(response.status, response.headers)
         return response.body
 
-    def _call_owned(self, environ: dict[str, Any], cookie_id: str | None) -> Response:
+    def _call_owned(self, environ: dict[str, Any], cookie_id: str | None,
+                    more_ids: tuple[str, ...] = ()) -> Response:
         where = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
         try:
             check_length(environ, self.max_request_body)
@@ -219,9 +220,9 @@ class SessionPublisher:
             body = replayable_body(environ, self.max_replay_bytes, self.max_request_body)
             if self.session_locks is not None and cookie_id:
                 with self.session_locks.hold(cookie_id):
-                    ending, response = self._run_with_retries(environ, cookie_id, where, body)
+                    ending, response = self._run_with_retries(environ, cookie_id, where, body, more_ids)
             else:
-                ending, response = self._run_with_retries(environ, cookie_id, where, body)
+                ending, response = self._run_with_retries(environ, cookie_id, where, body, more_ids)
         except (RequestBodyTooLarge, SessionBusy) as exc:
             ending = self.core.refuse(exc, where=where, request=environ)
             response = None
@@ -231,7 +232,8 @@ class SessionPublisher:
         return response
 
     def _run_with_retries(self, environ: dict[str, Any], cookie_id: str | None, where: str,
-                          body: bytes | None) -> tuple[Ending, Response | None]:
+                          body: bytes | None, more_ids: tuple[str, ...] = (),
+                          ) -> tuple[Ending, Response | None]:
         """Attempt the request until it does not ask for a retry; *body* None: not replayable."""
         responses: list[Response | None] = []
 
@@ -241,7 +243,8 @@ class SessionPublisher:
             return ending
 
         attempts = self.core.attempts_for(replayable=body is not None)
-        ending = self.core.drive(cookie_id, step, attempts=attempts, where=where, request=environ)
+        ending = self.core.drive(cookie_id, step, attempts=attempts, where=where, request=environ,
+                                 more_ids=more_ids)
         return ending, responses[-1]
 
     # -- one attempt ----------------------------------------------------------
@@ -329,9 +332,10 @@ class SessionPublisher:
 
     # -- joining an outer transaction -----------------------------------------
 
-    def _call_joined(self, environ: dict[str, Any], cookie_id: str | None) -> Response:
+    def _call_joined(self, environ: dict[str, Any], cookie_id: str | None,
+                     more_ids: tuple[str, ...] = ()) -> Response:
         core = self.core
-        attempt = core.attempt(cookie_id, request=environ)
+        attempt = core.attempt(cookie_id, request=environ, more_ids=more_ids)
         core.join(attempt)
         self._expose(environ, attempt)
         core.enter(attempt)

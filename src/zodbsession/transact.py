@@ -106,12 +106,15 @@ class TransactionCore:
         return self.retry.attempts if replayable else 1
 
     def attempt(self, cookie_id: str | None, *, number: int = 1, attempts: int = 1, where: str = "",
-                request: Any = None) -> Attempt:
+                request: Any = None, more_ids: tuple[str, ...] = ()) -> Attempt:
         """A new, unopened attempt; *where* names the request in logs (``"GET /path"``).
 
-        *cookie_id* must already be well formed (``is_well_formed_id``) or None.
+        *cookie_id* must already be well formed (``is_well_formed_id``) or None;
+        so must *more_ids*, the request's further cookies of the same name
+        (``cookies.session_cookie_ids``), looked up when the first names no live session.
         """
-        return Attempt(cookie_id, number, attempts, where, request if request is not None else {})
+        return Attempt(cookie_id, number, attempts, where, request if request is not None else {},
+                       more_ids)
 
     # -- the ZODB steps (blocking: a worker thread under asyncio) ------------
 
@@ -287,7 +290,7 @@ class TransactionCore:
     # -- the whole request, for threads ----------------------------------------
 
     def drive(self, cookie_id: str | None, step: Callable[[Attempt], Ending], *, attempts: int,
-              where: str = "", request: Any = None) -> Ending:
+              where: str = "", request: Any = None, more_ids: tuple[str, ...] = ()) -> Ending:
         """Run *step* for attempt 1, 2, ... until one does not ask for a retry, pausing between.
 
         *step* opens, runs, finishes (or fails) and closes one attempt; the
@@ -296,7 +299,7 @@ class TransactionCore:
         """
         for number in range(1, attempts + 1):
             ending = step(self.attempt(cookie_id, number=number, attempts=attempts, where=where,
-                                       request=request))
+                                       request=request, more_ids=more_ids))
             ending.attempts = number
             if not ending.retry:
                 return ending
@@ -314,7 +317,8 @@ class TransactionCore:
 
     def _make_scope(self, attempt: Attempt, connection: Any) -> None:
         attempt.connection = connection
-        attempt.session = RequestSession(self.manager, connection, attempt.cookie_id)
+        attempt.session = RequestSession(self.manager, connection, attempt.cookie_id,
+                                         more_ids=attempt.more_ids)
         attempt.scope = Scope(connection, attempt.session,
                               attempt.request if isinstance(attempt.request, dict) else {})
 
