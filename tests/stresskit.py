@@ -83,6 +83,10 @@ class Writer:
             self.statuses[status] += 1
             if status == 200:
                 self._answered(json.loads(body))
+            elif status == 429:
+                # Past the session's queue bound: nothing was written; a polite
+                # client waits as long as it was told to.
+                stop.wait(float(_headers.get("Retry-After", "1")))
             if pause:
                 time.sleep(pause)
 

@@ -33,7 +33,12 @@ COOKIE = "zodbsession"
 @pytest.mark.parametrize("seconds", [10, pytest.param(180, marks=pytest.mark.slow)],
                          ids=["10s", "3min"])
 def test_soak_16_own_sessions_and_8_on_one_shared_session(tmp_path, seconds):
-    """Against a multithreaded ``zodbsession serve``: zero 5xx, zero lost increments."""
+    """Against a multithreaded ``zodbsession serve``: zero 5xx, zero lost increments.
+
+    Eight writers on one session are more than its queue admits (six at
+    once, ``publisher.max_waiting_per_session``): the rest get 429 with a
+    Retry-After they honour, and nothing was written for those.
+    """
     env = {**counter_app_env(tmp_path), "ZODBSESSION_STORAGE_URI": "file://var/Data.fs"}
     with ServerProcess(tmp_path, env) as server:
         own = [Writer(Client(server.url)) for _ in range(16)]
@@ -55,7 +60,8 @@ def test_soak_16_own_sessions_and_8_on_one_shared_session(tmp_path, seconds):
     requests = sum(statuses.values())
     print(f"\nsoak {seconds} s: {requests} requests in {elapsed:.1f} s "
           f"({requests / elapsed:.0f}/s), statuses {dict(statuses)}, {retries} retried attempts")
-    assert set(statuses) == {200}, statuses
+    assert set(statuses) <= {200, 429}, statuses
+    assert sum(w.statuses[429] for w in own) == 0, "a session of one's own is never refused"
     assert all(w.problems == [] for w in everyone)
     assert finals == [w.acknowledged_total for w in own]
     answered = sorted(n for w in shared for n in w.answered)

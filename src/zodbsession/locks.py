@@ -26,8 +26,9 @@ from typing import Any
 
 from zodbsession.errors import SessionBusy, SessionWaitTimeout
 
-#: Requests that may wait behind the one holding a session, by default.
-MAX_WAITING = 4
+#: Requests that may wait behind the one holding a session, by default: with
+#: it, six run or wait at once, the connections a browser opens to one host.
+MAX_WAITING = 5
 #: Seconds a request may wait for its session's lock, by default.
 WAIT_TIMEOUT = 10.0
 
