@@ -57,7 +57,9 @@ class _Process:
 
     command = ""
 
-    def __init__(self, cwd: Path, env: dict[str, str], *args: str, port: int | None = None) -> None:
+    def __init__(self, cwd: Path, env: dict[str, str], *args: str, port: int | None = None,
+                 executable: str | Path = ZODBSESSION) -> None:
+        self.executable = str(executable)
         self.port = port or free_port()
         self.cwd = cwd
         self.env = {**os.environ, **self.port_env(), **env}
@@ -73,7 +75,7 @@ class _Process:
 
     def start(self, timeout: float = 30) -> _Process:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen([ZODBSESSION, self.command, *self.args], cwd=self.cwd,
+        self.process = subprocess.Popen([self.executable, self.command, *self.args], cwd=self.cwd,
                                         env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                         preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
@@ -125,10 +127,10 @@ class ServerProcess(_Process):
     command = "serve"
 
     def __init__(self, cwd: Path, env: dict[str, str], *args: str, admin_token: str = "",
-                 port: int | None = None) -> None:
+                 port: int | None = None, executable: str | Path = ZODBSESSION) -> None:
         self.admin_token = admin_token
         self.admin_port = free_port() if admin_token else None
-        super().__init__(cwd, env, *args, port=port)
+        super().__init__(cwd, env, *args, port=port, executable=executable)
 
     def port_env(self) -> dict[str, str]:
         env = {"ZODBSESSION_SERVER_PORT": str(self.port)}

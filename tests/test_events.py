@@ -391,16 +391,24 @@ def test_retries_are_reported_with_their_error_and_attempt(published):
     assert recorder.retried == [(ConflictError, 1), (ConflictError, 2)]
 
 
-def test_session_limit_outcome(published):
+def test_session_limit_outcome(published, database):
+    """At the cap, with every stored session a user's, a new one is refused."""
     testapp, recorder = published
-    for _ in range(2):
-        testapp.reset()
-        assert testapp.get("/write").status_int == 200
+    with database.transaction() as conn:
+        for n in range(2):
+            testapp.app.manager.new(conn, user_id=f"user-{n}")["n"] = n
     testapp.reset()
     response = testapp.get("/write", expect_errors=True)
     assert response.status_int == 503
     assert recorder.finished[-1][0] == "session_limit"
-    assert [e.kind for e in recorder.events] == ["created", "created"]
+
+
+def test_at_the_cap_an_anonymous_session_is_evicted_and_reported(published):
+    testapp, recorder = published
+    for _ in range(3):
+        testapp.reset()
+        assert testapp.get("/write").status_int == 200
+    assert [e.kind for e in recorder.events] == ["created", "created", "evicted", "created"]
 
 
 def test_publisher_events_and_outcomes_survive_a_raising_subscriber(published, caplog):

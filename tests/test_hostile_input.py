@@ -156,10 +156,13 @@ def test_any_cookie_header_on_a_reading_app_writes_nothing_and_never_fails(site,
     before_ids = site.stored_ids()
     status, headers, body = site.call(header)
     assert status == "200 OK", (status, body)
-    assert "Set-Cookie" not in headers
+    # Only the live session's own id is ever sent back: when a bad cookie of
+    # the same name came first, to overwrite it in the client's jar.
+    sent = headers.get("Set-Cookie", "").split(";")[0].partition("=")[2]
+    assert sent == "" or (role == "live" and sent == session_id), headers
     assert site.db.storage.lastTransaction() == before_tid
     assert site.stored_ids() == before_ids
-    # Only the live session's own cookie, sent first, finds its data; nothing else does.
+    # Only the live session's own cookie finds its data; nothing else does.
     event(f"found the live session: {body == b'mine False'}")
     if body != b"None True":
         assert body == b"mine False" and role == "live"

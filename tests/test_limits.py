@@ -16,6 +16,7 @@ import transaction
 from persistent.list import PersistentList
 from ZODB import DB
 
+from conftest import FakeClock as Clock
 from conftest import wsgi_call as call
 from zodbsession import SessionManager, SessionPublisher
 from zodbsession.errors import (
@@ -84,17 +85,22 @@ def test_defaults_are_no_session_cap_and_64_kib_per_session():
 # -- the session cap ---------------------------------------------------------------
 
 
-def test_new_session_over_the_cap_is_refused_at_its_first_write(file_db):
-    manager = SessionManager(max_sessions=3)
+def test_new_session_over_a_cap_of_users_sessions_is_refused_at_its_first_write(file_db):
+    """Every stored session is a logged-in user's: none may be evicted, so the new one is refused."""
+    clock = Clock()
+    manager = SessionManager(max_sessions=3, clock=clock)
     with file_db.transaction() as conn:
         ids = []
         for n in range(3):
-            session = manager.new(conn)
+            session = manager.new(conn, user_id=f"user-{n}")
             session["n"] = n
             ids.append(session.id)
         refused = manager.new(conn)
-        with pytest.raises(SessionLimitReached, match="3 sessions are stored and max_sessions is 3"):
+        clock.advance(100)
+        with pytest.raises(SessionLimitReached, match="3 sessions are stored and max_sessions is 3") as caught:
             refused["n"] = 99
+        # Honest: the earliest stored session's deadline, within one expiry slot.
+        assert manager.idle_timeout - 100 <= caught.value.retry_after <= manager.idle_timeout - 100 + 10
         # Refused before anything changed: still transient and empty.
         assert not refused.is_stored and dict(refused) == {}
         # Existing sessions keep working.
@@ -107,6 +113,25 @@ def test_new_session_over_the_cap_is_refused_at_its_first_write(file_db):
     assert len(stored(file_db)) == 3
 
 
+def test_at_the_cap_the_least_recently_used_anonymous_session_is_evicted(file_db):
+    clock = Clock()
+    manager = SessionManager(max_sessions=3, clock=clock)
+    with file_db.transaction() as conn:
+        users = manager.new(conn, user_id="alice")
+        users["n"] = 0
+        oldest = manager.new(conn)
+        oldest["n"] = 1
+    clock.advance(manager.access_resolution + 20)
+    with file_db.transaction() as conn:
+        newer = manager.new(conn)
+        newer["n"] = 2
+    with file_db.transaction() as conn:
+        manager.new(conn)["n"] = 3  # at the cap: the oldest anonymous one goes
+    kept = {v["n"] for v in stored(file_db).values()}
+    assert kept == {0, 2, 3}, "alice's session is never evicted, the older anonymous one is"
+    assert len(stored(file_db)) == 3
+
+
 def test_a_cap_of_zero_is_no_cap(file_db):
     manager = SessionManager(max_sessions=0)
     with file_db.transaction() as conn:
@@ -115,10 +140,10 @@ def test_a_cap_of_zero_is_no_cap(file_db):
     assert len(stored(file_db)) == 50
 
 
-def test_login_over_the_cap_is_refused_too(file_db):
+def test_login_over_a_cap_of_users_sessions_is_refused_too(file_db):
     manager = SessionManager(max_sessions=1)
     with file_db.transaction() as conn:
-        manager.new(conn)["n"] = 1
+        manager.new(conn, user_id="bob")["n"] = 1
         with pytest.raises(SessionLimitReached):
             manager.set_user(manager.new(conn), "alice")
     assert len(stored(file_db)) == 1
@@ -150,32 +175,45 @@ def test_flood_of_cookieless_reads_stores_nothing(file_db):
     assert stored(file_db) == {}
 
 
-def test_flood_of_cookieless_writes_stops_exactly_at_the_cap(file_db, caplog):
-    """The same flood on an app that writes: with a cap of 100, exactly 100 are stored and
-    every other request gets the defined 503, with Retry-After and no cookie."""
+def login_app(environ, start_response):
+    """POST /login/<user> logs the request's session in; anything else writes a visit."""
+    session = environ["zodbsession.session"]
+    if environ["PATH_INFO"].startswith("/login/"):
+        session.login(environ["PATH_INFO"].rsplit("/", 1)[1])
+    session["visits"] = session.get("visits", 0) + 1
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+def test_a_flood_of_cookieless_writes_cannot_lock_out_a_new_visitor_or_a_login(file_db, caplog):
+    """10,000 cookieless POSTs from one client against a cap of 100: the store stays at the
+    cap, the flood only evicts its own anonymous sessions, and a new visitor, a login, and
+    the logged-in user's next requests all succeed while it goes on."""
     outcomes = Outcomes()
     manager = SessionManager(max_sessions=100)
     manager.observers.subscribe(outcomes)
-    publisher = SessionPublisher(flood_app(write=True), file_db, manager=manager)
-    caplog.set_level(logging.ERROR)  # the 9,900 refusals are warnings
+    publisher = SessionPublisher(login_app, file_db, manager=manager)
+    caplog.set_level(logging.ERROR)
+    status, headers, _ = call(publisher, "/login/alice", method="POST")
+    assert status == "200 OK"
+    alice = issued(headers)
     statuses: dict[str, int] = {}
-    cookies = []
-    for _ in range(10_000):
-        status, headers, body = call(publisher)
+    for n in range(10_000):
+        status, _headers, _body = call(publisher, method="POST")
         statuses[status] = statuses.get(status, 0) + 1
-        if status == "200 OK":
-            cookies.append(issued(headers))
-        else:
-            assert (headers["Retry-After"], body) == ("60", b"too many sessions, please retry later")
-            assert "Set-Cookie" not in headers
-    assert statuses == {"200 OK": 100, "503 Service Unavailable": 9_900}
-    assert len(set(cookies)) == 100
-    assert set(stored(file_db)) == set(cookies)
-    assert outcomes.seen.count("session_limit") == 9_900
-    # The sessions already stored keep working under the cap.
-    status, headers, _ = call(publisher, cookie=f"{COOKIE}={cookies[0]}")
-    assert status == "200 OK" and "Set-Cookie" not in headers
-    assert stored(file_db)[cookies[0]] == {"visits": 2}
+        if n == 5_000:
+            assert call(publisher, cookie=f"{COOKIE}={alice}", method="POST")[0] == "200 OK"
+    assert statuses == {"200 OK": 10_000}
+    assert len(stored(file_db)) == 100
+    assert outcomes.seen.count("session_limit") == 0
+    # A new visitor, a new login, and alice (never evicted) are all served.
+    status, headers, _ = call(publisher, method="POST")
+    assert status == "200 OK" and issued(headers)
+    status, headers, _ = call(publisher, "/login/bob", method="POST")
+    assert status == "200 OK"
+    bob = issued(headers)
+    assert stored(file_db)[alice] == {"visits": 2}
+    assert stored(file_db)[bob] == {"visits": 1}
 
 
 # -- the size limit ----------------------------------------------------------------

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import http.cookiejar
+import os
 import re
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
+
+from serverproc import ServerProcess, free_port, port_open
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -29,3 +37,44 @@ def test_readme_opens_with_the_serve_and_test_commands():
     assert commands[0].endswith("zodbsession serve")
     run = (ROOT / ".ci" / "run").read_text()
     assert commands[1] in run, ".ci/run must run the README's test command verbatim"
+
+
+def _first_python_samples() -> str:
+    """The README's first two Python blocks, as one module: the app and its factory."""
+    blocks = re.findall(r"```python\n(.+?)\n```", README, flags=re.DOTALL)
+    return blocks[0] + "\n\n" + blocks[1] + "\n"
+
+
+def _post_then_get(port: int) -> str:
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with opener.open(urllib.request.Request(f"http://127.0.0.1:{port}/", data=b"", method="POST"),
+                     timeout=30) as answer:
+        assert answer.status == 200, "the 303 is followed to the page"
+    with opener.open(f"http://127.0.0.1:{port}/", timeout=30) as answer:
+        return answer.read().decode()
+
+
+def test_the_readme_first_sample_runs_as_written_under_serve(tmp_path: Path) -> None:
+    (tmp_path / "mymodule.py").write_text(_first_python_samples())
+    with ServerProcess(tmp_path, {}, "--app", "mymodule:app") as server:
+        assert _post_then_get(server.port) == "count: 1"
+
+
+def test_the_readme_factory_runs_as_written_under_another_wsgi_server(tmp_path: Path) -> None:
+    (tmp_path / "mymodule.py").write_text(_first_python_samples())
+    port = free_port()
+    waitress = subprocess.Popen(
+        [str(Path(sys.executable).with_name("waitress-serve")), f"--listen=127.0.0.1:{port}",
+         "--call", "mymodule:make_application"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not port_open(port):
+            assert waitress.poll() is None and time.monotonic() < deadline, "waitress did not start"
+            time.sleep(0.05)
+        assert _post_then_get(port) == "count: 1"
+    finally:
+        waitress.terminate()
+        waitress.wait(10)

@@ -107,14 +107,17 @@ class UncommittedChanges(ZodbSessionError, AlreadyInTransaction):
 class SessionLimitReached(ZodbSessionError):
     """Storing a new session would exceed ``SessionManager.max_sessions``.
 
-    Raised by the first write to a new session; sessions already stored keep
-    working. The publisher answers 503 with ``Retry-After``: places free up
-    as the janitor expires sessions.
+    Raised by the first write to a new session when no anonymous session is
+    left to evict: every stored session belongs to a logged-in user. Sessions
+    already stored keep working. The publisher answers 503 with
+    ``Retry-After`` set to *retry_after*, when the earliest stored session's
+    deadline passes.
     """
 
-    def __init__(self, stored: int, limit: int) -> None:
+    def __init__(self, stored: int, limit: int, retry_after: int = 60) -> None:
         self.stored = stored
         self.limit = limit
+        self.retry_after = retry_after
         super().__init__(
             f"{stored} sessions are stored and max_sessions is {limit}: no new session can be "
             "stored until some expire (raise sessions.max_sessions, or lower the timeouts)"

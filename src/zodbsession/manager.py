@@ -35,13 +35,16 @@ from zodbsession.session import (
     is_well_formed_id,
     new_session_id,
 )
-from zodbsession.store import SessionContainer, expiry_slot, get_container
+from zodbsession.store import EXPIRY_SLOT_SECONDS, SessionContainer, expiry_slot, get_container
 from zodbsession.unsaved import UNSAVED_POLICIES, UnsavedPolicy
 from zodbsession.work import ATTEMPTS, run_batches
 
 Clock = Callable[[], float]
 
 __all__ = ["DEFAULT_MANAGER", "MAX_USER_ID_LENGTH", "Clock", "Progress", "SessionManager"]
+
+#: How many of the oldest expiry entries the cap's eviction looks through for an anonymous session.
+EVICTION_SCAN = 64
 
 
 class Progress(Protocol):
@@ -171,8 +174,8 @@ class SessionManager:
         def attach(session: Session) -> None:
             container = self.container(connection)
             if self.max_sessions and len(container) >= self.max_sessions:
-                # Checked before anything is added: the refused session stays transient.
-                raise SessionLimitReached(len(container), self.max_sessions)
+                # Checked before anything is added: a refused session stays transient.
+                self._make_room(container)
             # Add it through the connection of the database holding the
             # container: in a multi-database, adding it to the main connection
             # stored the session in the main database, behind a cross-database
@@ -185,6 +188,46 @@ class SessionManager:
             self._report(connection, "created", session)
 
         return attach
+
+    def _make_room(self, container: SessionContainer) -> None:
+        """At the cap, evict the least recently used anonymous session, else refuse.
+
+        One client making sessions without end (cookieless POSTs) would
+        otherwise fill the cap and lock every new visitor and every login
+        out until sessions expire. Anonymous sessions are the cheap ones to
+        lose: the oldest entries of the expiry index (the earliest
+        deadlines, so the least recently used) are scanned for one, at most
+        ``EVICTION_SCAN`` of them, refiling the entries of sessions used
+        since and dropping those of sessions gone, as the sweep does; a
+        logged-in user's session is never evicted. When none is found, ``SessionLimitReached`` says honestly
+        when the earliest stored session may expire.
+        """
+        cursor = None
+        for _ in range(EVICTION_SCAN):
+            keys = container.expiry.keys() if cursor is None else container.expiry.keys(
+                min=cursor, excludemin=True)
+            entry = next(iter(keys), None)
+            if entry is None:
+                break
+            cursor = entry
+            victim = container.get(entry[1])
+            if victim is None:  # revoked, rotated or evicted: the entry is stale
+                container.expiry.remove(entry)
+                continue
+            deadline = self._deadline(victim)
+            if expiry_slot(deadline) > entry[0]:  # used since it was filed: file it where it belongs
+                container.expiry.remove(entry)
+                container.file_expiry(victim.id, deadline)
+                continue
+            if victim.user_id is None:
+                container.expiry.remove(entry)
+                victim._p_jar.readCurrent(victim._last_access)
+                self._remove(container, victim, "evicted")
+                return
+        first = next(iter(container.expiry.keys()), None)
+        wait = first[0] * EXPIRY_SLOT_SECONDS - self.clock() if first is not None else self.idle_timeout
+        raise SessionLimitReached(len(container), self.max_sessions,
+                                  retry_after=int(min(max(wait, 1), self.idle_timeout)))
 
     def check_storable(self, session: Any) -> int:
         """Check that *session* can be committed; returns its data's pickled size.

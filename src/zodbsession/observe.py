@@ -20,7 +20,7 @@ from typing import Literal
 
 log = logging.getLogger(__name__)
 
-EventKind = Literal["created", "rotated", "invalidated", "expired", "revoked"]
+EventKind = Literal["created", "rotated", "invalidated", "expired", "revoked", "evicted"]
 
 #: How one request ended, as the publisher reports it.
 RequestOutcome = Literal[
