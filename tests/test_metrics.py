@@ -79,7 +79,8 @@ def hub_and_metrics() -> tuple[Observers, Metrics]:
 
 def test_session_events_are_counted_by_kind(hub_and_metrics):
     hub, metrics = hub_and_metrics
-    expected = {"created": 5, "rotated": 3, "invalidated": 2, "expired": 7, "revoked": 1}
+    expected = {"created": 5, "rotated": 3, "invalidated": 2, "expired": 7, "revoked": 1,
+                "evicted": 0}
     for kind, times in expected.items():
         for n in range(times):
             hub.session_event(event(kind, n))
