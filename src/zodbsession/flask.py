@@ -1,0 +1,525 @@
+"""``zodbsession.flask``: Flask's ``session`` as a zodbsession session, one transaction per request.
+
+``ZODBSession(app)`` (or ``ext.init_app(app)``) wraps ``app.wsgi_app`` in a
+``SessionPublisher`` and installs a ``SessionInterface`` that hands Flask the
+publisher's ``RequestSession``; the view reaches the same transaction's ZODB
+connection with ``connection()``. So the session and the application's own
+objects commit together or not at all, conflicts are retried with the request
+replayed, and the publisher, not Flask, decides and sends the session cookie.
+
+How a Flask request ends, by the publisher's table:
+
+========================================  ===========  ===================================
+what the view (or a hook) did             transaction  answer
+========================================  ===========  ===================================
+returned a response below 500             commit       the response
+``redirect()``, ``abort(4xx)``            commit       the redirect / the 4xx page
+raised ``Redirect`` / ``PublishError``    commit       the error's status, headers, body
+returned a 5xx, or raised (Flask's 500)   abort        Flask's answer
+raised a ``TransientError`` (conflict)    abort, retry the replayed request's answer
+========================================  ===========  ===================================
+
+Under ``zodbsession serve --app`` the server's publisher already runs the
+request: the extension sees ``environ["zodbsession.session"]`` and joins it
+rather than opening a second transaction (the server's cookie settings then
+apply, not Flask's). Outside any publisher (``client.session_transaction()``,
+a bare ``test_request_context()``) the session interface opens a connection
+of its own and commits it in ``save_session``.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, MutableMapping
+from datetime import timedelta
+from typing import Any
+
+import transaction
+from flask import Flask, Request, Response, got_request_exception, has_request_context, request
+from flask import session as flask_session
+from flask.sessions import SessionInterface, SessionMixin
+from transaction.interfaces import TransientError
+from ZODB import DB
+from ZODB.Connection import Connection
+
+from zodbsession.commit import abort_quietly, commit
+from zodbsession.cookies import CookiePolicy, read_cookie
+from zodbsession.errors import ConfigError, NoActiveRequest, PublishError
+from zodbsession.manager import SessionManager
+from zodbsession.publisher import SessionPublisher, StartResponse
+from zodbsession.registry import registry
+from zodbsession.request_session import RequestSession
+from zodbsession.session import is_well_formed_id
+
+#: Where ``app.extensions`` keeps the extension's per-application state.
+EXTENSION_KEY = "zodbsession"
+
+#: Per-request environ keys of this module (the publisher's are ``zodbsession.*`` too).
+_TRANSIENT = "zodbsession.flask.transient"  # a TransientError Flask turned into a 500
+_MAX_AGE = "zodbsession.flask.max_age"  # [seconds] for the publisher's cookie, shared by attempts
+
+
+class FlaskSession(SessionMixin, MutableMapping[str, Any]):
+    """``flask.session``: Flask's session protocol over one request's ``RequestSession``.
+
+    ``modified`` is True once the view changed the session; setting it to
+    True marks the session changed, as ``save_changes()`` does, which is how
+    a Flask user stores a nested value mutated in place. ``permanent`` lives
+    in the ``_permanent`` key, as with Flask's own sessions, and makes the
+    cookie last ``PERMANENT_SESSION_LIFETIME``. ``new`` says whether the
+    session was started in this request. zodbsession's verbs (``login``,
+    ``logout``, ``rotate``, ``id``, ``user_id``...) are forwarded.
+
+    Threading: belongs to the one request it was opened for.
+    """
+
+    accessed = False
+    _own: _OwnTransaction | None = None  # set when opened outside a publisher
+
+    def __init__(self, request_session: RequestSession, lifetime: timedelta) -> None:
+        self.request_session = request_session
+        self._lifetime = lifetime
+        self._modified = False
+
+    # -- Flask's protocol ----------------------------------------------------
+
+    @property
+    def modified(self) -> bool:  # type: ignore[override]
+        """Whether the session was changed in this request."""
+        return self._modified or self.request_session.written_session() is not None
+
+    @modified.setter
+    def modified(self, value: bool) -> None:
+        self._modified = bool(value)
+        if value:
+            self.request_session.save_changes()
+
+    @property
+    def new(self) -> bool:  # type: ignore[override]
+        """Whether the session was started in this request rather than found."""
+        return self.request_session.is_new
+
+    @property
+    def permanent(self) -> bool:
+        """Whether the cookie outlives the browser, for ``PERMANENT_SESSION_LIFETIME``."""
+        return bool(self.get("_permanent", False))
+
+    @permanent.setter
+    def permanent(self, value: bool) -> None:
+        value = bool(value)
+        if value == self.permanent:
+            return  # no write: reading a default must not store a session
+        self["_permanent"] = value
+        set_expiry = getattr(self.request_session, "set_expiry", None)
+        if set_expiry is not None:  # per-session expiry, where the core session has it
+            set_expiry(self.lifetime_seconds if value else None)
+
+    @property
+    def lifetime_seconds(self) -> int:
+        """The permanent cookie's Max-Age: ``PERMANENT_SESSION_LIFETIME`` in seconds."""
+        return int(self._lifetime.total_seconds())
+
+    def cookie_max_age(self) -> int | None:
+        """The Max-Age the session cookie must carry: None for a browser-session cookie."""
+        if not self.permanent:
+            return None
+        ask = getattr(self.request_session, "cookie_max_age", None)
+        age = ask() if ask is not None else None
+        return age if isinstance(age, int) and age > 0 else self.lifetime_seconds
+
+    # -- the mapping, delegated --------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        return self.request_session[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.request_session[key] = value
+        self._modified = True
+
+    def __delitem__(self, key: str) -> None:
+        del self.request_session[key]
+        self._modified = True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.request_session)
+
+    def __len__(self) -> int:
+        return len(self.request_session)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.request_session
+
+    def clear(self) -> None:
+        """Remove every key with one write; the session and its id stay (``logout()`` ends it)."""
+        if len(self.request_session):
+            self.request_session._zodbsession_unwrap().clear()
+            self._modified = True
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names not found here: zodbsession's own verbs.
+        if name.startswith("__") or name == "request_session":
+            raise AttributeError(name)
+        return getattr(self.request_session, name)
+
+    def __repr__(self) -> str:
+        return f"<FlaskSession {self.request_session!r}>"
+
+
+class _OwnTransaction:
+    """The connection and transaction of a session opened outside any publisher."""
+
+    def __init__(self, db: DB) -> None:
+        self.tm = transaction.TransactionManager(explicit=True)
+        self.connection: Connection | None = db.open(transaction_manager=self.tm)
+        self.tm.begin()
+
+    def commit(self, session: RequestSession, manager: SessionManager) -> None:
+        try:
+            settle = getattr(session, "settle", None)
+            if settle is not None:
+                settle()
+            written = session.written_session()
+            if written is not None:
+                manager.check_storable(written)
+            commit(self.tm)
+        except BaseException:
+            abort_quietly(self.tm)
+            raise
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Abort what is left and give the connection back (also when never saved)."""
+        if self.connection is not None:
+            try:
+                self.tm.get()
+            except Exception:  # NoTransaction: committed already
+                pass
+            else:
+                abort_quietly(self.tm)
+            self.connection.close()
+            self.connection = None
+
+
+class ZODBSessionInterface(SessionInterface):
+    """Hands Flask the publisher's session; opens one of its own outside a publisher.
+
+    Inside a publisher ``save_session`` sets no cookie of its own for a new,
+    rotated or ended session (the publisher sends that one after the
+    commit); it only adds ``Vary: Cookie`` when the session was accessed and
+    refreshes a permanent session's cookie, as ``SESSION_REFRESH_EACH_REQUEST``
+    asks. Outside one it commits its own transaction and sets the cookie on
+    the response itself, which is how ``client.session_transaction()`` hands
+    the test client its cookie.
+    """
+
+    def __init__(self, state: _AppState) -> None:
+        self.state = state
+
+    def open_session(self, app: Flask, request: Request) -> FlaskSession:
+        rs = request.environ.get("zodbsession.session")
+        if isinstance(rs, RequestSession):
+            return FlaskSession(rs, app.permanent_session_lifetime)
+        own = _OwnTransaction(self.state.get_db())
+        cookie_id = read_cookie(request.environ.get("HTTP_COOKIE"), self.state.cookie.name)
+        rs = RequestSession(self.state.manager, own.connection,
+                            cookie_id if is_well_formed_id(cookie_id) else None)
+        session = FlaskSession(rs, app.permanent_session_lifetime)
+        session._own = own
+        # A session opened but never saved (a bare test_request_context) still
+        # gives its connection back.
+        weakref.finalize(session, own.close)
+        return session
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        if not isinstance(session, FlaskSession):
+            return
+        if session.accessed:
+            response.vary.add("Cookie")
+        own = session._own
+        rs = session.request_session
+        if own is None:
+            self._save_in_publisher(app, session, response)
+            return
+        to_send = rs.cookie_to_send()
+        max_age = session.cookie_max_age() if rs.resolved else None
+        stored = rs.resolved and rs._zodbsession_unwrap().is_stored
+        own.commit(rs, self.state.manager)
+        https = bool(has_request_context() and request.is_secure)
+        if isinstance(to_send, str):
+            response.headers.add(*_set_cookie(self.state.cookie, to_send, https, max_age))
+        elif to_send is False:
+            response.headers.add(*self.state.cookie.delete_header(https=https))
+        elif stored and max_age is not None and self.should_set_cookie(app, session):
+            response.headers.add(*_set_cookie(self.state.cookie, rs.id, https, max_age))
+
+    def _save_in_publisher(self, app: Flask, session: FlaskSession, response: Response) -> None:
+        rs = session.request_session
+        if not rs.resolved:
+            return
+        max_age = session.cookie_max_age()
+        box = request.environ.get(_MAX_AGE)
+        if box is None or max_age is None:
+            # A browser-session cookie; or not our own publisher (zodbsession
+            # serve), whose cookie policy is the server's.
+            return
+        box.append(max_age)  # for the cookie the publisher sends, when it sends one
+        if (rs.cookie_to_send() is None and rs._zodbsession_unwrap().is_stored
+                and self.should_set_cookie(app, session)):
+            # The publisher sends the cookie only when the id changes; a
+            # permanent session's Max-Age is renewed here, as Flask does.
+            response.headers.add(*_set_cookie(self.state.cookie, rs.id, request.is_secure, max_age))
+
+
+def _set_cookie(policy: CookiePolicy, session_id: str, https: bool, max_age: int | None) -> tuple[str, str]:
+    name, value = policy.set_header(session_id, https=https)
+    return name, _with_max_age(value, max_age)
+
+
+def _with_max_age(cookie: str, max_age: int | None) -> str:
+    """*cookie* (a Set-Cookie value) carrying ``Max-Age=max_age`` unless it has one already."""
+    if max_age is None or "max-age=" in cookie.lower():
+        return cookie
+    head, sep, rest = cookie.partition(";")
+    return f"{head}; Max-Age={int(max_age)}{sep}{rest}"
+
+
+class _AppState:
+    """What the extension keeps for one Flask application: settings, database, publisher.
+
+    Threading: built once in ``init_app``; the database and publisher are
+    made on first need, under a lock, so that importing the application
+    opens nothing (under ``zodbsession serve`` the server's database is used
+    and the application's is never opened).
+    """
+
+    def __init__(self, app: Flask, db: DB | None, manager: SessionManager | None,
+                 cookie: CookiePolicy | None, publisher_options: dict[str, Any]) -> None:
+        config = app.config
+        self.uri: str | None = config.get("ZODBSESSION_URI")
+        if self.uri is not None and not isinstance(self.uri, str):
+            raise ConfigError("ZODBSESSION_URI", f"must be a storage URI string, not {self.uri!r}")
+        self._db = db
+        self.manager = manager if manager is not None else _manager_from(config)
+        self.cookie = cookie if cookie is not None else cookie_policy_from(config)
+        options = dict(publisher_options)
+        if "ZODBSESSION_RETRY_ATTEMPTS" in config:
+            options.setdefault("retry_attempts", _positive_int(config, "ZODBSESSION_RETRY_ATTEMPTS"))
+        self.publisher_options = options
+        self.wsgi_app: Any = None  # Flask's own wsgi_app, set by init_app
+        self._publisher: SessionPublisher | None = None
+        self._lock = threading.Lock()
+
+    def get_db(self) -> DB:
+        """The extension's database, opened from ``ZODBSESSION_URI`` on first use."""
+        if self._db is None:
+            with self._lock:
+                if self._db is None:
+                    if not self.uri:
+                        raise ConfigError("ZODBSESSION_URI", "is not set and no db was given: set "
+                                          "app.config['ZODBSESSION_URI'] (e.g. 'file://var/Data.fs' "
+                                          "or 'memory://') or pass ZODBSession(app, db=...)")
+                    from zodbsession.db import open_db
+
+                    self._db = open_db(self.uri)
+        return self._db
+
+    def get_publisher(self) -> SessionPublisher:
+        if self._publisher is None:
+            db = self.get_db()
+            with self._lock:
+                if self._publisher is None:
+                    self._publisher = SessionPublisher(
+                        _RaiseTransient(self.wsgi_app), db, manager=self.manager, cookie=self.cookie,
+                        **self.publisher_options)
+        return self._publisher
+
+
+class _RaiseTransient:
+    """Between the publisher and Flask: a conflict Flask answered with a 500 is raised again.
+
+    Flask turns any exception of a view into a 500 page (unless
+    ``PROPAGATE_EXCEPTIONS``); a ``TransientError`` must instead reach the
+    publisher, which retries the request.
+    """
+
+    def __init__(self, wsgi_app: Any) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        box = environ.get(_MAX_AGE)
+        if box is not None:
+            box.clear()  # a new attempt decides afresh
+        body = self.wsgi_app(environ, start_response)
+        exc = environ.pop(_TRANSIENT, None)
+        if exc is not None:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+            raise exc
+        return body
+
+
+class _Front:
+    """``app.wsgi_app``: our publisher around Flask, or Flask alone inside another publisher."""
+
+    def __init__(self, state: _AppState) -> None:
+        self.state = state
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if "zodbsession.session" in environ:
+            # Already inside a publisher (zodbsession serve): join its transaction.
+            return _RaiseTransient(self.state.wsgi_app)(environ, start_response)
+        box: list[int] = []
+        environ[_MAX_AGE] = box
+        name = self.state.cookie.name
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if box:
+                headers = [_permanent_cookie(header, name, box[-1]) for header in headers]
+            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+        return self.state.get_publisher()(environ, start)
+
+
+def _permanent_cookie(header: tuple[str, str], name: str, max_age: int) -> tuple[str, str]:
+    """The publisher's Set-Cookie for the session, given the permanent session's Max-Age."""
+    key, value = header
+    if key.lower() == "set-cookie" and value.startswith(f"{name}=") and not value.startswith(f"{name}=;"):
+        return key, _with_max_age(value, max_age)
+    return header
+
+
+class ZODBSession:
+    """The Flask extension: ``ZODBSession(app, db=None)`` or ``ext.init_app(app)`` later.
+
+    *db* is the ZODB database holding the sessions and the application's own
+    objects; without it ``app.config["ZODBSESSION_URI"]`` names one
+    (``memory://`` for tests), opened on the first request. *manager* and
+    *cookie* replace the ones built from the configuration; further keyword
+    arguments go to ``SessionPublisher`` (``retry_attempts``, ``commit_veto``...).
+
+    Configuration read by ``init_app``: ``ZODBSESSION_URI``,
+    ``ZODBSESSION_IDLE_TIMEOUT``, ``ZODBSESSION_MAX_LIFETIME``,
+    ``ZODBSESSION_RETRY_ATTEMPTS``, and Flask's ``SESSION_COOKIE_NAME``,
+    ``_DOMAIN``, ``_PATH`` (else ``APPLICATION_ROOT``), ``_HTTPONLY``,
+    ``_SECURE`` (False means "when the request is HTTPS") and ``_SAMESITE``
+    (None means zodbsession's ``Lax``); ``SESSION_COOKIE_PARTITIONED`` is refused.
+
+    Threading: one extension serves every thread; per-application state is
+    in ``app.extensions["zodbsession"]``.
+    """
+
+    def __init__(self, app: Flask | None = None, db: DB | None = None, *,
+                 manager: SessionManager | None = None, cookie: CookiePolicy | None = None,
+                 **publisher_options: Any) -> None:
+        self.db = db
+        self.manager = manager
+        self.cookie = cookie
+        self.publisher_options = publisher_options
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Install the session interface, the error handlers and the publisher on *app*."""
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError("zodbsession.flask.ZODBSession is already installed on this app")
+        state = _AppState(app, self.db, self.manager, self.cookie, self.publisher_options)
+        app.extensions[EXTENSION_KEY] = state
+        app.session_interface = ZODBSessionInterface(state)
+        app.register_error_handler(PublishError, _answer_publish_error)
+        app.register_error_handler(TransientError, _keep_transient)
+        got_request_exception.connect(_keep_transient_signal, app, weak=False)
+        state.wsgi_app = app.wsgi_app
+        app.wsgi_app = _Front(state)  # type: ignore[method-assign]
+
+    @staticmethod
+    def state(app: Flask) -> _AppState:
+        """The extension's state for *app* (its db, manager, cookie policy)."""
+        return app.extensions[EXTENSION_KEY]
+
+
+def _answer_publish_error(exc: PublishError) -> Response:
+    """``raise Redirect(...)`` / ``PublishError`` in a view: its answer, and the request commits."""
+    return Response(exc.message, status=exc.status, headers=exc.headers, mimetype="text/plain")
+
+
+def _keep_transient(exc: TransientError) -> Response:
+    """Keep a conflict raised in a view for ``_RaiseTransient``; this 500 is never sent."""
+    request.environ[_TRANSIENT] = exc
+    return Response("conflict, retrying", status=500, mimetype="text/plain")
+
+
+def _keep_transient_signal(sender: Flask, exception: BaseException, **extra: Any) -> None:
+    """The same for a conflict raised outside the view (a hook, ``save_session``)."""
+    if isinstance(exception, TransientError):
+        request.environ[_TRANSIENT] = exception
+
+
+def connection() -> Connection:
+    """The ZODB connection of the current request's transaction: the application's data is here.
+
+    ``connection().root()`` is the database root. Raises ``NoActiveRequest``
+    outside a request.
+    """
+    if registry.has():
+        return registry.connection
+    if has_request_context():
+        session = flask_session._get_current_object()
+        own = getattr(session, "_own", None)  # any session interface's session may be here
+        if own is not None and own.connection is not None:
+            return own.connection
+    raise NoActiveRequest("zodbsession.flask.connection() needs a request running under "
+                          "ZODBSession (or zodbsession serve)")
+
+
+def root() -> Any:
+    """The database root of the current request's connection."""
+    return connection().root()
+
+
+def cookie_policy_from(config: Any) -> CookiePolicy:
+    """The cookie policy Flask's ``SESSION_COOKIE_*`` settings ask for."""
+    if config.get("SESSION_COOKIE_PARTITIONED"):
+        raise ConfigError("SESSION_COOKIE_PARTITIONED", "is not supported by zodbsession's cookie; "
+                          "set it to False")
+    samesite = config.get("SESSION_COOKIE_SAMESITE")
+    if samesite is not None and samesite not in ("Lax", "Strict", "None"):
+        raise ConfigError("SESSION_COOKIE_SAMESITE", f"must be 'Lax', 'Strict', 'None' or None, "
+                          f"not {samesite!r}")
+    try:
+        return CookiePolicy(
+            name=config.get("SESSION_COOKIE_NAME") or "session",
+            path=config.get("SESSION_COOKIE_PATH") or config.get("APPLICATION_ROOT") or "/",
+            domain=config.get("SESSION_COOKIE_DOMAIN") or None,
+            secure=True if config.get("SESSION_COOKIE_SECURE") else "auto",
+            httponly=bool(config.get("SESSION_COOKIE_HTTPONLY", True)),
+            samesite=samesite or "Lax",
+            max_age=None,  # a browser-session cookie unless session.permanent
+        )
+    except ValueError as exc:
+        raise ConfigError("SESSION_COOKIE_*", str(exc)) from exc
+
+
+def _manager_from(config: Any) -> SessionManager:
+    options: dict[str, float] = {}
+    for key, field_name in (("ZODBSESSION_IDLE_TIMEOUT", "idle_timeout"),
+                            ("ZODBSESSION_MAX_LIFETIME", "max_lifetime")):
+        if key in config:
+            value = config[key]
+            if isinstance(value, timedelta):
+                value = value.total_seconds()
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(key, f"must be a number of seconds, not {value!r}")
+            options[field_name] = float(value)
+    if "idle_timeout" in options and "max_lifetime" not in options:
+        options["max_lifetime"] = max(options["idle_timeout"], SessionManager.max_lifetime)
+    return SessionManager(**options)
+
+
+def _positive_int(config: Any, key: str) -> int:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, f"must be a whole number of at least 1, not {value!r}")
+    return value
