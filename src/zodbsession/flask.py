@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import transaction
@@ -77,10 +78,24 @@ class FlaskSession(SessionMixin, MutableMapping[str, Any]):
     accessed = False
     _own: _OwnTransaction | None = None  # set when opened outside a publisher
 
-    def __init__(self, request_session: RequestSession, lifetime: timedelta) -> None:
-        self.request_session = request_session
+    def __init__(self, request_session: RequestSession | None, lifetime: timedelta,
+                 opener: Callable[[FlaskSession], RequestSession] | None = None) -> None:
+        self._request_session = request_session
+        self._opener = opener
         self._lifetime = lifetime
         self._modified = False
+
+    @property
+    def request_session(self) -> RequestSession:  # type: ignore[return]
+        """The zodbsession view behind this session (outside a publisher, opened on first use)."""
+        if self._request_session is None and self._opener is not None:
+            self._request_session = self._opener(self)
+        return self._request_session
+
+    @property
+    def opened(self) -> bool:
+        """Whether the session has a connection yet (always, inside a publisher)."""
+        return self._request_session is not None
 
     # -- Flask's protocol ----------------------------------------------------
 
@@ -158,7 +173,7 @@ class FlaskSession(SessionMixin, MutableMapping[str, Any]):
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names not found here: zodbsession's own verbs.
-        if name.startswith("__") or name == "request_session":
+        if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self.request_session, name)
 
@@ -221,27 +236,33 @@ class ZODBSessionInterface(SessionInterface):
         rs = request.environ.get("zodbsession.session")
         if isinstance(rs, RequestSession):
             return FlaskSession(rs, app.permanent_session_lifetime)
-        own = _OwnTransaction(self.state.get_db())
+        # Outside a publisher: a connection of our own, opened on first use
+        # (Flask's session_transaction opens a session it never uses, too).
         cookie_id = read_cookie(request.environ.get("HTTP_COOKIE"), self.state.cookie.name)
-        rs = RequestSession(self.state.manager, own.connection,
-                            cookie_id if is_well_formed_id(cookie_id) else None)
-        session = FlaskSession(rs, app.permanent_session_lifetime)
+        if not is_well_formed_id(cookie_id):
+            cookie_id = None
+        return FlaskSession(None, app.permanent_session_lifetime, opener=partial(self._open_own, cookie_id))
+
+    def _open_own(self, cookie_id: str | None, session: FlaskSession) -> RequestSession:
+        own = _OwnTransaction(self.state.get_db())
         session._own = own
-        # A session opened but never saved (a bare test_request_context) still
-        # gives its connection back.
+        # A session used but never saved (a bare test_request_context) still
+        # gives its connection back, when it is collected.
         weakref.finalize(session, own.close)
-        return session
+        return RequestSession(self.state.manager, own.connection, cookie_id)
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         if not isinstance(session, FlaskSession):
             return
         if session.accessed:
             response.vary.add("Cookie")
-        own = session._own
-        rs = session.request_session
-        if own is None:
+        if session._opener is None:
             self._save_in_publisher(app, session, response)
             return
+        own = session._own
+        if own is None:
+            return  # never used: nothing to commit, no cookie to change
+        rs = session.request_session
         to_send = rs.cookie_to_send()
         max_age = session.cookie_max_age() if rs.resolved else None
         stored = rs.resolved and rs._zodbsession_unwrap().is_stored
