@@ -312,15 +312,15 @@ class _AppState:
     Threading: built once in ``init_app``; the database and publisher are
     made on first need, under a lock, so that importing the application
     opens nothing (under ``zodbsession serve`` the server's database is used
-    and the application's is never opened).
+    and the application's is never opened). ``ZODBSESSION_URI`` is read then
+    too, so a test may set it after importing the application.
     """
 
     def __init__(self, app: Flask, db: DB | None, manager: SessionManager | None,
                  cookie: CookiePolicy | None, publisher_options: dict[str, Any]) -> None:
         config = app.config
-        self.uri: str | None = config.get("ZODBSESSION_URI")
-        if self.uri is not None and not isinstance(self.uri, str):
-            raise ConfigError("ZODBSESSION_URI", f"must be a storage URI string, not {self.uri!r}")
+        self._config = config
+        _uri(config)  # checked now; read again when the database is opened
         self._db = db
         self.manager = manager if manager is not None else _manager_from(config)
         self.cookie = cookie if cookie is not None else cookie_policy_from(config)
@@ -337,13 +337,14 @@ class _AppState:
         if self._db is None:
             with self._lock:
                 if self._db is None:
-                    if not self.uri:
+                    uri = _uri(self._config)
+                    if not uri:
                         raise ConfigError("ZODBSESSION_URI", "is not set and no db was given: set "
                                           "app.config['ZODBSESSION_URI'] (e.g. 'file://var/Data.fs' "
                                           "or 'memory://') or pass ZODBSession(app, db=...)")
                     from zodbsession.db import open_db
 
-                    self._db = open_db(self.uri)
+                    self._db = open_db(uri)
         return self._db
 
     def get_publisher(self) -> SessionPublisher:
@@ -537,6 +538,13 @@ def _manager_from(config: Any) -> SessionManager:
     if "idle_timeout" in options and "max_lifetime" not in options:
         options["max_lifetime"] = max(options["idle_timeout"], SessionManager.max_lifetime)
     return SessionManager(**options)
+
+
+def _uri(config: Any) -> str | None:
+    uri = config.get("ZODBSESSION_URI")
+    if uri is not None and not isinstance(uri, str):
+        raise ConfigError("ZODBSESSION_URI", f"must be a storage URI string, not {uri!r}")
+    return uri
 
 
 def _positive_int(config: Any, key: str) -> int:
