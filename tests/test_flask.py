@@ -399,3 +399,92 @@ def test_inside_an_outer_publisher_the_app_joins_its_transaction(db):
     assert outer.get("/fail/colour/red", status=500)
     assert outer.get("/get/colour").text == "blue|blue"
     assert "zodbsession" in outer.cookies  # the server's cookie, not Flask's
+
+
+def test_connection_in_a_bare_test_request_context_is_the_sessions_own(app, db):
+    with app.test_request_context("/"):
+        conn = connection()
+        assert conn.db() is db
+        assert conn is connection()  # the same one for the whole request
+
+
+def test_the_extension_hands_out_the_requests_connection(db):
+    app = Flask(__name__)
+    ext = ZODBSession(app, db)
+    seen = []
+
+    @app.get("/")
+    def index() -> str:
+        seen.append((ext.connection, connection(), request.environ["zodbsession.connection"]))
+        return "ok"
+
+    app.test_client().get("/")
+    ((from_ext, from_module, from_environ),) = seen
+    assert from_ext is from_module is from_environ
+
+
+def test_init_app_twice_is_refused(db):
+    app = Flask(__name__)
+    ext = ZODBSession(app, db)
+    with pytest.raises(RuntimeError, match="already installed"):
+        ext.init_app(app)
+
+
+@pytest.mark.parametrize("key, value", [("ZODBSESSION_IDLE_TIMEOUT", "soon"),
+                                        ("ZODBSESSION_RETRY_ATTEMPTS", 0),
+                                        ("ZODBSESSION_URI", 42),
+                                        ("SESSION_COOKIE_SAMESITE", "lax-ish")],
+                         ids=["idle-timeout", "retry-attempts", "uri", "samesite"])
+def test_bad_settings_are_refused_at_init_naming_the_key(key, value):
+    app = Flask(__name__)
+    app.config.update(ZODBSESSION_URI="memory://")
+    app.config[key] = value
+    with pytest.raises(ConfigError, match=key):
+        ZODBSession(app)
+
+
+def test_settings_reach_the_manager_and_the_cookie():
+    app = Flask(__name__)
+    app.config.update(ZODBSESSION_URI="memory://", ZODBSESSION_IDLE_TIMEOUT=timedelta(minutes=10),
+                      SESSION_COOKIE_SECURE=True, SESSION_COOKIE_SAMESITE="Strict",
+                      SESSION_COOKIE_PATH="/shop", SESSION_COOKIE_DOMAIN="example.org")
+    ZODBSession(app)
+    state = ZODBSession.state(app)
+    assert state.manager.idle_timeout == 600
+    assert (state.cookie.secure, state.cookie.samesite, state.cookie.path, state.cookie.domain) == (
+        True, "Strict", "/shop", "example.org")
+
+
+def test_secure_false_still_marks_the_cookie_secure_over_https(db):
+    client = make_app(db).test_client()
+    cookie = _set_cookies(client.get("/put/a/1", base_url="https://localhost"))[0]
+    assert "Secure" in cookie
+    cookie = _set_cookies(make_app(db).test_client().get("/put/a/1"))[0]
+    assert "Secure" not in cookie
+
+
+def test_a_permanent_session_keeps_its_max_age_when_login_rotates_it(db):
+    app = make_app(db, PERMANENT_SESSION_LIFETIME=600)
+
+    @app.get("/login/<user>")
+    def login(user: str) -> str:
+        session.login(user)
+        return "in"
+
+    client = app.test_client()
+    first = _set_cookies(client.get("/permanent"))[0]
+    rotated = _set_cookies(client.get("/login/alice"))
+    assert len(rotated) == 1
+    assert "Max-Age=600" in rotated[0]
+    assert rotated[0].split(";")[0] != first.split(";")[0]
+
+
+def test_clear_empties_the_session_in_one_write_and_keeps_it(client):
+    client.get("/put/a/1")
+    client.get("/put/b/2")
+    with client.session_transaction() as s:
+        session_id = s.id
+        s.clear()
+        assert len(s) == 0
+    with client.session_transaction() as s:
+        assert s.id == session_id and dict(s) == {}

@@ -456,6 +456,11 @@ class ZODBSession:
         state.wsgi_app = app.wsgi_app
         app.wsgi_app = _Front(state)  # type: ignore[method-assign]
 
+    @property
+    def connection(self) -> Connection:
+        """The current request's ZODB connection (``zodbsession.flask.connection()``)."""
+        return connection()
+
     @staticmethod
     def state(app: Flask) -> _AppState:
         """The extension's state for *app* (its db, manager, cookie policy)."""
@@ -489,9 +494,12 @@ def connection() -> Connection:
         return registry.connection
     if has_request_context():
         session = flask_session._get_current_object()
-        own = getattr(session, "_own", None)  # any session interface's session may be here
-        if own is not None and own.connection is not None:
-            return own.connection
+        if isinstance(session, FlaskSession) and session._opener is not None:
+            # Outside a publisher (a test_request_context): the session's own
+            # connection, opened now if need be.
+            session.request_session  # noqa: B018 (opens it)
+            if session._own is not None and session._own.connection is not None:
+                return session._own.connection
     raise NoActiveRequest("zodbsession.flask.connection() needs a request running under "
                           "ZODBSession (or zodbsession serve)")
 
