@@ -136,12 +136,14 @@ class FlaskSession(SessionMixin, MutableMapping[str, Any]):
         return int(self._lifetime.total_seconds())
 
     def cookie_max_age(self) -> int | None:
-        """The Max-Age the session cookie must carry: None for a browser-session cookie."""
-        if not self.permanent:
-            return None
-        ask = getattr(self.request_session, "cookie_max_age", None)
-        age = ask() if ask is not None else None
-        return age if isinstance(age, int) and age > 0 else self.lifetime_seconds
+        """The Max-Age the session cookie must carry: None for a browser-session cookie.
+
+        Flask's meaning, not the core's: a permanent cookie lasts
+        ``PERMANENT_SESSION_LIFETIME`` from when it was last sent (each
+        request, with ``SESSION_REFRESH_EACH_REQUEST``), which is the idle
+        timeout ``permanent`` gives the session on the server.
+        """
+        return self.lifetime_seconds if self.permanent else None
 
     # -- the mapping, delegated --------------------------------------------
 
@@ -299,11 +301,12 @@ def _set_cookie(policy: CookiePolicy, session_id: str, https: bool, max_age: int
 
 
 def _with_max_age(cookie: str, max_age: int | None) -> str:
-    """*cookie* (a Set-Cookie value) carrying ``Max-Age=max_age`` unless it has one already."""
-    if max_age is None or "max-age=" in cookie.lower():
+    """*cookie* (a Set-Cookie value) carrying ``Max-Age=max_age``, in place of any it had."""
+    if max_age is None:
         return cookie
-    head, sep, rest = cookie.partition(";")
-    return f"{head}; Max-Age={int(max_age)}{sep}{rest}"
+    head, *attributes = cookie.split(";")
+    kept = [a for a in attributes if not a.strip().lower().startswith("max-age=")]
+    return "; ".join([head, f"Max-Age={int(max_age)}", *(a.strip() for a in kept)])
 
 
 class _AppState:
