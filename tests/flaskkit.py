@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import transaction
 from flask import Flask, abort, flash, get_flashed_messages, redirect, request, session
+from persistent.mapping import PersistentMapping
 from ZODB import DB
 from ZODB.POSException import ConflictError
 
 from zodbsession import PublishError, Redirect
-from zodbsession.flask import ZODBSession, root
+from zodbsession.flask import ZODBSession, connection, root
 
 
-def make_app(db: DB, *, testing: bool = False, **config: object) -> Flask:
-    """An app whose views touch the session and the database root together."""
+def make_app(db: DB | None = None, *, testing: bool = False, **config: object) -> Flask:
+    """An app whose views touch the session and the database root together.
+
+    Without *db* it is meant for ``zodbsession serve``, whose database it uses.
+    """
     app = Flask(__name__)
     app.config.update(TESTING=testing, **config)
     ZODBSession(app, db)
@@ -97,13 +101,18 @@ def make_app(db: DB, *, testing: bool = False, **config: object) -> Flask:
         session.modified = True
         return ",".join(session["cart"])
 
+    @app.post("/seed")
+    def seed() -> str:
+        root()["counter"] = PersistentMapping(n=0)
+        return "seeded"
+
     @app.post("/bump")
     def bump() -> str:
         app.attempts.append(request.environ["zodbsession.attempt"])  # type: ignore[attr-defined]
         counter = root()["counter"]
         counter["n"]  # loaded in this attempt's snapshot
-        if len(app.attempts) == 1:  # type: ignore[attr-defined]
-            commit_elsewhere(db, lambda r: r["counter"].__setitem__("n", r["counter"]["n"] + 100))
+        if request.environ["zodbsession.attempt"] == 1:
+            commit_elsewhere(connection().db(), _add_hundred)
         counter["n"] += 1
         session["bumps"] = session.get("bumps", 0) + 1
         return str(counter["n"])
@@ -112,11 +121,15 @@ def make_app(db: DB, *, testing: bool = False, **config: object) -> Flask:
     def conflict_in_view() -> str:
         app.attempts.append(request.environ["zodbsession.attempt"])  # type: ignore[attr-defined]
         session["tries"] = len(app.attempts)  # type: ignore[attr-defined]
-        if len(app.attempts) == 1:  # type: ignore[attr-defined]
+        if request.environ["zodbsession.attempt"] == 1:
             raise ConflictError("forced in the view")
         return "after the retry"
 
     return app
+
+
+def _add_hundred(root: dict) -> None:
+    root["counter"]["n"] += 100
 
 
 def commit_elsewhere(db: DB, change) -> None:
@@ -139,3 +152,7 @@ def root_value(db: DB, key: str) -> object:
 def set_cookies(response) -> list[str]:
     """The Set-Cookie headers of a test client response."""
     return response.headers.getlist("Set-Cookie")
+
+
+#: The same views for ``zodbsession serve --app flaskkit:served`` (tests/ on PYTHONPATH).
+served = make_app()
