@@ -45,8 +45,13 @@ def test_session_and_app_data_commit_together(client, db):
 def test_an_exception_rolls_back_the_session_and_the_app_data(db, testing):
     client = make_app(db, testing=testing).test_client()
     client.get("/put/colour/blue")
-    # Propagated past Flask (TESTING), the publisher answers the 500 itself.
-    assert client.get("/fail/colour/red").status_code == 500
+    if testing:
+        # As Flask does when testing: the view's exception reaches the test
+        # client, raised again once the publisher has aborted.
+        with pytest.raises(RuntimeError, match="the view broke"):
+            client.get("/fail/colour/red")
+    else:
+        assert client.get("/fail/colour/red").status_code == 500
     assert client.get("/get/colour").text == "blue|blue"
     assert root_value(db, "colour") == "blue"
 
@@ -200,3 +205,29 @@ def test_settings_reach_the_manager_and_the_cookie():
     assert state.manager.idle_timeout == 600
     assert (state.cookie.secure, state.cookie.samesite, state.cookie.path, state.cookie.domain) == (
         True, "Strict", "/shop", "example.org")
+
+
+@pytest.mark.parametrize("config, propagates", [
+    ({"DEBUG": True}, True),
+    ({"PROPAGATE_EXCEPTIONS": True}, True),
+    ({"TESTING": True, "PROPAGATE_EXCEPTIONS": False}, False),
+], ids=["debug", "propagate", "testing-but-not-propagating"])
+def test_exceptions_propagate_by_flasks_rule_after_the_abort(db, config, propagates):
+    """Flask's debugger and test client see the view's exception; the transaction is aborted first."""
+    app = make_app(db)
+    app.config.update(config)
+    client = app.test_client()
+    client.get("/put/colour/blue")
+    if propagates:
+        with pytest.raises(RuntimeError):
+            client.get("/fail/colour/red")
+    else:
+        assert client.get("/fail/colour/red").status_code == 500
+    assert root_value(db, "colour") == "blue"
+    assert len(db.pool.available) == len(db.pool.all)  # the connection went back
+
+
+def test_a_conflict_retried_to_success_raises_nothing_when_propagating(db):
+    app = make_app(db, testing=True)
+    assert app.test_client().get("/conflict-in-view").text == "after the retry"
+

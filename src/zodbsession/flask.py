@@ -19,6 +19,10 @@ returned a 5xx, or raised (Flask's 500)   abort        Flask's answer
 raised a ``TransientError`` (conflict)    abort, retry the replayed request's answer
 ========================================  ===========  ===================================
 
+When Flask propagates exceptions (``PROPAGATE_EXCEPTIONS``, else under
+``TESTING`` or debug) an exception is raised again past the publisher once it
+has aborted, so that the test client and the debugger see it as usual.
+
 Under ``zodbsession serve --app`` the server's publisher already runs the
 request: the extension sees ``environ["zodbsession.session"]`` and joins it
 rather than opening a second transaction (the server's cookie settings then
@@ -42,7 +46,13 @@ from ZODB.Connection import Connection
 
 from zodbsession.cookies import CookiePolicy
 from zodbsession.errors import ConfigError, NoActiveRequest, PublishError
-from zodbsession.flask_session import MAX_AGE_KEY, FlaskSession, ZODBSessionInterface, with_max_age
+from zodbsession.flask_session import (
+    REPORT_KEY,
+    AttemptReport,
+    FlaskSession,
+    ZODBSessionInterface,
+    with_max_age,
+)
 from zodbsession.manager import SessionManager
 from zodbsession.publisher import SessionPublisher, StartResponse
 from zodbsession.registry import registry
@@ -80,6 +90,7 @@ class _AppState:
             options.setdefault("retry_attempts", _positive_int(config, "ZODBSESSION_RETRY_ATTEMPTS"))
         self.publisher_options = options
         self.wsgi_app: Any = None  # Flask's own wsgi_app, set by init_app
+        self._app = app
         self._publisher: SessionPublisher | None = None
         self._lock = threading.Lock()
 
@@ -97,6 +108,11 @@ class _AppState:
 
                     self._db = open_db(uri)
         return self._db
+
+    def propagate_exceptions(self) -> bool:
+        """Flask's rule: ``PROPAGATE_EXCEPTIONS``, else when testing or debugging."""
+        propagate = self._config.get("PROPAGATE_EXCEPTIONS")
+        return bool(self._app.testing or self._app.debug) if propagate is None else bool(propagate)
 
     def get_publisher(self) -> SessionPublisher:
         if self._publisher is None:
@@ -121,9 +137,9 @@ class _RaiseTransient:
         self.wsgi_app = wsgi_app
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        box = environ.get(MAX_AGE_KEY)
-        if box is not None:
-            box.clear()  # a new attempt decides afresh
+        report = environ.get(REPORT_KEY)
+        if report is not None:
+            report.reset()  # a new attempt decides afresh
         body = self.wsgi_app(environ, start_response)
         exc = environ.pop(_TRANSIENT, None)
         if exc is not None:
@@ -144,13 +160,18 @@ class _Front:
         if "zodbsession.session" in environ:
             # Already inside a publisher (zodbsession serve): join its transaction.
             return _RaiseTransient(self.state.wsgi_app)(environ, start_response)
-        box: list[int] = []
-        environ[MAX_AGE_KEY] = box
+        report = environ[REPORT_KEY] = AttemptReport()
         name = self.state.cookie.name
+        propagate = self.state.propagate_exceptions()
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            if box:
-                headers = [_permanent_cookie(header, name, box[-1]) for header in headers]
+            # Called by the publisher once it has committed or aborted.
+            if propagate and report.error is not None:
+                # As Flask does under TESTING or debug (its test client, the
+                # debugger), now that the transaction has been aborted.
+                raise report.error
+            if report.max_age is not None:
+                headers = [_permanent_cookie(header, name, report.max_age) for header in headers]
             return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
 
         return self.state.get_publisher()(environ, start)
@@ -203,7 +224,7 @@ class ZODBSession:
         app.session_interface = ZODBSessionInterface(state)
         app.register_error_handler(PublishError, _answer_publish_error)
         app.register_error_handler(TransientError, _keep_transient)
-        got_request_exception.connect(_keep_transient_signal, app, weak=False)
+        got_request_exception.connect(_on_request_exception, app, weak=False)
         state.wsgi_app = app.wsgi_app
         app.wsgi_app = _Front(state)  # type: ignore[method-assign]
 
@@ -229,10 +250,15 @@ def _keep_transient(exc: TransientError) -> Response:
     return Response("conflict, retrying", status=500, mimetype="text/plain")
 
 
-def _keep_transient_signal(sender: Flask, exception: BaseException, **extra: Any) -> None:
-    """The same for a conflict raised outside the view (a hook, ``save_session``)."""
+def _on_request_exception(sender: Flask, exception: BaseException, **extra: Any) -> None:
+    """Flask's ``got_request_exception``: keep a conflict for a retry, anything else for the front."""
     if isinstance(exception, TransientError):
+        # Raised outside the view (a hook, save_session): retried as well.
         request.environ[_TRANSIENT] = exception
+        return
+    report = request.environ.get(REPORT_KEY)
+    if report is not None:
+        report.error = exception
 
 
 def connection() -> Connection:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from typing import Any, Protocol
@@ -27,9 +28,26 @@ from zodbsession.manager import SessionManager
 from zodbsession.request_session import RequestSession
 from zodbsession.session import is_well_formed_id
 
-#: The environ key of a list the extension's publisher reads a permanent
-#: session's Max-Age from (shared by the attempts of one request).
-MAX_AGE_KEY = "zodbsession.flask.max_age"
+#: The environ key of the ``AttemptReport`` shared by the attempts of one request.
+REPORT_KEY = "zodbsession.flask.report"
+
+
+@dataclass
+class AttemptReport:
+    """What the last attempt of a request tells the extension's front, around its publisher.
+
+    The publisher gives each attempt a copy of the environ; this object is
+    shared by all of them, and reset at the start of each.
+    """
+
+    #: A permanent session's Max-Age, for the cookie the publisher sends.
+    max_age: int | None = None
+    #: The exception Flask reported, raised again past the publisher when Flask propagates errors.
+    error: BaseException | None = None
+
+    def reset(self) -> None:
+        self.max_age = None
+        self.error = None
 
 
 class SessionSource(Protocol):
@@ -265,12 +283,12 @@ class ZODBSessionInterface(SessionInterface):
         if not rs.resolved:
             return
         max_age = session.cookie_max_age()
-        box = request.environ.get(MAX_AGE_KEY)
-        if box is None or max_age is None:
+        report = request.environ.get(REPORT_KEY)
+        if report is None or max_age is None:
             # A browser-session cookie; or not our own publisher (zodbsession
             # serve), whose cookie policy is the server's.
             return
-        box.append(max_age)  # for the cookie the publisher sends, when it sends one
+        report.max_age = max_age  # for the cookie the publisher sends, when it sends one
         if (rs.cookie_to_send() is None and rs._zodbsession_unwrap().is_stored
                 and self.should_set_cookie(app, session)):
             # The publisher sends the cookie only when the id changes; a
