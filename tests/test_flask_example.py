@@ -7,6 +7,7 @@ alone (the extension's own publisher).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -174,3 +175,27 @@ def test_flash_messages_are_shown_once_on_the_page(shop):
     _status, page = post_page(client, "/login", user="")
     assert "Tell us your name." in page
     assert client.json("GET", "/messages")[1] == []  # the page consumed it
+
+
+def load_example():
+    """examples/flask/app.py as a module, without putting the repository on sys.path."""
+    spec = importlib.util.spec_from_file_location("flask_example_shop", REPO / "examples/flask/app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_shop_under_flasks_test_client():
+    shop = load_example().create_app({"ZODBSESSION_URI": "memory://", "TESTING": True})
+    client = shop.test_client()
+    with client.session_transaction() as session:
+        session.login("erin")
+        session["cart"] = ["apple", "unobtainium"]
+    with pytest.raises(RuntimeError, match="unobtainium"):  # TESTING: the error reaches the client
+        client.post("/checkout")
+    assert client.get("/state").json["cart"] == ["apple", "unobtainium"]
+    with client.session_transaction() as session:
+        session["cart"] = ["apple"]
+    client.post("/checkout")
+    assert client.get("/state").json == {"user": "erin", "cart": [], "orders": 1,
+                                         "flashes": ["Order 1 placed."]}
