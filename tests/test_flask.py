@@ -119,6 +119,8 @@ def test_memory_uri_configures_the_database(tmp_path):
     client = app.test_client()
     client.get("/")
     assert client.get("/").text == "2"
+    ZODBSession.state(app).close()  # the extension opened it, the extension closes it
+    assert client.get("/").text == "1"  # and opens the URI again when asked: a fresh memory://
 
 
 def test_no_uri_and_no_db_is_an_error_naming_the_key():

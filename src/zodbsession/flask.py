@@ -63,11 +63,11 @@ EXTENSION_KEY = "zodbsession"
 #: The environ key of a ``TransientError`` Flask answered with a 500, raised again for a retry.
 _TRANSIENT = "zodbsession.flask.transient"
 
-__all__ = ["EXTENSION_KEY", "FlaskSession", "ZODBSession", "ZODBSessionInterface", "connection",
-           "cookie_policy_from", "root"]
+__all__ = ["EXTENSION_KEY", "ExtensionState", "FlaskSession", "ZODBSession", "ZODBSessionInterface",
+           "connection", "cookie_policy_from", "root"]
 
 
-class _AppState:
+class ExtensionState:
     """What the extension keeps for one Flask application: settings, database, publisher.
 
     Threading: built once in ``init_app``; the database and publisher are
@@ -83,6 +83,7 @@ class _AppState:
         self._config = config
         _uri(config)  # checked now; read again when the database is opened
         self._db = db
+        self._owns_db = False  # True once opened from ZODBSESSION_URI: ours to close
         self.manager = manager if manager is not None else _manager_from(config)
         self.cookie = cookie if cookie is not None else cookie_policy_from(config)
         options = dict(publisher_options)
@@ -107,7 +108,17 @@ class _AppState:
                     from zodbsession.db import open_db
 
                     self._db = open_db(uri)
+                    self._owns_db = True
         return self._db
+
+    def close(self) -> None:
+        """Close the database if it was opened from ``ZODBSESSION_URI`` (a db passed in is the caller's)."""
+        with self._lock:
+            if self._owns_db and self._db is not None:
+                self._db.close()
+                self._db = None
+                self._publisher = None
+                self._owns_db = False
 
     def propagate_exceptions(self) -> bool:
         """Flask's rule: ``PROPAGATE_EXCEPTIONS``, else when testing or debugging."""
@@ -153,7 +164,7 @@ class _RaiseTransient:
 class _Front:
     """``app.wsgi_app``: our publisher around Flask, or Flask alone inside another publisher."""
 
-    def __init__(self, state: _AppState) -> None:
+    def __init__(self, state: ExtensionState) -> None:
         self.state = state
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -219,7 +230,7 @@ class ZODBSession:
         """Install the session interface, the error handlers and the publisher on *app*."""
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("zodbsession.flask.ZODBSession is already installed on this app")
-        state = _AppState(app, self.db, self.manager, self.cookie, self.publisher_options)
+        state = ExtensionState(app, self.db, self.manager, self.cookie, self.publisher_options)
         app.extensions[EXTENSION_KEY] = state
         app.session_interface = ZODBSessionInterface(state)
         app.register_error_handler(PublishError, _answer_publish_error)
@@ -234,7 +245,7 @@ class ZODBSession:
         return connection()
 
     @staticmethod
-    def state(app: Flask) -> _AppState:
+    def state(app: Flask) -> ExtensionState:
         """The extension's state for *app* (its db, manager, cookie policy)."""
         return app.extensions[EXTENSION_KEY]
 
