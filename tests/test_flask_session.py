@@ -163,3 +163,14 @@ def test_clear_empties_the_session_in_one_write_and_keeps_it(client):
         assert len(s) == 0
     with client.session_transaction() as s:
         assert s.id == session_id and dict(s) == {}
+
+
+def test_using_the_data_marks_the_session_accessed_whatever_flasks_version(app):
+    """Flask 3.1.3 marks it from the request context; before that the session itself had to."""
+    with app.test_request_context("/"):
+        from flask import request
+
+        opened = app.session_interface.open_session(app, request)
+        assert not opened.accessed
+        opened.get("anything")
+        assert opened.accessed

@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, Response, got_request_exception, has_request_context, request
+from flask import Flask, Response, current_app, got_request_exception, has_request_context, request
 from flask import session as flask_session
 from transaction.interfaces import TransientError
 from ZODB import DB
@@ -252,7 +252,8 @@ class ZODBSession:
 
 def _answer_publish_error(exc: PublishError) -> Response:
     """``raise Redirect(...)`` / ``PublishError`` in a view: its answer, and the request commits."""
-    return Response(exc.message, status=exc.status, headers=exc.headers, mimetype="text/plain")
+    return current_app.response_class(exc.message, status=exc.status, headers=exc.headers,
+                                      mimetype="text/plain")
 
 
 def _keep_transient(exc: TransientError) -> Response:

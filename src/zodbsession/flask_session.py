@@ -148,24 +148,34 @@ class FlaskSession(SessionMixin, MutableMapping[str, Any]):
 
     # -- the mapping, delegated --------------------------------------------
 
+    # ``accessed`` is set here too, not only by Flask's request context
+    # (which does so from Flask 3.1.3 on): any use of the data means the
+    # response depends on the cookie.
+
     def __getitem__(self, key: str) -> Any:
+        self.accessed = True
         return self.request_session[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
+        self.accessed = True
         self.request_session[key] = value
         self._modified = True
 
     def __delitem__(self, key: str) -> None:
+        self.accessed = True
         del self.request_session[key]
         self._modified = True
 
     def __iter__(self) -> Iterator[str]:
+        self.accessed = True
         return iter(self.request_session)
 
     def __len__(self) -> int:
+        self.accessed = True
         return len(self.request_session)
 
     def __contains__(self, key: object) -> bool:
+        self.accessed = True
         return key in self.request_session
 
     def clear(self) -> None:
@@ -231,6 +241,9 @@ class ZODBSessionInterface(SessionInterface):
     the response itself, which is how ``client.session_transaction()`` hands
     the test client its cookie.
     """
+
+    #: The session's values are pickled into ZODB, not serialized to JSON.
+    pickle_based = True
 
     def __init__(self, state: SessionSource) -> None:
         self.state = state
