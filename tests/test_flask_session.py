@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from flask import Flask, session
+from flask import Flask, request, session
 from ZODB import DB
 from ZODB.MappingStorage import MappingStorage
 
@@ -168,8 +168,6 @@ def test_clear_empties_the_session_in_one_write_and_keeps_it(client):
 def test_using_the_data_marks_the_session_accessed_whatever_flasks_version(app):
     """Flask 3.1.3 marks it from the request context; before that the session itself had to."""
     with app.test_request_context("/"):
-        from flask import request
-
         opened = app.session_interface.open_session(app, request)
         assert not opened.accessed
         opened.get("anything")
