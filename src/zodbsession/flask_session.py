@@ -9,6 +9,7 @@ sets the cookie itself. The extension that installs it is ``zodbsession.flask``.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 import transaction
 from flask import Flask, Request, Response, has_request_context, request
 from flask.sessions import SessionInterface, SessionMixin
+from transaction.interfaces import NoTransaction
 from ZODB import DB
 from ZODB.Connection import Connection
 
@@ -27,6 +29,8 @@ from zodbsession.cookies import CookiePolicy, read_cookie
 from zodbsession.manager import SessionManager
 from zodbsession.request_session import RequestSession
 from zodbsession.session import is_well_formed_id
+
+log = logging.getLogger(__name__)
 
 #: The environ key of the ``AttemptReport`` shared by the attempts of one request.
 REPORT_KEY = "zodbsession.flask.report"
@@ -222,12 +226,19 @@ class _OwnTransaction:
         if self.connection is not None:
             try:
                 self.tm.get()
-            except Exception:  # NoTransaction: committed already
+            except NoTransaction:  # committed already
                 pass
             else:
                 abort_quietly(self.tm)
             self.connection.close()
             self.connection = None
+
+    def close_quietly(self) -> None:
+        """``close`` for a finalizer, which runs at a collection, maybe after the database closed."""
+        try:
+            self.close()
+        except Exception:
+            log.warning("giving back the connection of an unsaved Flask session failed", exc_info=True)
 
 
 class ZODBSessionInterface(SessionInterface):
@@ -264,7 +275,7 @@ class ZODBSessionInterface(SessionInterface):
         session._own = own
         # A session used but never saved (a bare test_request_context) still
         # gives its connection back, when it is collected.
-        weakref.finalize(session, own.close)
+        weakref.finalize(session, own.close_quietly)
         return RequestSession(self.state.manager, own.connection, cookie_id)
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
