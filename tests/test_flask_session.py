@@ -3,6 +3,7 @@ flash and session_transaction."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ from ZODB import DB
 from ZODB.MappingStorage import MappingStorage
 
 from flaskkit import make_app, set_cookies
+from zodbsession.flask import ZODBSession
 
 
 @pytest.fixture
@@ -172,3 +174,13 @@ def test_using_the_data_marks_the_session_accessed_whatever_flasks_version(app):
         assert not opened.accessed
         opened.get("anything")
         assert opened.accessed
+
+
+def test_a_session_used_outside_a_publisher_but_never_saved_gives_its_connection_back(app, db):
+    """A bare test_request_context never calls save_session; collecting the session closes its connection."""
+    with app.test_request_context("/"):
+        session["scratch"] = 1  # opens the session's own connection
+    gc.collect()
+    assert len(db.pool.available) == len(db.pool.all)
+    with db.transaction() as conn:  # and what it wrote was aborted, not committed
+        assert ZODBSession.state(app).manager.container(conn, create=False) is None
