@@ -187,8 +187,9 @@ def test_init_app_twice_is_refused(db):
 @pytest.mark.parametrize("key, value", [("ZODBSESSION_IDLE_TIMEOUT", "soon"),
                                         ("ZODBSESSION_RETRY_ATTEMPTS", 0),
                                         ("ZODBSESSION_URI", 42),
-                                        ("SESSION_COOKIE_SAMESITE", "lax-ish")],
-                         ids=["idle-timeout", "retry-attempts", "uri", "samesite"])
+                                        ("SESSION_COOKIE_SAMESITE", "lax-ish"),
+                                        ("ZODBSESSION_IDLE_TIMEOUT", 0)],
+                         ids=["idle-timeout", "retry-attempts", "uri", "samesite", "idle-timeout-zero"])
 def test_bad_settings_are_refused_at_init_naming_the_key(key, value):
     app = Flask(__name__)
     app.config.update(ZODBSESSION_URI="memory://")
@@ -205,6 +206,7 @@ def test_settings_reach_the_manager_and_the_cookie():
     ZODBSession(app)
     state = ZODBSession.state(app)
     assert state.manager.idle_timeout == 600
+    assert state.manager.access_resolution == 60
     assert (state.cookie.secure, state.cookie.samesite, state.cookie.path, state.cookie.domain) == (
         True, "Strict", "/shop", "example.org")
 
@@ -233,3 +235,11 @@ def test_a_conflict_retried_to_success_raises_nothing_when_propagating(db):
     app = make_app(db, testing=True)
     assert app.test_client().get("/conflict-in-view").text == "after the retry"
 
+
+
+def test_a_short_idle_timeout_records_access_often_enough():
+    app = Flask(__name__)
+    app.config.update(ZODBSESSION_URI="memory://", ZODBSESSION_IDLE_TIMEOUT=30)
+    ZODBSession(app)
+    manager = ZODBSession.state(app).manager
+    assert manager.idle_timeout == 30 and manager.access_resolution == 3

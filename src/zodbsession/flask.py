@@ -205,8 +205,8 @@ class ZODBSession:
     *cookie* replace the ones built from the configuration; further keyword
     arguments go to ``SessionPublisher`` (``retry_attempts``, ``commit_veto``...).
 
-    Configuration read by ``init_app``: ``ZODBSESSION_URI``,
-    ``ZODBSESSION_IDLE_TIMEOUT``, ``ZODBSESSION_MAX_LIFETIME``,
+    Configuration read by ``init_app`` (``ZODBSESSION_URI`` is only checked
+    then, and read when the database is opened): ``ZODBSESSION_IDLE_TIMEOUT``, ``ZODBSESSION_MAX_LIFETIME``,
     ``ZODBSESSION_RETRY_ATTEMPTS``, and Flask's ``SESSION_COOKIE_NAME``,
     ``_DOMAIN``, ``_PATH`` (else ``APPLICATION_ROOT``), ``_HTTPONLY``,
     ``_SECURE`` (False means "when the request is HTTPS") and ``_SAMESITE``
@@ -332,9 +332,15 @@ def _manager_from(config: Any) -> SessionManager:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(key, f"must be a number of seconds, not {value!r}")
             options[field_name] = float(value)
-    if "idle_timeout" in options and "max_lifetime" not in options:
-        options["max_lifetime"] = max(options["idle_timeout"], SessionManager.max_lifetime)
-    return SessionManager(**options)
+    if "idle_timeout" in options:
+        if "max_lifetime" not in options:
+            options["max_lifetime"] = max(options["idle_timeout"], SessionManager.max_lifetime)
+        # A short idle timeout needs its access times recorded more often.
+        options["access_resolution"] = min(SessionManager.access_resolution, options["idle_timeout"] / 10)
+    try:
+        return SessionManager(**options)
+    except ConfigError as exc:  # named by its field: name it by the Flask key instead
+        raise ConfigError(f"ZODBSESSION_{exc.key.upper()}", exc.problem) from None
 
 
 def _uri(config: Any) -> str | None:
