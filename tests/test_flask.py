@@ -14,7 +14,7 @@ from ZODB.MappingStorage import MappingStorage
 from flaskkit import commit_elsewhere, make_app, root_value
 from zodbsession import SessionPublisher
 from zodbsession.errors import ConfigError, NoActiveRequest
-from zodbsession.flask import ZODBSession, connection
+from zodbsession.flask import ZODBSession, connection, root
 
 
 @pytest.fixture
@@ -243,3 +243,37 @@ def test_a_short_idle_timeout_records_access_often_enough():
     ZODBSession(app)
     manager = ZODBSession.state(app).manager
     assert manager.idle_timeout == 30 and manager.access_resolution == 3
+
+
+def test_transaction_outside_a_request_commits_and_makes_root_work(db):
+    app = Flask(__name__)
+    ext = ZODBSession(app, db)
+    with app.app_context(), ext.transaction() as conn:  # as in a `flask` CLI command
+        root()["seeded"] = "yes"
+        assert connection() is conn
+    assert root_value(db, "seeded") == "yes"
+    with pytest.raises(NoActiveRequest):
+        connection()  # the scope ended with the block
+
+
+def test_transaction_outside_a_request_aborts_when_the_block_raises(db):
+    app = Flask(__name__)
+    ext = ZODBSession(app, db)
+    with pytest.raises(ValueError), ext.transaction(app):
+        root()["seeded"] = "no"
+        raise ValueError("changed my mind")
+    assert root_value(db, "seeded") == "-"
+    assert len(db.pool.available) == len(db.pool.all)
+
+
+def test_transaction_is_refused_inside_a_request(db):
+    app = Flask(__name__)
+    ext = ZODBSession(app, db)
+
+    @app.get("/")
+    def index() -> str:
+        with pytest.raises(RuntimeError, match="inside a request"), ext.transaction():
+            pass
+        return "refused"
+
+    assert app.test_client().get("/").text == "refused"

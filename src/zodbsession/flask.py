@@ -33,17 +33,20 @@ of its own and commits it in ``save_session``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
+import transaction
 from flask import Flask, Response, current_app, got_request_exception, has_request_context, request
 from flask import session as flask_session
 from transaction.interfaces import TransientError
 from ZODB import DB
 from ZODB.Connection import Connection
 
+from zodbsession.commit import abort_quietly, commit
 from zodbsession.cookies import CookiePolicy
 from zodbsession.errors import ConfigError, NoActiveRequest, PublishError
 from zodbsession.flask_session import (
@@ -55,7 +58,8 @@ from zodbsession.flask_session import (
 )
 from zodbsession.manager import SessionManager
 from zodbsession.publisher import SessionPublisher, StartResponse
-from zodbsession.registry import registry
+from zodbsession.registry import Scope, registry
+from zodbsession.request_session import RequestSession
 
 #: Where ``app.extensions`` keeps the extension's per-application state.
 EXTENSION_KEY = "zodbsession"
@@ -243,6 +247,32 @@ class ZODBSession:
     def connection(self) -> Connection:
         """The current request's ZODB connection (``zodbsession.flask.connection()``)."""
         return connection()
+
+    @contextlib.contextmanager
+    def transaction(self, app: Flask | None = None) -> Iterator[Connection]:
+        """One transaction on *app*'s database outside a request: a ``flask`` CLI command, a script.
+
+        Yields the connection; ``connection()`` and ``root()`` work inside the
+        block as in a request. Commits when the block ends, aborts when it
+        raises. Refused inside a request, which has its transaction already.
+        """
+        if registry.has():
+            raise RuntimeError("ZODBSession.transaction() inside a request: use connection(), "
+                               "whose transaction the request commits")
+        state = ZODBSession.state(app if app is not None else current_app._get_current_object())
+        tm = transaction.TransactionManager(explicit=True)
+        conn = state.get_db().open(transaction_manager=tm)
+        try:
+            tm.begin()
+            registry.set(Scope(conn, RequestSession(state.manager, conn, None)))
+            yield conn
+            commit(tm)
+        except BaseException:
+            abort_quietly(tm)
+            raise
+        finally:
+            registry.clear()
+            conn.close()
 
     @staticmethod
     def state(app: Flask) -> ExtensionState:
