@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from serverproc import Client, ServerProcess
+from zodbsession import open_db
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "flask.md"
 
@@ -57,3 +58,22 @@ def test_the_pages_app_runs_under_zodbsession_serve(project, env):
         assert post(client, "/note", text="boom")[0] == 500
         assert post(client, "/note", text="milk")[1] == " hello alice: 1 notes, 2 visits"
         assert post(client, "/logout")[1] == " hello stranger: 1 notes, 0 visits"
+
+
+def test_the_pages_cli_command_runs_under_flask(project):
+    text = DOC.read_text()
+    app_py = project / "app.py"
+    app_py.write_text(app_py.read_text() + "\n\n" + code_block_after(text, "Added to `app.py`, this runs as"))
+    flask_cli = str(Path(sys.executable).with_name("flask"))
+    for note in ("buy milk", "call mum"):
+        result = subprocess.run([flask_cli, "--app", "app", "add-note", note], cwd=project,
+                                capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "PYTHONPATH": str(project)})
+        assert result.returncode == 0, result.stdout + result.stderr
+    db = open_db(f"file://{project}/var/Data.fs")
+    try:
+        with db.transaction() as conn:
+            assert conn.root()["notes"] == ["buy milk", "call mum"]
+    finally:
+        db.close()
+
