@@ -8,18 +8,19 @@ from persistent.mapping import PersistentMapping
 from ZODB import DB
 from ZODB.POSException import ConflictError
 
-from zodbsession import PublishError, Redirect
+from zodbsession import PublishError, Redirect, SessionManager
 from zodbsession.flask import ZODBSession, connection, root
 
 
-def make_app(db: DB | None = None, *, testing: bool = False, **config: object) -> Flask:
+def make_app(db: DB | None = None, *, testing: bool = False, manager: SessionManager | None = None,
+             **config: object) -> Flask:
     """An app whose views touch the session and the database root together.
 
     Without *db* it is meant for ``zodbsession serve``, whose database it uses.
     """
     app = Flask(__name__)
     app.config.update(TESTING=testing, **config)
-    ZODBSession(app, db)
+    ZODBSession(app, db, manager=manager)
     app.attempts = []  # type: ignore[attr-defined]
 
     @app.get("/put/<key>/<value>")

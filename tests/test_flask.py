@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -277,3 +278,31 @@ def test_transaction_is_refused_inside_a_request(db):
         return "refused"
 
     assert app.test_client().get("/").text == "refused"
+
+
+def test_the_extensions_own_publisher_sweeps_expired_sessions(db, manager, clock):
+    """As zodbsession serve does: a janitor runs beside the extension's publisher."""
+    app = make_app(db, manager=manager, ZODBSESSION_JANITOR_INTERVAL=0.05)
+    state = ZODBSession.state(app)
+    client = app.test_client()
+    client.get("/put/colour/blue")
+    assert state.janitor is not None
+    clock.advance(manager.idle_timeout + 1)
+
+    def stored() -> int:
+        with db.transaction() as conn:
+            return len(manager.container(conn))
+
+    deadline = time.monotonic() + 30  # a bound for a loaded machine, not a timing assertion
+    while stored() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stored() == 0
+    state.close()
+    assert state.janitor is None
+
+
+def test_the_janitor_can_be_turned_off(db):
+    app = make_app(db, ZODBSESSION_JANITOR_INTERVAL=0)
+    app.test_client().get("/put/colour/blue")
+    janitor = ZODBSession.state(app).janitor
+    assert janitor is not None and janitor.interval == 0  # started, and so does nothing

@@ -56,6 +56,7 @@ from zodbsession.flask_session import (
     ZODBSessionInterface,
     with_max_age,
 )
+from zodbsession.janitor import Janitor
 from zodbsession.manager import SessionManager
 from zodbsession.publisher import SessionPublisher, StartResponse
 from zodbsession.registry import Scope, registry
@@ -90,6 +91,8 @@ class ExtensionState:
         self._owns_db = False  # True once opened from ZODBSESSION_URI: ours to close
         self.manager = manager if manager is not None else _manager_from(config)
         self.cookie = cookie if cookie is not None else cookie_policy_from(config)
+        self.janitor_interval = _seconds(config, "ZODBSESSION_JANITOR_INTERVAL", 60.0)
+        self.janitor: Janitor | None = None  # started with the publisher
         options = dict(publisher_options)
         if "ZODBSESSION_RETRY_ATTEMPTS" in config:
             options.setdefault("retry_attempts", _positive_int(config, "ZODBSESSION_RETRY_ATTEMPTS"))
@@ -116,8 +119,15 @@ class ExtensionState:
         return self._db
 
     def close(self) -> None:
-        """Close the database if it was opened from ``ZODBSESSION_URI`` (a db passed in is the caller's)."""
+        """Stop the janitor; close the database if it was opened from ``ZODBSESSION_URI``.
+
+        A database passed in is the caller's to close. The next request starts afresh.
+        """
         with self._lock:
+            if self.janitor is not None:
+                self.janitor.stop()
+                self.janitor = None
+                self._publisher = None
             if self._owns_db and self._db is not None:
                 self._db.close()
                 self._db = None
@@ -137,7 +147,19 @@ class ExtensionState:
                     self._publisher = SessionPublisher(
                         _RaiseTransient(self.wsgi_app), db, manager=self.manager, cookie=self.cookie,
                         **self.publisher_options)
+                    # Expiry nobody schedules does not happen: with its own
+                    # publisher the extension sweeps, as zodbsession serve does.
+                    self.janitor = _AppJanitor(db, self.manager, interval=self.janitor_interval).start()
         return self._publisher
+
+
+class _AppJanitor(Janitor):
+    """The janitor of an extension's own publisher; it stops sweeping a database closed under it."""
+
+    def sweep(self) -> int:
+        if getattr(self.db, "storage", None) is None:  # ZODB's DB.close() removes it
+            return 0
+        return super().sweep()
 
 
 class _RaiseTransient:
@@ -211,7 +233,9 @@ class ZODBSession:
 
     Configuration read by ``init_app`` (``ZODBSESSION_URI`` is only checked
     then, and read when the database is opened): ``ZODBSESSION_IDLE_TIMEOUT``, ``ZODBSESSION_MAX_LIFETIME``,
-    ``ZODBSESSION_RETRY_ATTEMPTS``, and Flask's ``SESSION_COOKIE_NAME``,
+    ``ZODBSESSION_RETRY_ATTEMPTS``, ``ZODBSESSION_JANITOR_INTERVAL`` (seconds
+    between the expiry sweeps of the janitor started with the extension's own
+    publisher; 0: none), and Flask's ``SESSION_COOKIE_NAME``,
     ``_DOMAIN``, ``_PATH`` (else ``APPLICATION_ROOT``), ``_HTTPONLY``,
     ``_SECURE`` (False means "when the request is HTTPS") and ``_SAMESITE``
     (None means zodbsession's ``Lax``); ``SESSION_COOKIE_PARTITIONED`` is refused.
@@ -378,6 +402,15 @@ def _uri(config: Any) -> str | None:
     if uri is not None and not isinstance(uri, str):
         raise ConfigError("ZODBSESSION_URI", f"must be a storage URI string, not {uri!r}")
     return uri
+
+
+def _seconds(config: Any, key: str, default: float) -> float:
+    value = config.get(key, default)
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(key, f"must be a number of seconds, 0 or more, not {value!r}")
+    return float(value)
 
 
 def _positive_int(config: Any, key: str) -> int:
