@@ -1,4 +1,4 @@
-"""zodbsession.flask_session through Flask's test client: the cookie, new, modified, permanent, Vary,
+"""zodbsession.flask.sessions through Flask's test client: the cookie, new, modified, permanent, Vary,
 flash and session_transaction."""
 
 from __future__ import annotations

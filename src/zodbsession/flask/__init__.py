@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -49,18 +50,19 @@ from ZODB.Connection import Connection
 from zodbsession.commit import abort_quietly, commit
 from zodbsession.cookies import CookiePolicy
 from zodbsession.errors import ConfigError, NoActiveRequest, PublishError
-from zodbsession.flask_session import (
+from zodbsession.flask.sessions import (
     REPORT_KEY,
     AttemptReport,
     FlaskSession,
     ZODBSessionInterface,
     with_max_age,
 )
-from zodbsession.janitor import Janitor
 from zodbsession.manager import SessionManager
+from zodbsession.periodic import Periodic
 from zodbsession.publisher import SessionPublisher, StartResponse
 from zodbsession.registry import Scope, registry
 from zodbsession.request_session import RequestSession
+from zodbsession.work import connection as work_connection
 
 #: Where ``app.extensions`` keeps the extension's per-application state.
 EXTENSION_KEY = "zodbsession"
@@ -92,7 +94,7 @@ class ExtensionState:
         self.manager = manager if manager is not None else _manager_from(config)
         self.cookie = cookie if cookie is not None else cookie_policy_from(config)
         self.janitor_interval = _seconds(config, "ZODBSESSION_JANITOR_INTERVAL", 60.0)
-        self.janitor: Janitor | None = None  # started with the publisher
+        self.janitor: _Sweeper | None = None  # started with the publisher
         options = dict(publisher_options)
         if "ZODBSESSION_RETRY_ATTEMPTS" in config:
             options.setdefault("retry_attempts", _positive_int(config, "ZODBSESSION_RETRY_ATTEMPTS"))
@@ -149,17 +151,41 @@ class ExtensionState:
                         **self.publisher_options)
                     # Expiry nobody schedules does not happen: with its own
                     # publisher the extension sweeps, as zodbsession serve does.
-                    self.janitor = _AppJanitor(db, self.manager, interval=self.janitor_interval).start()
+                    self.janitor = _Sweeper(db, self.manager, self.janitor_interval).start()
         return self._publisher
 
 
-class _AppJanitor(Janitor):
-    """The janitor of an extension's own publisher; it stops sweeping a database closed under it."""
+class _Sweeper:
+    """Expires stale sessions every *interval* seconds beside the extension's own publisher.
+
+    What ``zodbsession serve``'s janitor does, built from the core's parts
+    (the adapters sit below the server's operations layer). A database closed
+    under it is no longer swept. Threading: the sweep runs on a daemon thread
+    of its own, with a connection of its own.
+    """
+
+    def __init__(self, db: DB, manager: SessionManager, interval: float) -> None:
+        self.db = db
+        self.manager = manager
+        self.interval = interval
+        self._loop = Periodic(self.sweep, interval, name="zodbsession-flask-janitor")
+
+    def start(self) -> _Sweeper:
+        self._loop.start()  # an interval of 0 starts nothing
+        return self
+
+    def stop(self) -> None:
+        self._loop.stop()
 
     def sweep(self) -> int:
+        """Expire what is due now; returns how many sessions were removed."""
         if getattr(self.db, "storage", None) is None:  # ZODB's DB.close() removes it
             return 0
-        return super().sweep()
+        started = time.monotonic()
+        with work_connection(self.db) as conn:
+            removed = self.manager.expire(conn)
+        self.manager.observers.janitor_ran(removed, time.monotonic() - started)
+        return removed
 
 
 class _RaiseTransient:
