@@ -142,6 +142,7 @@ class ExtensionState:
         return bool(self._app.testing or self._app.debug) if propagate is None else bool(propagate)
 
     def get_publisher(self) -> SessionPublisher:
+        """The publisher around Flask's ``wsgi_app``, made (and the janitor started) on first use."""
         if self._publisher is None:
             db = self.get_db()
             with self._lock:
