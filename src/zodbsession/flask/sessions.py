@@ -192,6 +192,7 @@ class FlaskSession(SessionMixin, MutableMapping[str, Any]):
         # Only reached for names not found here: zodbsession's own verbs.
         if name.startswith("_"):
             raise AttributeError(name)
+        self.accessed = True  # user_id, login(), id...: the response depends on the cookie
         return getattr(self.request_session, name)
 
     def __repr__(self) -> str:
