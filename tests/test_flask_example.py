@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,33 @@ def test_the_shop_under_flasks_test_client():
     client.post("/checkout")
     assert client.get("/state").json == {"user": "erin", "cart": [], "orders": 1,
                                          "flashes": ["Order 1 placed."]}
+
+
+def test_concurrent_checkouts_lose_no_order(shop):
+    """Checkouts from several browsers at once all append to one list: the conflicts are replayed.
+
+    Whatever the interleaving, every checkout answered 200 is in the list
+    exactly once, and each cart holds what was added since its last placed one.
+    """
+    clients = [Client(shop) for _ in range(4)]
+    before = state(clients[0])["orders"]
+    for number, client in enumerate(clients):
+        post(client, "/login", user=f"buyer{number}")
+
+    def shop_three_times(client: Client) -> tuple[int, int]:
+        """Checkouts placed, and breads added since the last one placed (still in the cart)."""
+        placed = pending = 0
+        for _ in range(3):
+            post(client, "/cart", item="bread")
+            pending += 1
+            if post(client, "/checkout") == 200:
+                placed, pending = placed + 1, 0
+        return placed, pending
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        results = list(pool.map(shop_three_times, clients))
+    placed = sum(p for p, _ in results)
+    assert placed >= 1
+    assert state(clients[0])["orders"] == before + placed
+    for client, (_placed, pending) in zip(clients, results, strict=True):
+        assert state(client)["cart"] == ["bread"] * pending
