@@ -1,0 +1,447 @@
+"""``zodbsession.flask``: Flask's ``session`` as a zodbsession session, one transaction per request.
+
+``ZODBSession(app)`` (or ``ext.init_app(app)``) wraps ``app.wsgi_app`` in a
+``SessionPublisher`` and installs a ``SessionInterface`` that hands Flask the
+publisher's ``RequestSession``; the view reaches the same transaction's ZODB
+connection with ``connection()``. So the session and the application's own
+objects commit together or not at all, conflicts are retried with the request
+replayed, and the publisher, not Flask, decides and sends the session cookie.
+
+How a Flask request ends, by the publisher's table:
+
+========================================  ===========  ===================================
+what the view (or a hook) did             transaction  answer
+========================================  ===========  ===================================
+returned a response below 500             commit       the response
+``redirect()``, ``abort(4xx)``            commit       the redirect / the 4xx page
+raised ``Redirect`` / ``PublishError``    commit       the error's status, headers, body
+returned a 5xx, or raised (Flask's 500)   abort        Flask's answer
+raised a ``TransientError`` (conflict)    abort, retry the replayed request's answer
+========================================  ===========  ===================================
+
+When Flask propagates exceptions (``PROPAGATE_EXCEPTIONS``, else under
+``TESTING`` or debug) an exception is raised again past the publisher once it
+has aborted, so that the test client and the debugger see it as usual.
+
+Under ``zodbsession serve --app`` the server's publisher already runs the
+request: the extension sees ``environ["zodbsession.session"]`` and joins it
+rather than opening a second transaction (the server's cookie settings then
+apply, not Flask's). Outside any publisher (``client.session_transaction()``,
+a bare ``test_request_context()``) the session interface opens a connection
+of its own and commits it in ``save_session``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import transaction
+from flask import Flask, Response, current_app, got_request_exception, has_request_context, request
+from flask import session as flask_session
+from transaction.interfaces import TransientError
+from ZODB import DB
+from ZODB.Connection import Connection
+
+from zodbsession.commit import abort_quietly, commit
+from zodbsession.cookies import CookiePolicy
+from zodbsession.errors import ConfigError, NoActiveRequest, PublishError
+from zodbsession.flask.sessions import (
+    REPORT_KEY,
+    AttemptReport,
+    FlaskSession,
+    ZODBSessionInterface,
+    with_max_age,
+)
+from zodbsession.manager import SessionManager
+from zodbsession.periodic import Periodic
+from zodbsession.publisher import SessionPublisher, StartResponse
+from zodbsession.registry import Scope, registry
+from zodbsession.request_session import RequestSession
+from zodbsession.work import connection as work_connection
+
+#: Where ``app.extensions`` keeps the extension's per-application state.
+EXTENSION_KEY = "zodbsession"
+
+#: The environ key of a ``TransientError`` Flask answered with a 500, raised again for a retry.
+_TRANSIENT = "zodbsession.flask.transient"
+
+__all__ = ["EXTENSION_KEY", "ExtensionState", "FlaskSession", "ZODBSession", "ZODBSessionInterface",
+           "connection", "cookie_policy_from", "root"]
+
+
+class ExtensionState:
+    """What the extension keeps for one Flask application: settings, database, publisher.
+
+    Threading: built once in ``init_app``; the database and publisher are
+    made on first need, under a lock, so that importing the application
+    opens nothing (under ``zodbsession serve`` the server's database is used
+    and the application's is never opened). ``ZODBSESSION_URI`` is read then
+    too, so a test may set it after importing the application.
+    """
+
+    def __init__(self, app: Flask, db: DB | None, manager: SessionManager | None,
+                 cookie: CookiePolicy | None, publisher_options: dict[str, Any]) -> None:
+        config = app.config
+        self._config = config
+        _uri(config)  # checked now; read again when the database is opened
+        self._db = db
+        self._owns_db = False  # True once opened from ZODBSESSION_URI: ours to close
+        self.manager = manager if manager is not None else _manager_from(config)
+        self.cookie = cookie if cookie is not None else cookie_policy_from(config)
+        self.janitor_interval = _seconds(config, "ZODBSESSION_JANITOR_INTERVAL", 60.0)
+        self.janitor: _Sweeper | None = None  # started with the publisher
+        options = dict(publisher_options)
+        if "ZODBSESSION_RETRY_ATTEMPTS" in config:
+            options.setdefault("retry_attempts", _positive_int(config, "ZODBSESSION_RETRY_ATTEMPTS"))
+        self.publisher_options = options
+        self.wsgi_app: Any = None  # Flask's own wsgi_app, set by init_app
+        self._app = app
+        self._publisher: SessionPublisher | None = None
+        self._lock = threading.Lock()
+
+    def get_db(self) -> DB:
+        """The extension's database, opened from ``ZODBSESSION_URI`` on first use."""
+        if self._db is None:
+            with self._lock:
+                if self._db is None:
+                    uri = _uri(self._config)
+                    if not uri:
+                        raise ConfigError("ZODBSESSION_URI", "is not set and no db was given: set "
+                                          "app.config['ZODBSESSION_URI'] (e.g. 'file://var/Data.fs' "
+                                          "or 'memory://') or pass ZODBSession(app, db=...)")
+                    from zodbsession.db import open_db
+
+                    self._db = open_db(uri)
+                    self._owns_db = True
+        return self._db
+
+    def close(self) -> None:
+        """Stop the janitor; close the database if it was opened from ``ZODBSESSION_URI``.
+
+        A database passed in is the caller's to close. The next request starts afresh.
+        """
+        with self._lock:
+            if self.janitor is not None:
+                self.janitor.stop()
+                self.janitor = None
+                self._publisher = None
+            if self._owns_db and self._db is not None:
+                self._db.close()
+                self._db = None
+                self._publisher = None
+                self._owns_db = False
+
+    def propagate_exceptions(self) -> bool:
+        """Flask's rule: ``PROPAGATE_EXCEPTIONS``, else when testing or debugging."""
+        propagate = self._config.get("PROPAGATE_EXCEPTIONS")
+        return bool(self._app.testing or self._app.debug) if propagate is None else bool(propagate)
+
+    def get_publisher(self) -> SessionPublisher:
+        """The publisher around Flask's ``wsgi_app``, made (and the janitor started) on first use."""
+        if self._publisher is None:
+            db = self.get_db()
+            with self._lock:
+                if self._publisher is None:
+                    self._publisher = SessionPublisher(
+                        _RaiseTransient(self.wsgi_app), db, manager=self.manager, cookie=self.cookie,
+                        **self.publisher_options)
+                    # Expiry nobody schedules does not happen: with its own
+                    # publisher the extension sweeps, as zodbsession serve does.
+                    self.janitor = _Sweeper(db, self.manager, self.janitor_interval).start()
+        return self._publisher
+
+
+class _Sweeper:
+    """Expires stale sessions every *interval* seconds beside the extension's own publisher.
+
+    What ``zodbsession serve``'s janitor does, built from the core's parts
+    (the adapters sit below the server's operations layer). A database closed
+    under it is no longer swept. Threading: the sweep runs on a daemon thread
+    of its own, with a connection of its own.
+    """
+
+    def __init__(self, db: DB, manager: SessionManager, interval: float) -> None:
+        self.db = db
+        self.manager = manager
+        self.interval = interval
+        self._loop = Periodic(self.sweep, interval, name="zodbsession-flask-janitor")
+
+    def start(self) -> _Sweeper:
+        self._loop.start()  # an interval of 0 starts nothing
+        return self
+
+    def stop(self) -> None:
+        self._loop.stop()
+
+    def sweep(self) -> int:
+        """Expire what is due now; returns how many sessions were removed."""
+        if getattr(self.db, "storage", None) is None:  # ZODB's DB.close() removes it
+            return 0
+        started = time.monotonic()
+        with work_connection(self.db) as conn:
+            removed = self.manager.expire(conn)
+        self.manager.observers.janitor_ran(removed, time.monotonic() - started)
+        return removed
+
+
+class _RaiseTransient:
+    """Between the publisher and Flask: a conflict Flask answered with a 500 is raised again.
+
+    Flask turns any exception of a view into a 500 page (unless
+    ``PROPAGATE_EXCEPTIONS``); a ``TransientError`` must instead reach the
+    publisher, which retries the request.
+    """
+
+    def __init__(self, wsgi_app: Any) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        report = environ.get(REPORT_KEY)
+        if report is not None:
+            report.reset()  # a new attempt decides afresh
+        body = self.wsgi_app(environ, start_response)
+        exc = environ.pop(_TRANSIENT, None)
+        if exc is not None:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+            raise exc
+        return body
+
+
+class _Front:
+    """``app.wsgi_app``: our publisher around Flask, or Flask alone inside another publisher."""
+
+    def __init__(self, state: ExtensionState) -> None:
+        self.state = state
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if "zodbsession.session" in environ:
+            # Already inside a publisher (zodbsession serve): join its transaction.
+            return _RaiseTransient(self.state.wsgi_app)(environ, start_response)
+        report = environ[REPORT_KEY] = AttemptReport()
+        name = self.state.cookie.name
+        propagate = self.state.propagate_exceptions()
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            # Called by the publisher once it has committed or aborted.
+            if propagate and report.error is not None:
+                # As Flask does under TESTING or debug (its test client, the
+                # debugger), now that the transaction has been aborted.
+                raise report.error
+            if report.max_age is not None:
+                headers = [_permanent_cookie(header, name, report.max_age) for header in headers]
+            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+        return self.state.get_publisher()(environ, start)
+
+
+def _permanent_cookie(header: tuple[str, str], name: str, max_age: int) -> tuple[str, str]:
+    """The publisher's Set-Cookie for the session, given the permanent session's Max-Age."""
+    key, value = header
+    if key.lower() == "set-cookie" and value.startswith(f"{name}=") and not value.startswith(f"{name}=;"):
+        return key, with_max_age(value, max_age)
+    return header
+
+
+class ZODBSession:
+    """The Flask extension: ``ZODBSession(app, db=None)`` or ``ext.init_app(app)`` later.
+
+    *db* is the ZODB database holding the sessions and the application's own
+    objects; without it ``app.config["ZODBSESSION_URI"]`` names one
+    (``memory://`` for tests), opened on the first request. *manager* and
+    *cookie* replace the ones built from the configuration; further keyword
+    arguments go to ``SessionPublisher`` (``retry_attempts``, ``commit_veto``...).
+
+    Configuration read by ``init_app`` (``ZODBSESSION_URI`` is only checked
+    then, and read when the database is opened): ``ZODBSESSION_IDLE_TIMEOUT``, ``ZODBSESSION_MAX_LIFETIME``,
+    ``ZODBSESSION_RETRY_ATTEMPTS``, ``ZODBSESSION_JANITOR_INTERVAL`` (seconds
+    between the expiry sweeps of the janitor started with the extension's own
+    publisher; 0: none), and Flask's ``SESSION_COOKIE_NAME``,
+    ``_DOMAIN``, ``_PATH`` (else ``APPLICATION_ROOT``), ``_HTTPONLY``,
+    ``_SECURE`` (False means "when the request is HTTPS") and ``_SAMESITE``
+    (None means zodbsession's ``Lax``); ``SESSION_COOKIE_PARTITIONED`` is refused.
+
+    Threading: one extension serves every thread; per-application state is
+    in ``app.extensions["zodbsession"]``.
+    """
+
+    def __init__(self, app: Flask | None = None, db: DB | None = None, *,
+                 manager: SessionManager | None = None, cookie: CookiePolicy | None = None,
+                 **publisher_options: Any) -> None:
+        self.db = db
+        self.manager = manager
+        self.cookie = cookie
+        self.publisher_options = publisher_options
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Install the session interface, the error handlers and the publisher on *app*."""
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError("zodbsession.flask.ZODBSession is already installed on this app")
+        state = ExtensionState(app, self.db, self.manager, self.cookie, self.publisher_options)
+        app.extensions[EXTENSION_KEY] = state
+        app.session_interface = ZODBSessionInterface(state)
+        app.register_error_handler(PublishError, _answer_publish_error)
+        app.register_error_handler(TransientError, _keep_transient)
+        got_request_exception.connect(_on_request_exception, app, weak=False)
+        state.wsgi_app = app.wsgi_app
+        app.wsgi_app = _Front(state)  # type: ignore[method-assign]
+
+    @property
+    def connection(self) -> Connection:
+        """The current request's ZODB connection (``zodbsession.flask.connection()``)."""
+        return connection()
+
+    @contextlib.contextmanager
+    def transaction(self, app: Flask | None = None) -> Iterator[Connection]:
+        """One transaction on *app*'s database outside a request: a ``flask`` CLI command, a script.
+
+        Yields the connection; ``connection()`` and ``root()`` work inside the
+        block as in a request. Commits when the block ends, aborts when it
+        raises. Refused inside a request, which has its transaction already.
+        """
+        if registry.has():
+            raise RuntimeError("ZODBSession.transaction() inside a request: use connection(), "
+                               "whose transaction the request commits")
+        state = ZODBSession.state(app if app is not None else current_app._get_current_object())
+        tm = transaction.TransactionManager(explicit=True)
+        conn = state.get_db().open(transaction_manager=tm)
+        try:
+            tm.begin()
+            registry.set(Scope(conn, RequestSession(state.manager, conn, None)))
+            yield conn
+            commit(tm)
+        except BaseException:
+            abort_quietly(tm)
+            raise
+        finally:
+            registry.clear()
+            conn.close()
+
+    @staticmethod
+    def state(app: Flask) -> ExtensionState:
+        """The extension's state for *app* (its db, manager, cookie policy)."""
+        return app.extensions[EXTENSION_KEY]
+
+
+def _answer_publish_error(exc: PublishError) -> Response:
+    """``raise Redirect(...)`` / ``PublishError`` in a view: its answer, and the request commits."""
+    return current_app.response_class(exc.message, status=exc.status, headers=exc.headers,
+                                      mimetype="text/plain")
+
+
+def _keep_transient(exc: TransientError) -> Response:
+    """Keep a conflict raised in a view for ``_RaiseTransient``; this 500 is never sent."""
+    request.environ[_TRANSIENT] = exc
+    return Response("conflict, retrying", status=500, mimetype="text/plain")
+
+
+def _on_request_exception(sender: Flask, exception: BaseException, **extra: Any) -> None:
+    """Flask's ``got_request_exception``: keep a conflict for a retry, anything else for the front."""
+    if isinstance(exception, TransientError):
+        # Raised outside the view (a hook, save_session): retried as well.
+        request.environ[_TRANSIENT] = exception
+        return
+    report = request.environ.get(REPORT_KEY)
+    if report is not None:
+        report.error = exception
+
+
+def connection() -> Connection:
+    """The ZODB connection of the current request's transaction: the application's data is here.
+
+    ``connection().root()`` is the database root. Raises ``NoActiveRequest``
+    outside a request.
+    """
+    if registry.has():
+        return registry.connection
+    if has_request_context():
+        session = flask_session._get_current_object()
+        if isinstance(session, FlaskSession) and session._opener is not None:
+            # Outside a publisher (a test_request_context): the session's own
+            # connection, opened now if need be.
+            session.request_session  # noqa: B018 (opens it)
+            if session._own is not None and session._own.connection is not None:
+                return session._own.connection
+    raise NoActiveRequest("zodbsession.flask.connection() needs a request running under "
+                          "ZODBSession (or zodbsession serve)")
+
+
+def root() -> Any:
+    """The database root of the current request's connection."""
+    return connection().root()
+
+
+def cookie_policy_from(config: Any) -> CookiePolicy:
+    """The cookie policy Flask's ``SESSION_COOKIE_*`` settings ask for."""
+    if config.get("SESSION_COOKIE_PARTITIONED"):
+        raise ConfigError("SESSION_COOKIE_PARTITIONED", "is not supported by zodbsession's cookie; "
+                          "set it to False")
+    samesite = config.get("SESSION_COOKIE_SAMESITE")
+    if samesite is not None and samesite not in ("Lax", "Strict", "None"):
+        raise ConfigError("SESSION_COOKIE_SAMESITE", f"must be 'Lax', 'Strict', 'None' or None, "
+                          f"not {samesite!r}")
+    try:
+        return CookiePolicy(
+            name=config.get("SESSION_COOKIE_NAME") or "session",
+            path=config.get("SESSION_COOKIE_PATH") or config.get("APPLICATION_ROOT") or "/",
+            domain=config.get("SESSION_COOKIE_DOMAIN") or None,
+            secure=True if config.get("SESSION_COOKIE_SECURE") else "auto",
+            httponly=bool(config.get("SESSION_COOKIE_HTTPONLY", True)),
+            samesite=samesite or "Lax",
+            max_age=None,  # a browser-session cookie unless session.permanent
+        )
+    except ValueError as exc:
+        raise ConfigError("SESSION_COOKIE_*", str(exc)) from exc
+
+
+def _manager_from(config: Any) -> SessionManager:
+    options: dict[str, float] = {}
+    for key, field_name in (("ZODBSESSION_IDLE_TIMEOUT", "idle_timeout"),
+                            ("ZODBSESSION_MAX_LIFETIME", "max_lifetime")):
+        if key in config:
+            value = config[key]
+            if isinstance(value, timedelta):
+                value = value.total_seconds()
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(key, f"must be a number of seconds, not {value!r}")
+            options[field_name] = float(value)
+    if "idle_timeout" in options:
+        if "max_lifetime" not in options:
+            options["max_lifetime"] = max(options["idle_timeout"], SessionManager.max_lifetime)
+        # A short idle timeout needs its access times recorded more often.
+        options["access_resolution"] = min(SessionManager.access_resolution, options["idle_timeout"] / 10)
+    try:
+        return SessionManager(**options)
+    except ConfigError as exc:  # named by its field: name it by the Flask key instead
+        raise ConfigError(f"ZODBSESSION_{exc.key.upper()}", exc.problem) from None
+
+
+def _uri(config: Any) -> str | None:
+    uri = config.get("ZODBSESSION_URI")
+    if uri is not None and not isinstance(uri, str):
+        raise ConfigError("ZODBSESSION_URI", f"must be a storage URI string, not {uri!r}")
+    return uri
+
+
+def _seconds(config: Any, key: str, default: float) -> float:
+    value = config.get(key, default)
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(key, f"must be a number of seconds, 0 or more, not {value!r}")
+    return float(value)
+
+
+def _positive_int(config: Any, key: str) -> int:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, f"must be a whole number of at least 1, not {value!r}")
+    return value

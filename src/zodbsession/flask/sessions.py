@@ -1,0 +1,335 @@
+"""Flask's session protocol over zodbsession's ``RequestSession``, inside a publisher or not.
+
+``FlaskSession`` is what ``flask.session`` is; ``ZODBSessionInterface`` hands
+out the publisher's session for a request running inside one, and outside
+any (Flask's ``session_transaction()``, a bare ``test_request_context()``)
+opens a connection of its own, committed by ``save_session``, which then
+sets the cookie itself. The extension that installs it is ``zodbsession.flask``.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from typing import Any, Protocol
+
+import transaction
+from flask import Flask, Request, Response, has_request_context, request
+from flask.sessions import SessionInterface, SessionMixin
+from transaction.interfaces import NoTransaction
+from ZODB import DB
+from ZODB.Connection import Connection
+
+from zodbsession.commit import abort_quietly, commit
+from zodbsession.cookies import CookiePolicy, read_cookie
+from zodbsession.manager import SessionManager
+from zodbsession.request_session import RequestSession
+from zodbsession.session import is_well_formed_id
+
+log = logging.getLogger(__name__)
+
+#: The environ key of the ``AttemptReport`` shared by the attempts of one request.
+REPORT_KEY = "zodbsession.flask.report"
+
+
+@dataclass
+class AttemptReport:
+    """What the last attempt of a request tells the extension's front, around its publisher.
+
+    The publisher gives each attempt a copy of the environ; this object is
+    shared by all of them, and reset at the start of each.
+    """
+
+    #: A permanent session's Max-Age, for the cookie the publisher sends.
+    max_age: int | None = None
+    #: The exception Flask reported, raised again past the publisher when Flask propagates errors.
+    error: BaseException | None = None
+
+    def reset(self) -> None:
+        self.max_age = None
+        self.error = None
+
+
+class SessionSource(Protocol):
+    """Where the session interface gets its database, manager and cookie policy."""
+
+    manager: SessionManager
+    cookie: CookiePolicy
+
+    def get_db(self) -> DB: ...
+
+
+class FlaskSession(SessionMixin, MutableMapping[str, Any]):
+    """``flask.session``: Flask's session protocol over one request's ``RequestSession``.
+
+    ``modified`` is True once the view changed the session; setting it to
+    True marks the session changed, as ``save_changes()`` does, which is how
+    a Flask user stores a nested value mutated in place. ``permanent`` lives
+    in the ``_permanent`` key, as with Flask's own sessions, and makes the
+    cookie last ``PERMANENT_SESSION_LIFETIME``. ``new`` says whether the
+    session was started in this request. zodbsession's verbs (``login``,
+    ``logout``, ``rotate``, ``id``, ``user_id``...) are forwarded.
+
+    Threading: belongs to the one request it was opened for.
+    """
+
+    accessed = False
+    _own: _OwnTransaction | None = None  # set when opened outside a publisher
+
+    def __init__(self, request_session: RequestSession | None, lifetime: timedelta,
+                 opener: Callable[[FlaskSession], RequestSession] | None = None) -> None:
+        if (request_session is None) == (opener is None):
+            raise TypeError("FlaskSession takes a RequestSession or an opener, one of the two")
+        self._request_session = request_session
+        self._opener = opener
+        self._lifetime = lifetime
+        self._modified = False
+
+    @property
+    def request_session(self) -> RequestSession:
+        """The zodbsession view behind this session (outside a publisher, opened on first use)."""
+        session = self._request_session
+        if session is None:
+            session = self._request_session = self._opener(self)  # type: ignore[misc]
+        return session
+
+    @property
+    def opened(self) -> bool:
+        """Whether the session has a connection yet (always, inside a publisher)."""
+        return self._request_session is not None
+
+    # -- Flask's protocol ----------------------------------------------------
+
+    @property
+    def modified(self) -> bool:  # type: ignore[override]
+        """Whether the session was changed in this request."""
+        return self._modified or self.request_session.written_session() is not None
+
+    @modified.setter
+    def modified(self, value: bool) -> None:
+        self._modified = bool(value)
+        if value:
+            self.request_session.save_changes()
+
+    @property
+    def new(self) -> bool:  # type: ignore[override]
+        """Whether the session was started in this request rather than found."""
+        return self.request_session.is_new
+
+    @property
+    def permanent(self) -> bool:
+        """Whether the cookie outlives the browser, for ``PERMANENT_SESSION_LIFETIME``."""
+        return bool(self.get("_permanent", False))
+
+    @permanent.setter
+    def permanent(self, value: bool) -> None:
+        value = bool(value)
+        if value == self.permanent:
+            return  # no write: reading a default must not store a session
+        self["_permanent"] = value
+        set_expiry = getattr(self.request_session, "set_expiry", None)
+        if set_expiry is not None:  # per-session expiry, where the core session has it
+            set_expiry(self.lifetime_seconds if value else None)
+
+    @property
+    def lifetime_seconds(self) -> int:
+        """The permanent cookie's Max-Age: ``PERMANENT_SESSION_LIFETIME`` in seconds."""
+        return int(self._lifetime.total_seconds())
+
+    def cookie_max_age(self) -> int | None:
+        """The Max-Age the session cookie must carry: None for a browser-session cookie.
+
+        Flask's meaning, not the core's: a permanent cookie lasts
+        ``PERMANENT_SESSION_LIFETIME`` from when it was last sent (each
+        request, with ``SESSION_REFRESH_EACH_REQUEST``), which is the idle
+        timeout ``permanent`` gives the session on the server.
+        """
+        return self.lifetime_seconds if self.permanent else None
+
+    # -- the mapping, delegated --------------------------------------------
+
+    # ``accessed`` is set here too, not only by Flask's request context
+    # (which does so from Flask 3.1.3 on): any use of the data means the
+    # response depends on the cookie.
+
+    def __getitem__(self, key: str) -> Any:
+        self.accessed = True
+        return self.request_session[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.accessed = True
+        self.request_session[key] = value
+        self._modified = True
+
+    def __delitem__(self, key: str) -> None:
+        self.accessed = True
+        del self.request_session[key]
+        self._modified = True
+
+    def __iter__(self) -> Iterator[str]:
+        self.accessed = True
+        return iter(self.request_session)
+
+    def __len__(self) -> int:
+        self.accessed = True
+        return len(self.request_session)
+
+    def __contains__(self, key: object) -> bool:
+        self.accessed = True
+        return key in self.request_session
+
+    def clear(self) -> None:
+        """Remove every key with one write; the session and its id stay (``logout()`` ends it)."""
+        if len(self.request_session):
+            self.request_session._zodbsession_unwrap().clear()
+            self._modified = True
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names not found here: zodbsession's own verbs.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        self.accessed = True  # user_id, login(), id...: the response depends on the cookie
+        return getattr(self.request_session, name)
+
+    def __repr__(self) -> str:
+        return f"<FlaskSession {self.request_session!r}>"
+
+
+class _OwnTransaction:
+    """The connection and transaction of a session opened outside any publisher."""
+
+    def __init__(self, db: DB) -> None:
+        self.tm = transaction.TransactionManager(explicit=True)
+        self.connection: Connection | None = db.open(transaction_manager=self.tm)
+        self.tm.begin()
+
+    def commit(self, session: RequestSession, manager: SessionManager) -> None:
+        try:
+            settle = getattr(session, "settle", None)
+            if settle is not None:
+                settle()
+            written = session.written_session()
+            if written is not None:
+                manager.check_storable(written)
+            commit(self.tm)
+        except BaseException:
+            abort_quietly(self.tm)
+            raise
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Abort what is left and give the connection back (also when never saved)."""
+        if self.connection is not None:
+            try:
+                self.tm.get()
+            except NoTransaction:  # committed already
+                pass
+            else:
+                abort_quietly(self.tm)
+            self.connection.close()
+            self.connection = None
+
+    def close_quietly(self) -> None:
+        """``close`` for a finalizer, which runs at a collection, maybe after the database closed."""
+        try:
+            self.close()
+        except Exception:
+            log.warning("giving back the connection of an unsaved Flask session failed", exc_info=True)
+
+
+class ZODBSessionInterface(SessionInterface):
+    """Hands Flask the publisher's session; opens one of its own outside a publisher.
+
+    Inside a publisher ``save_session`` sets no cookie of its own for a new,
+    rotated or ended session (the publisher sends that one after the
+    commit); it only adds ``Vary: Cookie`` when the session was accessed and
+    refreshes a permanent session's cookie, as ``SESSION_REFRESH_EACH_REQUEST``
+    asks. Outside one it commits its own transaction and sets the cookie on
+    the response itself, which is how ``client.session_transaction()`` hands
+    the test client its cookie.
+    """
+
+    #: The session's values are pickled into ZODB, not serialized to JSON.
+    pickle_based = True
+
+    def __init__(self, state: SessionSource) -> None:
+        self.state = state
+
+    def open_session(self, app: Flask, request: Request) -> FlaskSession:
+        rs = request.environ.get("zodbsession.session")
+        if isinstance(rs, RequestSession):
+            return FlaskSession(rs, app.permanent_session_lifetime)
+        # Outside a publisher: a connection of our own, opened on first use
+        # (Flask's session_transaction opens a session it never uses, too).
+        cookie_id = read_cookie(request.environ.get("HTTP_COOKIE"), self.state.cookie.name)
+        if not is_well_formed_id(cookie_id):
+            cookie_id = None
+        return FlaskSession(None, app.permanent_session_lifetime, opener=partial(self._open_own, cookie_id))
+
+    def _open_own(self, cookie_id: str | None, session: FlaskSession) -> RequestSession:
+        own = _OwnTransaction(self.state.get_db())
+        session._own = own
+        # A session used but never saved (a bare test_request_context) still
+        # gives its connection back, when it is collected.
+        weakref.finalize(session, own.close_quietly)
+        return RequestSession(self.state.manager, own.connection, cookie_id)
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        if not isinstance(session, FlaskSession):
+            return
+        if session.accessed:
+            response.vary.add("Cookie")
+        if session._opener is None:
+            self._save_in_publisher(app, session, response)
+            return
+        own = session._own
+        if own is None:
+            return  # never used: nothing to commit, no cookie to change
+        rs = session.request_session
+        to_send = rs.cookie_to_send()
+        max_age = session.cookie_max_age() if rs.resolved else None
+        stored = rs.resolved and rs._zodbsession_unwrap().is_stored
+        own.commit(rs, self.state.manager)
+        https = bool(has_request_context() and request.is_secure)
+        if isinstance(to_send, str):
+            response.headers.add(*_set_cookie(self.state.cookie, to_send, https, max_age))
+        elif to_send is False:
+            response.headers.add(*self.state.cookie.delete_header(https=https))
+        elif stored and max_age is not None and self.should_set_cookie(app, session):
+            response.headers.add(*_set_cookie(self.state.cookie, rs.id, https, max_age))
+
+    def _save_in_publisher(self, app: Flask, session: FlaskSession, response: Response) -> None:
+        rs = session.request_session
+        if not rs.resolved:
+            return
+        max_age = session.cookie_max_age()
+        report = request.environ.get(REPORT_KEY)
+        if report is None or max_age is None:
+            # A browser-session cookie; or not our own publisher (zodbsession
+            # serve), whose cookie policy is the server's.
+            return
+        report.max_age = max_age  # for the cookie the publisher sends, when it sends one
+        if (rs.cookie_to_send() is None and rs._zodbsession_unwrap().is_stored
+                and self.should_set_cookie(app, session)):
+            # The publisher sends the cookie only when the id changes; a
+            # permanent session's Max-Age is renewed here, as Flask does.
+            response.headers.add(*_set_cookie(self.state.cookie, rs.id, request.is_secure, max_age))
+
+
+def _set_cookie(policy: CookiePolicy, session_id: str, https: bool, max_age: int | None) -> tuple[str, str]:
+    name, value = policy.set_header(session_id, https=https)
+    return name, with_max_age(value, max_age)
+
+
+def with_max_age(cookie: str, max_age: int | None) -> str:
+    """*cookie* (a Set-Cookie value) carrying ``Max-Age=max_age``, in place of any it had."""
+    if max_age is None:
+        return cookie
+    head, *attributes = cookie.split(";")
+    kept = [a for a in attributes if not a.strip().lower().startswith("max-age=")]
+    return "; ".join([head, f"Max-Age={int(max_age)}", *(a.strip() for a in kept)])
