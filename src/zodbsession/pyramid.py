@@ -187,7 +187,11 @@ class ZodbSessions:
             import pyramid_zodbconn
 
             return pyramid_zodbconn.get_connection(request)
+        connection = request.__dict__.get("_zodbsession_connection")
+        if connection is not None:
+            return connection
         connection = self.db.open(transaction_manager=request.tm)  # type: ignore[union-attr]
+        request._zodbsession_connection = connection
 
         def close(_request: Request) -> None:
             with contextlib.suppress(NoTransaction):
@@ -383,6 +387,18 @@ class _CookieDecision:
             response.headerlist.append(policy.set_header(cookie, https=https, **extra))
         elif cookie is False:
             response.headerlist.append(policy.delete_header(https=https))
+
+
+def get_connection(request: Request) -> Connection:
+    """The ZODB connection ``request.session`` is stored through, joined to ``request.tm``.
+
+    pyramid_zodbconn's when it is configured (the same as
+    ``pyramid_zodbconn.get_connection(request)``), else the one zodbsession
+    opens on its own database for this request; the app's own persistent
+    objects changed through it commit or abort with the session. Closed when
+    the request is finished.
+    """
+    return request.registry.zodbsession.connection(request)
 
 
 def session_factory(request: Request) -> PyramidSession:

@@ -1,0 +1,96 @@
+"""Building small real Pyramid applications on zodbsession.pyramid, for the Pyramid tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import transaction
+import webtest
+from pyramid.config import Configurator
+from ZODB import DB
+
+from zodbsession.pyramid import ZodbSessions
+
+#: Settings every test app starts from: an in-memory database, no janitor thread.
+BASE_SETTINGS: dict[str, Any] = {
+    "zodbsession.uri": "memory://",
+    "zodbsession.janitor_interval": "0",
+    "zodbsession.cookie_name": "sid",
+}
+
+#: {name -> extra settings} of the ways a request's transaction manager and connection come about
+MODES: dict[str, dict[str, Any]] = {
+    "explicit-tm": {"tm.manager_hook": "pyramid_tm.explicit_manager"},
+    "thread-tm": {},
+    "zodbconn": {"tm.manager_hook": "pyramid_tm.explicit_manager", "zodbconn.uri": "memory://",
+                 "zodbsession.uri": None},
+}
+
+
+class Apps:
+    """Makes apps and closes their databases at the end of the test."""
+
+    def __init__(self) -> None:
+        self.made: list[ZodbSessions] = []
+
+    def __call__(self, setup: Callable[[Configurator], None] | None = None,
+                 settings: Mapping[str, Any] | None = None, *, mode: str = "explicit-tm",
+                 include_first: tuple[str, ...] = ()) -> webtest.TestApp:
+        merged = {**BASE_SETTINGS, **MODES[mode], **(settings or {})}
+        merged = {k: v for k, v in merged.items() if v is not None}
+        with Configurator(settings=merged) as config:
+            for name in include_first:
+                config.include(name)
+            if "zodbconn.uri" in merged:
+                config.include("pyramid_zodbconn")
+            config.include("zodbsession.pyramid")
+            if setup is not None:
+                setup(config)
+        app = config.make_wsgi_app()
+        self.made.append(app.registry.zodbsession)
+        test_app = webtest.TestApp(app)
+        test_app.registry = app.registry  # type: ignore[attr-defined]
+        return test_app
+
+    def close(self) -> None:
+        for sessions in self.made:
+            sessions.close()
+            if sessions.zodbconn and sessions.db is not None:
+                sessions.db.close()
+
+
+def route(config: Configurator, path: str, view: Callable[..., Any], **options: Any) -> None:
+    """Add *view* at *path* (renderer json unless told otherwise)."""
+    name = path.strip("/").replace("/", "_") or "home"
+    config.add_route(name, path)
+    options.setdefault("renderer", "json")
+    config.add_view(view, route_name=name, **options)
+
+
+def db_of(app: webtest.TestApp) -> DB:
+    """The database the app's sessions are in."""
+    return app.registry.zodbsession.db
+
+
+def intrude(db: DB, change: Callable[[Any], None]) -> None:
+    """Commit *change*(connection) from a second connection of its own, as another request would."""
+    tm = transaction.TransactionManager(explicit=True)
+    connection = db.open(transaction_manager=tm)
+    try:
+        with tm:
+            change(connection)
+    finally:
+        connection.close()
+
+
+def set_cookies(response: webtest.TestResponse) -> list[str]:
+    return response.headers.getall("Set-Cookie")
+
+
+def apps_fixture() -> Iterator[Apps]:
+    apps = Apps()
+    try:
+        yield apps
+    finally:
+        apps.close()
