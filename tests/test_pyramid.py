@@ -5,6 +5,7 @@ Real Pyramid applications through WebTest, on real in-memory ZODB databases.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -491,3 +492,33 @@ def test_views_returning_plain_responses_get_the_cookie(apps):
 
     app = apps(lambda config: route(config, "/", view, renderer=None))
     assert len(set_cookies(app.get("/"))) == 1
+
+
+def test_remember_me_sets_the_cookies_max_age(apps):
+    def remember(request: Request) -> dict[str, Any]:
+        request.session["x"] = 1
+        request.session.set_expiry(int(request.params["seconds"]))
+        return {"age": request.session.get_expiry_age(),
+                "browser": request.session.get_expire_at_browser_close()}
+
+    app = apps(lambda config: route(config, "/remember", remember))
+    response = app.get("/remember", {"seconds": "3600"})
+    assert response.json == {"age": 3600, "browser": False}
+    (header,) = set_cookies(response)
+    # An idle timeout of its own: the cookie outlives the whole possible session (the core's rule).
+    max_age = re.search(r"Max-Age=(\d+)", header)
+    assert max_age is not None and int(max_age.group(1)) > 3600
+    response = app.get("/remember", {"seconds": "0"})
+    assert response.json["browser"] is True
+    (header,) = set_cookies(response)
+    assert "Max-Age" not in header
+
+
+def test_a_stale_cookie_before_the_live_one_does_not_hide_it(apps):
+    app = apps(counter_app)
+    app.get("/count")
+    live = app.cookies["sid"]
+    app.cookies.clear()
+    stale = "A" * 43
+    response = app.get("/count", headers={"Cookie": f"sid={stale}; sid={live}"})
+    assert response.json == {"n": 2}

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import secrets
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -46,7 +45,7 @@ from ZODB.Connection import Connection
 from zope.interface import implementer
 
 from zodbsession.config import Settings, _build
-from zodbsession.cookies import CookiePolicy, read_cookie
+from zodbsession.cookies import CookiePolicy, session_cookie_ids
 from zodbsession.errors import ConfigError
 from zodbsession.janitor import Janitor
 from zodbsession.manager import SessionManager
@@ -54,7 +53,6 @@ from zodbsession.registry import Scope
 from zodbsession.registry import registry as scoped_registry
 from zodbsession.request_session import RequestSession
 from zodbsession.server import cookie_policy
-from zodbsession.session import is_well_formed_id
 
 #: The prefix of every setting this module reads from the Pyramid settings.
 PREFIX = "zodbsession."
@@ -81,12 +79,6 @@ INI_KEYS: dict[str, str] = {
 }
 #: The one key of this adapter's own: the pyramid_zodbconn database holding the sessions.
 DATABASE_KEY = "zodbsession.database"
-
-#: The session key of the CSRF token: Pyramid's ``SessionCSRFStoragePolicy`` default,
-#: so switching between the default policy and that one keeps a client's token.
-CSRF_KEY = "_csrft_"
-#: The session key prefix of a flash queue, as Pyramid's own sessions use.
-FLASH_PREFIX = "_f_"
 
 
 def settings_from_pyramid(settings: Mapping[str, Any]) -> Settings:
@@ -255,57 +247,27 @@ class PyramidSession(MutableMapping[str, Any]):
         self.request_session.login(user_id)
         self.new_csrf_token()
 
-    # -- flash messages -------------------------------------------------------
+    # -- flash messages and CSRF: the core session's ---------------------------
 
     def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
         """Append *msg* to the flash *queue* (unless it is there and duplicates are refused)."""
-        core = self._core("flash")
-        if core is not None:
-            core(msg, queue=queue, allow_duplicate=allow_duplicate)
-            return
-        messages = list(self.request_session.get(FLASH_PREFIX + queue, []))
-        if allow_duplicate or msg not in messages:
-            messages.append(msg)
-            self.request_session[FLASH_PREFIX + queue] = messages
+        self.request_session.flash(msg, queue, allow_duplicate)
 
     def peek_flash(self, queue: str = "") -> list[Any]:
         """The messages of the flash *queue*, left in place."""
-        core = self._core("peek_flash")
-        if core is not None:
-            return core(queue=queue)
-        return list(self.request_session.get(FLASH_PREFIX + queue, []))
+        return self.request_session.peek_flash(queue)
 
     def pop_flash(self, queue: str = "") -> list[Any]:
         """The messages of the flash *queue*, removed from the session."""
-        core = self._core("pop_flash")
-        if core is not None:
-            return core(queue=queue)
-        if FLASH_PREFIX + queue not in self.request_session:
-            return []
-        return list(self.request_session.pop(FLASH_PREFIX + queue))
-
-    # -- CSRF ------------------------------------------------------------------
+        return self.request_session.pop_flash(queue)
 
     def new_csrf_token(self) -> str:
         """A fresh CSRF token bound to this session, replacing the previous one."""
-        core = self._core("new_csrf_token")
-        if core is not None:
-            return core()
-        token = secrets.token_urlsafe(32)
-        self.request_session[CSRF_KEY] = token
-        return token
+        return self.request_session.new_csrf_token()
 
     def get_csrf_token(self) -> str:
         """This session's CSRF token, made now if it has none."""
-        core = self._core("get_csrf_token")
-        if core is not None:
-            return core()
-        token = self.request_session.get(CSRF_KEY)
-        return token if token else self.new_csrf_token()
-
-    def _core(self, name: str) -> Any:
-        """The core session's own verb, once the features work provides it (issue 12)."""
-        return getattr(self.request_session, name, None)
+        return self.request_session.get_csrf_token()
 
     # -- the mapping, delegated -----------------------------------------------
 
@@ -346,8 +308,8 @@ class _CookieDecision:
     def __init__(self, sessions: ZodbSessions, request_session: RequestSession) -> None:
         self.sessions = sessions
         self.request_session = request_session
-        # (cookie_to_send(), max_age or the policy's default) of the last commit
-        self.decided: tuple[str | bool | None, Any] = (None, None)
+        # (cookie_to_send(), cookie_max_age()) as the last commit left them
+        self.decided: tuple[str | bool | None, int | str | None] = (None, None)
 
     # ISynchronizer
     def newTransaction(self, txn: transaction.interfaces.ITransaction) -> None:  # noqa: N802
@@ -368,12 +330,10 @@ class _CookieDecision:
         if written is not None:
             # A value that cannot be stored fails here, naming its key.
             self.sessions.manager.check_storable(written)
-        max_age = getattr(session, "cookie_max_age", None)
-        decided = (session.cookie_to_send(), max_age() if max_age is not None and session.resolved
-                   else None)
+        decided = (session.cookie_to_send(), session.cookie_max_age())
         txn.addAfterCommitHook(self._after_commit, (decided,))
 
-    def _after_commit(self, committed: bool, decided: tuple[str | bool | None, Any]) -> None:
+    def _after_commit(self, committed: bool, decided: tuple[str | bool | None, int | str | None]) -> None:
         if committed:
             self.decided = decided
 
@@ -383,8 +343,7 @@ class _CookieDecision:
         https = request.scheme == "https"
         policy = self.sessions.cookie
         if isinstance(cookie, str):
-            extra = {"max_age": max_age} if max_age is not None else {}
-            response.headerlist.append(policy.set_header(cookie, https=https, **extra))
+            response.headerlist.append(policy.set_header(cookie, https=https, max_age=max_age))
         elif cookie is False:
             response.headerlist.append(policy.delete_header(https=https))
 
@@ -418,9 +377,11 @@ def session_factory(request: Request) -> PyramidSession:
                           "transaction (in a tween over pyramid_tm, or for a request tm.activate_hook "
                           "excluded): the session would never be committed")
     connection = sessions.connection(request)
-    cookie_id = read_cookie(request.headers.get("Cookie"), sessions.cookie.name)
-    request_session = RequestSession(sessions.manager, connection,
-                                     cookie_id if is_well_formed_id(cookie_id) else None)
+    # Every well-formed id of the cookie's name, first first: a stale cookie
+    # for a parent path must not hide the live one.
+    ids = session_cookie_ids(request.environ.get("HTTP_COOKIE"), sessions.cookie.name)
+    request_session = RequestSession(sessions.manager, connection, ids[0] if ids else None,
+                                     more_ids=ids[1:])
     decision = _CookieDecision(sessions, request_session)
     tm = request.tm
     tm.registerSynch(decision)  # attaches to the current transaction too
