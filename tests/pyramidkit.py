@@ -1,8 +1,13 @@
-"""Building small real Pyramid applications on zodbsession.pyramid, for the Pyramid tests."""
+"""Small real Pyramid applications on zodbsession.pyramid, and pserve processes, for the Pyramid tests."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import transaction
@@ -10,6 +15,7 @@ import webtest
 from pyramid.config import Configurator
 from ZODB import DB
 
+from serverproc import Client, _die_with_parent, free_port, port_open
 from zodbsession.pyramid import ZodbSessions
 
 #: Settings every test app starts from: an in-memory database, no janitor thread.
@@ -94,3 +100,42 @@ def apps_fixture() -> Iterator[Apps]:
         yield apps
     finally:
         apps.close()
+
+
+class Shop:
+    """``python -m pyramid.scripts.pserve development.ini`` in *directory*, on a free port.
+
+    The ini file is used as written, but for its ``listen`` port, changed to a free one.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        self.log = directory / "pserve.log"
+
+    def start(self, timeout: float = 60) -> Shop:
+        ini = self.directory / "development.ini"
+        text, changed = re.subn(r"listen = 127\.0\.0\.1:\d+", f"listen = 127.0.0.1:{self.port}",
+                                ini.read_text())
+        assert changed == 1
+        ini.write_text(text)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pyramid.scripts.pserve", "development.ini"],
+                cwd=self.directory, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + timeout
+        while not port_open(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"pserve did not start:\n{self.log.read_text()}")
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+    def client(self) -> Client:
+        return Client(f"http://127.0.0.1:{self.port}")

@@ -10,11 +10,7 @@ the same files, and what was committed is still there.
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import subprocess
-import sys
-import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,48 +18,10 @@ from typing import Any
 
 import pytest
 
-from serverproc import Client, _die_with_parent, free_port, port_open
+from pyramidkit import Shop
+from serverproc import Client
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pyramid"
-
-
-class Shop:
-    """``python -m pyramid.scripts.pserve development.ini`` in *directory*, on a free port.
-
-    The ini file is the example's, its port (6543) changed to a free one.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-        self.log = directory / "pserve.log"
-
-    def start(self, timeout: float = 60) -> Shop:
-        ini = self.directory / "development.ini"
-        text, changed = re.subn(r"listen = 127\.0\.0\.1:\d+", f"listen = 127.0.0.1:{self.port}",
-                                ini.read_text())
-        assert changed == 1
-        ini.write_text(text)
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "pyramid.scripts.pserve", "development.ini"],
-                cwd=self.directory, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + timeout
-        while not port_open(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"pserve did not start:\n{self.log.read_text()}")
-            time.sleep(0.1)
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-
-    def client(self) -> Client:
-        return Client(f"http://127.0.0.1:{self.port}")
 
 
 @pytest.fixture
