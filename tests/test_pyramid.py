@@ -522,3 +522,34 @@ def test_a_stale_cookie_before_the_live_one_does_not_hide_it(apps):
     stale = "A" * 43
     response = app.get("/count", headers={"Cookie": f"sid={stale}; sid={live}"})
     assert response.json == {"n": 2}
+
+
+def test_the_scopes_hooks_run_on_pyramid_tms_transaction_and_the_cookie_follows_them(apps):
+    from zodbsession import registry
+
+    events: list[str] = []
+
+    def view(request: Request) -> dict[str, Any]:
+        request.session.get("x")  # the scope exists once the session has been used
+        scope = registry()
+        scope.before_commit(request.session.login, "late")  # after the view: the cookie must follow
+        scope.after_commit(events.append, "committed")
+        scope.after_abort(events.append, "aborted")
+        if "fail" in request.params:
+            raise RuntimeError("fail")
+        return {}
+
+    def whoami(request: Request) -> dict[str, Any]:
+        return {"user": request.session.user_id}
+
+    def setup(config: Any) -> None:
+        route(config, "/", view)
+        route(config, "/whoami", whoami)
+
+    app = apps(setup)
+    with pytest.raises(RuntimeError):
+        app.get("/", {"fail": "1"})
+    assert events == ["aborted"] and app.cookies == {}
+    assert len(set_cookies(app.get("/"))) == 1
+    assert events == ["aborted", "committed"]
+    assert app.get("/whoami").json == {"user": "late"}

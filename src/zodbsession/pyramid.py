@@ -322,6 +322,13 @@ class _CookieDecision:
         pass
 
     def _before_commit(self, txn: Any) -> None:
+        hooks = list(txn.getBeforeCommitHooks())
+        if hooks and hooks[-1][0] != self._before_commit:
+            # Others were registered after this one (the app's, through the
+            # scope's before_commit): they may still change the session, so
+            # settle and decide after them, last.
+            txn.addBeforeCommitHook(self._before_commit, (txn,))
+            return
         session = self.request_session
         settle = getattr(session, "settle", None)
         if settle is not None:
@@ -386,7 +393,8 @@ def session_factory(request: Request) -> PyramidSession:
     tm = request.tm
     tm.registerSynch(decision)  # attaches to the current transaction too
     request.add_response_callback(decision.set_cookie)
-    scoped_registry.set(Scope(connection, request_session, request.environ))
+    # outer: the scope's hooks go to pyramid_tm's transaction, which pyramid_tm ends.
+    scoped_registry.set(Scope(connection, request_session, request.environ, outer=True))
 
     def finished(_request: Request) -> None:
         scoped_registry.clear()
