@@ -177,3 +177,36 @@ def test_sql_rows_committed_count_is_visible_outside(sql):
     with sql() as session:
         assert session.scalar(select(func.count()).select_from(Row)) == 1
     assert rows(sql) == [("x", 0)]
+
+
+@pytest.mark.parametrize("mode", list(MODES), ids=list(MODES))
+def test_an_exception_view_using_the_session_after_a_failed_commit_lets_the_retry_happen(apps, mode):
+    """The conflict surfaces in pyramid_tm's commit, after the transaction; the error page reads it."""
+    attempts: list[int] = []
+
+    def setup(config: Any) -> None:
+        def seed(request: Request) -> dict[str, Any]:
+            get_connection(request).root()["counter"] = PersistentMapping(n=0)
+            return {}
+
+        def bump(request: Request) -> dict[str, Any]:
+            attempts.append(request.environ["retry.attempt"])
+            counter = get_connection(request).root()["counter"]
+            counter["n"]  # loaded before the intruder commits
+            if len(attempts) == 1:
+                intrude(db_of_request(request), lambda other: other.root()["counter"].update(n=100))
+            counter["n"] += 1
+            return {"attempt": attempts[-1]}
+
+        def failed(exc: Exception, request: Request) -> dict[str, Any]:
+            request.response.status_int = 500
+            return {"error": type(exc).__name__, "user": request.session.user_id}
+
+        route(config, "/seed", seed)
+        route(config, "/bump", bump)
+        config.add_exception_view(failed, renderer="json")
+
+    app = apps(setup, {"retry.attempts": "2"}, mode=mode)
+    app.get("/seed")
+    assert app.get("/bump").json == {"attempt": 1}
+    assert attempts == [0, 1]

@@ -379,7 +379,10 @@ def session_factory(request: Request) -> PyramidSession:
                           "SessionPublisher (zodbsession serve --app, or a wrapper), which would "
                           "manage a second transaction; with zodbsession.pyramid, pyramid_tm manages "
                           "it: serve the Pyramid app itself (pserve, waitress-serve, gunicorn)")
-    if not request.environ.get("tm.active"):
+    # An exception view rendering pyramid_tm's failed commit (a conflict on
+    # its way to pyramid_retry) runs after the transaction: it may read the
+    # session, and what it writes is never committed.
+    if not request.environ.get("tm.active") and getattr(request, "exception", None) is None:
         raise ConfigError("zodbsession.pyramid", "request.session was used outside pyramid_tm's "
                           "transaction (in a tween over pyramid_tm, or for a request tm.activate_hook "
                           "excluded): the session would never be committed")
