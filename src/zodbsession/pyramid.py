@@ -30,7 +30,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-from collections.abc import Iterator, Mapping, MutableMapping
+import logging
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import transaction
@@ -46,13 +47,16 @@ from zope.interface import implementer
 
 from zodbsession.config import Settings, _build
 from zodbsession.cookies import CookiePolicy, session_cookie_ids
-from zodbsession.errors import ConfigError
+from zodbsession.errors import ConfigError, SessionBusy
 from zodbsession.janitor import Janitor
+from zodbsession.locks import KeyedLocks
 from zodbsession.manager import SessionManager
 from zodbsession.registry import Scope
 from zodbsession.registry import registry as scoped_registry
 from zodbsession.request_session import RequestSession
 from zodbsession.server import cookie_policy
+
+log = logging.getLogger(__name__)
 
 #: The prefix of every setting this module reads from the Pyramid settings.
 PREFIX = "zodbsession."
@@ -74,6 +78,7 @@ INI_KEYS: dict[str, str] = {
     "zodbsession.httponly": "cookie.httponly",
     "zodbsession.samesite": "cookie.samesite",
     "zodbsession.persistent": "cookie.persistent",
+    "zodbsession.serialize_same_session": "publisher.serialize_same_session",
     "zodbsession.janitor_interval": "janitor.interval",
     "zodbsession.janitor_batch_size": "janitor.batch_size",
 }
@@ -131,6 +136,8 @@ class ZodbSessions:
         self.manager: SessionManager = manager
         self.cookie: CookiePolicy = cookie_policy(settings)
         self.own_uri = own_uri
+        # One lock per session id, so that one session's requests run one at a time here.
+        self.session_locks = KeyedLocks() if settings.publisher.serialize_same_session else None
         self.db: DB | None = None
         self.zodbconn = False
         self.janitor: Janitor | None = None
@@ -408,6 +415,38 @@ def session_factory(request: Request) -> PyramidSession:
     return PyramidSession(request_session)
 
 
+def serialize_tween_factory(handler: Callable[[Request], Response], registry: Any
+                            ) -> Callable[[Request], Response]:
+    """A tween over pyramid_tm: one session's requests, one at a time in this process.
+
+    Parallel requests on one session (a page firing several calls) would
+    otherwise conflict with each other and be retried, or fail after the last
+    retry. Each attempt holds the lock of the id its cookie names, from
+    before pyramid_tm begins to after it commits; the queue behind one
+    session is bounded: a request past it is answered 429, one that waited
+    too long 503, both with ``Retry-After``.
+    """
+    sessions: ZodbSessions = registry.zodbsession
+    locks = sessions.session_locks
+    if locks is None:
+        return handler
+
+    def serialize(request: Request) -> Response:
+        ids = session_cookie_ids(request.environ.get("HTTP_COOKIE"), sessions.cookie.name)
+        if not ids:
+            return handler(request)
+        try:
+            with locks.hold(ids[0]):
+                return handler(request)
+        except SessionBusy as exc:
+            log.warning("%s %s: refused: %s", request.method, request.path_info, exc)
+            return Response("this session is busy, please retry", content_type="text/plain",
+                            status=503 if exc.timed_out else 429,
+                            headers={"Retry-After": str(exc.retry_after)})
+
+    return serialize
+
+
 def includeme(config: Configurator) -> None:
     """Set up zodbsession as the session factory, on pyramid_tm and pyramid_retry.
 
@@ -425,5 +464,6 @@ def includeme(config: Configurator) -> None:
     config.include("pyramid_tm")
     config.include("pyramid_retry")
     config.set_session_factory(session_factory)
+    config.add_tween("zodbsession.pyramid.serialize_tween_factory", over="pyramid_tm.tm_tween_factory")
     config.action("zodbsession.pyramid", sessions.open, args=(config.registry,), order=100)
     config.add_subscriber(lambda _event: sessions.start_janitor(), ApplicationCreated)
