@@ -68,7 +68,8 @@ def test_one_sessions_requests_run_one_at_a_time(apps):
     release.set()
     first.join(WAIT)
     second.join(WAIT)
-    assert events == ["first enters (attempt 0)", "first leaves", "second enters (attempt 0)", "second leaves"]
+    assert events == ["first enters (attempt 0)", "first leaves",
+                      "second enters (attempt 0)", "second leaves"]
     assert results == {"first": {"n": 1}, "second": {"n": 2}}
 
 
