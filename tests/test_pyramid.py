@@ -553,3 +553,14 @@ def test_the_scopes_hooks_run_on_pyramid_tms_transaction_and_the_cookie_follows_
     assert len(set_cookies(app.get("/"))) == 1
     assert events == ["aborted", "committed"]
     assert app.get("/whoami").json == {"user": "late"}
+
+
+def test_a_response_that_used_the_session_varies_by_cookie(apps):
+    def setup(config: Any) -> None:
+        counter_app(config)
+        route(config, "/plain", lambda request: {"hello": "world"})
+
+    app = apps(setup)
+    assert app.get("/peek").headers.get("Vary") == "Cookie"
+    assert app.get("/count").headers.get("Vary") == "Cookie"
+    assert "Vary" not in app.get("/plain").headers

@@ -352,7 +352,13 @@ class _CookieDecision:
             self.decided = decided
 
     def set_cookie(self, request: Request, response: Response) -> None:
-        """The response callback: add the ``Set-Cookie`` the committed session asks for."""
+        """The response callback: add the ``Set-Cookie`` the committed session asks for.
+
+        A response that used the session also gets ``Vary: Cookie``: it is
+        one user's, and a shared cache must not hand it to another.
+        """
+        if self.request_session.resolved and "cookie" not in {v.lower() for v in response.vary or ()}:
+            response.vary = (*(response.vary or ()), "Cookie")
         cookie, max_age = self.decided
         https = request.scheme == "https"
         policy = self.sessions.cookie
