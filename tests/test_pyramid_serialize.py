@@ -90,3 +90,30 @@ def test_without_serializing_the_overlap_conflicts_and_is_retried(apps):
     assert events[:3] == ["first enters (attempt 0)", "second enters (attempt 0)", "second leaves"]
     assert "first enters (attempt 1)" in events  # the first's commit conflicted: retried
     assert results == {"second": {"n": 1}, "first": {"n": 2}}
+
+
+@pytest.mark.parametrize(("bounds", "status"), [({"max_waiting": 0}, 429), ({"wait_timeout": 0.05}, 503)],
+                         ids=["queue-full", "waited-too-long"])
+def test_a_request_past_the_sessions_queue_is_refused_with_retry_after(apps, bounds, status):
+    from zodbsession.locks import KeyedLocks
+
+    events: list[str] = []
+    release, entered = threading.Event(), threading.Event()
+    app = apps(overlap_app(events, release, entered))
+    app.registry.zodbsession.session_locks = KeyedLocks(**bounds)
+    app.get("/seed")
+    cookie = app.cookies["sid"]
+    results: dict[str, Any] = {}
+    first = threading.Thread(target=run, args=(app, cookie, "first", results))
+    first.start()
+    try:
+        assert entered.wait(WAIT)
+        client = webtest.TestApp(app.app)
+        client.set_cookie("sid", cookie)
+        refused = client.get("/slow", {"name": "second"}, expect_errors=True)
+    finally:
+        release.set()
+        first.join(WAIT)
+    assert refused.status_int == status and int(refused.headers["Retry-After"]) >= 1
+    assert results == {"first": {"n": 1}}
+    assert "second enters (attempt 0)" not in events

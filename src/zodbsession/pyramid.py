@@ -47,7 +47,7 @@ from zope.interface import implementer
 
 from zodbsession.config import Settings, _build
 from zodbsession.cookies import CookiePolicy, session_cookie_ids
-from zodbsession.errors import ConfigError, SessionBusy
+from zodbsession.errors import ConfigError, SessionBusy, SessionWaitTimeout
 from zodbsession.janitor import Janitor
 from zodbsession.locks import KeyedLocks
 from zodbsession.manager import SessionManager
@@ -433,13 +433,13 @@ def serialize_tween_factory(handler: Callable[[Request], Response], registry: An
     too long 503, both with ``Retry-After``.
     """
     sessions: ZodbSessions = registry.zodbsession
-    locks = sessions.session_locks
-    if locks is None:
+    if sessions.session_locks is None:
         return handler
 
     def serialize(request: Request) -> Response:
         ids = session_cookie_ids(request.environ.get("HTTP_COOKIE"), sessions.cookie.name)
-        if not ids:
+        locks = sessions.session_locks
+        if not ids or locks is None:
             return handler(request)
         try:
             with locks.hold(ids[0]):
@@ -447,7 +447,7 @@ def serialize_tween_factory(handler: Callable[[Request], Response], registry: An
         except SessionBusy as exc:
             log.warning("%s %s: refused: %s", request.method, request.path_info, exc)
             return Response("this session is busy, please retry", content_type="text/plain",
-                            status=503 if exc.timed_out else 429,
+                            status=503 if isinstance(exc, SessionWaitTimeout) else 429,
                             headers={"Retry-After": str(exc.retry_after)})
 
     return serialize
