@@ -564,3 +564,59 @@ def test_a_response_that_used_the_session_varies_by_cookie(apps):
     assert app.get("/peek").headers.get("Vary") == "Cookie"
     assert app.get("/count").headers.get("Vary") == "Cookie"
     assert "Vary" not in app.get("/plain").headers
+
+
+class SessionSecurityPolicy:
+    """A Pyramid 2 security policy keeping the user id in the session, as Pyramid's docs show."""
+
+    def __init__(self) -> None:
+        from pyramid.authentication import SessionAuthenticationHelper
+
+        self.helper = SessionAuthenticationHelper()
+
+    def identity(self, request: Request) -> Any:
+        return self.helper.authenticated_userid(request)
+
+    def authenticated_userid(self, request: Request) -> Any:
+        return self.helper.authenticated_userid(request)
+
+    def permits(self, request: Request, context: Any, permission: str) -> bool:
+        return self.identity(request) is not None
+
+    def remember(self, request: Request, userid: str, **kw: Any) -> list:
+        return self.helper.remember(request, userid, **kw)
+
+    def forget(self, request: Request, **kw: Any) -> list:
+        return self.helper.forget(request, **kw)
+
+
+def test_pyramids_session_authentication_works_with_a_rotated_login(apps):
+    from pyramid.security import forget, remember
+
+    def login(request: Request) -> dict[str, Any]:
+        request.session.login(request.params["user"])  # a new id: no session fixation
+        remember(request, request.params["user"])
+        return {}
+
+    def me(request: Request) -> dict[str, Any]:
+        return {"userid": request.authenticated_userid, "user_id": request.session.user_id}
+
+    def logout(request: Request) -> dict[str, Any]:
+        forget(request)
+        request.session.invalidate()
+        return {}
+
+    def setup(config: Any) -> None:
+        config.set_security_policy(SessionSecurityPolicy())
+        route(config, "/login", login)
+        route(config, "/me", me)
+        route(config, "/secret", lambda request: {"secret": 42}, permission="view")
+        route(config, "/logout", logout)
+
+    app = apps(setup)  # pyramid_tm asks for authenticated_userid before the view: inside its transaction
+    assert app.get("/secret", expect_errors=True).status_int == 403
+    app.get("/login", {"user": "alice"})
+    assert app.get("/me").json == {"userid": "alice", "user_id": "alice"}
+    assert app.get("/secret").json == {"secret": 42}
+    app.get("/logout")
+    assert app.get("/me").json == {"userid": None, "user_id": None}
