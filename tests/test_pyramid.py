@@ -620,3 +620,28 @@ def test_pyramids_session_authentication_works_with_a_rotated_login(apps):
     assert app.get("/secret").json == {"secret": 42}
     app.get("/logout")
     assert app.get("/me").json == {"userid": None, "user_id": None}
+
+
+@pytest.mark.parametrize("mode", list(MODES), ids=list(MODES))
+def test_forget_changes_starts_over_in_a_new_transaction_that_pyramid_tm_commits(apps, mode):
+    def redo(request: Request) -> dict[str, Any]:
+        root = get_connection(request).root()
+        root["app"] = "forgotten"
+        request.session["first"] = True
+        request.session.forget_changes()  # aborts both; the request goes on in a new transaction
+        root = get_connection(request).root()
+        root["later"] = "kept"
+        request.session["second"] = True
+        return {}
+
+    def show(request: Request) -> dict[str, Any]:
+        root = get_connection(request).root()
+        return {"session": sorted(request.session), "app": root.get("app"), "later": root.get("later")}
+
+    def setup(config: Any) -> None:
+        route(config, "/redo", redo)
+        route(config, "/show", show)
+
+    app = apps(setup, mode=mode)
+    assert len(set_cookies(app.get("/redo"))) == 1  # decided by the second transaction's commit
+    assert app.get("/show").json == {"session": ["second"], "app": None, "later": "kept"}

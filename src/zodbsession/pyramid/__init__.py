@@ -107,8 +107,8 @@ def session_factory(request: Request) -> PyramidSession:
     ids = session_cookie_ids(request.environ.get("HTTP_COOKIE"), sessions.cookie.name)
     request_session = RequestSession(sessions.manager, connection, ids[0] if ids else None,
                                      more_ids=ids[1:])
-    decision = CookieDecision(sessions, request_session)
     tm = request.tm
+    decision = CookieDecision(sessions, request_session, tm)
     tm.registerSynch(decision)  # attaches to the current transaction too
     request.add_response_callback(decision.set_cookie)
     # outer: the scope's hooks go to pyramid_tm's transaction, which pyramid_tm ends.
@@ -120,7 +120,7 @@ def session_factory(request: Request) -> PyramidSession:
             tm.unregisterSynch(decision)
 
     request.add_finished_callback(finished)
-    return PyramidSession(request_session)
+    return PyramidSession(request_session, decision)
 
 
 def serialize_tween_factory(handler: Callable[[Request], Response], registry: Any

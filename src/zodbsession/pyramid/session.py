@@ -35,8 +35,9 @@ class PyramidSession(MutableMapping[str, Any]):
     Threading: belongs to the one request it was made for.
     """
 
-    def __init__(self, request_session: RequestSession) -> None:
+    def __init__(self, request_session: RequestSession, decision: CookieDecision | None = None) -> None:
         self.request_session = request_session
+        self._decision = decision
 
     __eq__ = object.__eq__
     __ne__ = object.__ne__
@@ -65,6 +66,15 @@ class PyramidSession(MutableMapping[str, Any]):
     def changed(self) -> None:
         """Mark the session changed, after mutating a nested value in place."""
         self.request_session.save_changes()
+
+    def forget_changes(self) -> None:
+        """Abort the request's transaction (the session's changes and all others) and go on in a new one.
+
+        pyramid_tm commits the new transaction at the end of the request.
+        """
+        self.request_session.forget_changes()
+        if self._decision is not None:
+            self._decision.follow_next_transaction()
 
     def login(self, user_id: str) -> None:
         """Bind the session to *user_id*: a new session id and a new CSRF token.
@@ -133,15 +143,26 @@ class CookieDecision:
     Threading: belongs to one request.
     """
 
-    def __init__(self, sessions: ZodbSessions, request_session: RequestSession) -> None:
+    def __init__(self, sessions: ZodbSessions, request_session: RequestSession,
+                 tm: transaction.interfaces.ITransactionManager) -> None:
         self.sessions = sessions
         self.request_session = request_session
+        self.tm = tm
         # (cookie_to_send(), cookie_max_age()) as the last commit left them
         self.decided: tuple[str | bool | None, int | str | None] = (None, None)
 
     # ISynchronizer
     def newTransaction(self, txn: transaction.interfaces.ITransaction) -> None:  # noqa: N802
         txn.addBeforeCommitHook(self._before_commit, (txn,))
+
+    def follow_next_transaction(self) -> None:
+        """After an abort in mid-request: watch the transaction the request goes on in.
+
+        An explicit manager's ``begin`` announces it (``newTransaction``); an
+        implicit one makes it on first use, unannounced, so it is made now.
+        """
+        if not self.tm.explicit:
+            self.newTransaction(self.tm.get())
 
     def beforeCompletion(self, txn: Any) -> None:  # noqa: N802
         pass
