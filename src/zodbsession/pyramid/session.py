@@ -30,7 +30,9 @@ class PyramidSession(MutableMapping[str, Any]):
     ``user_id``, the expiry verbs...) is reachable as an attribute too, and
     the underlying view is ``request_session``. Values need not be JSON: they
     are pickled by ZODB, so persistent objects and plain Python values alike
-    can be stored (but mutate nested values in place only with ``changed()``).
+    can be stored. A nested value changed in place is found and saved at the
+    commit (the manager's ``unsaved_changes`` policy); ``changed()`` says so
+    explicitly, as Pyramid asks.
 
     Threading: belongs to the one request it was made for.
     """
@@ -45,14 +47,18 @@ class PyramidSession(MutableMapping[str, Any]):
 
     def __getattr__(self, name: str) -> Any:
         # Only called for names not found here: zodbsession's own verbs.
-        return getattr(self.__dict__["request_session"], name)
+        try:
+            request_session = self.__dict__["request_session"]
+        except KeyError:  # not yet initialised (copy, pickle): no forwarding
+            raise AttributeError(name) from None
+        return getattr(request_session, name)
 
     # -- ISession's attributes and special methods ----------------------------
 
     @property
     def created(self) -> float:
         """When the session was started (epoch seconds)."""
-        return self.request_session._zodbsession_unwrap().created
+        return self.request_session.created
 
     @property
     def new(self) -> bool:
