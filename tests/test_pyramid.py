@@ -646,3 +646,17 @@ def test_forget_changes_starts_over_in_a_new_transaction_that_pyramid_tm_commits
     app = apps(setup, mode=mode)
     assert len(set_cookies(app.get("/redo"))) == 1  # decided by the second transaction's commit
     assert app.get("/show").json == {"session": ["second"], "app": None, "later": "kept"}
+
+
+def test_a_session_first_used_after_the_transaction_is_refused(apps):
+    from pyramid.events import NewResponse
+
+    def setup(config: Any) -> None:
+        def late(event: Any) -> None:
+            event.response.headers["X-Count"] = str(event.request.session.get("n"))
+
+        config.add_subscriber(late, NewResponse)
+        route(config, "/", lambda request: {})
+
+    with pytest.raises(ConfigError, match="after it ended"):
+        apps(setup).get("/")

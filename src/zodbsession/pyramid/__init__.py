@@ -99,8 +99,10 @@ def session_factory(request: Request) -> PyramidSession:
     # session, and what it writes is never committed.
     if not request.environ.get("tm.active") and getattr(request, "exception", None) is None:
         raise ConfigError("zodbsession.pyramid", "request.session was used outside pyramid_tm's "
-                          "transaction (in a tween over pyramid_tm, or for a request tm.activate_hook "
-                          "excluded): the session would never be committed")
+                          "transaction: before it began (a NewRequest subscriber, a tween over "
+                          "pyramid_tm), after it ended (a NewResponse subscriber, a response "
+                          "callback), or in a request tm.activate_hook excluded; there the session "
+                          "would never be committed")
     connection = sessions.connection(request)
     # Every well-formed id of the cookie's name, first first: a stale cookie
     # for a parent path must not hide the live one.
