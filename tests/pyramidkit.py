@@ -31,6 +31,10 @@ MODES: dict[str, dict[str, Any]] = {
     "thread-tm": {},
     "zodbconn": {"tm.manager_hook": "pyramid_tm.explicit_manager", "zodbconn.uri": "memory://",
                  "zodbsession.uri": None},
+    # the sessions in a database of their own, beside the app's: a two-database commit
+    "zodbconn-named": {"tm.manager_hook": "pyramid_tm.explicit_manager", "zodbconn.uri": "memory://",
+                       "zodbconn.uri.sessions": "memory://", "zodbsession.database": "sessions",
+                       "zodbsession.uri": None},
 }
 
 
@@ -63,7 +67,8 @@ class Apps:
         for sessions in self.made:
             sessions.close()
             if sessions.zodbconn and sessions.db is not None:
-                sessions.db.close()
+                for db in set(sessions.db.databases.values()):
+                    db.close()
 
 
 def route(config: Configurator, path: str, view: Callable[..., Any], **options: Any) -> None:
