@@ -660,3 +660,25 @@ def test_a_session_first_used_after_the_transaction_is_refused(apps):
 
     with pytest.raises(ConfigError, match="after it ended"):
         apps(setup).get("/")
+
+
+@pytest.mark.parametrize(("veto", "kept"), [(None, False), ("pyramid_tm.default_commit_veto", True)],
+                         ids=["no-veto", "default-veto"])
+def test_a_raised_redirect_keeps_the_flash_only_with_a_commit_veto(apps, veto, kept):
+    """pyramid_tm aborts when an exception view answered, unless a commit veto decides by status."""
+    from pyramid.httpexceptions import HTTPSeeOther
+
+    def save(request: Request) -> None:
+        request.session.flash("saved")
+        raise HTTPSeeOther("/read")
+
+    def read(request: Request) -> dict[str, Any]:
+        return {"flash": request.session.pop_flash()}
+
+    def setup(config: Any) -> None:
+        route(config, "/save", save)
+        route(config, "/read", read)
+
+    app = apps(setup, {"tm.commit_veto": veto} if veto else {})
+    assert app.get("/save").status_int == 303
+    assert app.get("/read").json == {"flash": ["saved"] if kept else []}
