@@ -9,6 +9,7 @@ server restart is in ``tests/test_unsaved_restart.py``.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -20,6 +21,7 @@ from ZODB.FileStorage import FileStorage
 from zodbsession.errors import ConfigError, UnsavedSessionChanges, UnstorableSessionValue
 from zodbsession.manager import SessionManager
 from zodbsession.request_session import RequestSession
+from zodbsession.testing import make_client
 from zodbsession.unsaved import changed_keys, fingerprint
 
 
@@ -241,3 +243,74 @@ def test_changed_keys_names_added_and_removed_keys():
 
 def test_fingerprint_of_unpicklable_data_is_none():
     assert fingerprint({"f": lambda: None}) is None
+
+
+# -- through the publisher, which calls settle() before it commits ------------------------
+
+
+def _cart_app(environ, start_response):
+    session = environ["zodbsession.session"]
+    if environ["PATH_INFO"] == "/start":
+        session["cart"] = []
+    else:
+        session["cart"].append("x")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(len(session["cart"])).encode()]
+
+
+def test_error_policy_fails_the_request_and_keeps_the_stored_session(clock, memory_db):
+    manager = SessionManager(clock=clock, unsaved_changes="error")
+    client = make_client(_cart_app, memory_db, manager=manager)
+    client.post("/start")
+    assert client.post("/add").status == 500
+    assert client.session == {"cart": []}
+
+
+def test_save_policy_through_the_publisher_survives_a_fresh_cache(manager, file_db):
+    database, reopen = file_db
+    client = make_client(_cart_app, database, manager=manager)
+    client.post("/start")
+    assert client.post("/add").text == "1"
+    assert _read_after_restart(manager, reopen, client.session_id, "cart") == ["x"]
+
+
+def _failing_cart_app(environ, start_response):
+    session = environ["zodbsession.session"]
+    path = environ["PATH_INFO"]
+    if path == "/start":
+        session["cart"] = []
+    elif path == "/add-then-fail":
+        session["cart"].append("ghost")
+        raise RuntimeError("boom")
+    elif path == "/touch":
+        session["other"] = 1  # a marked write: it must not carry the ghost along
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps(session.get("cart")).encode()]
+
+
+def test_an_aborted_request_forgets_its_in_place_change_too(manager, file_db):
+    """Without this the change stays in the cache: read by the next request, stored by its write."""
+    database, reopen = file_db
+    client = make_client(_failing_cart_app, database, manager=manager)
+    client.post("/start")
+    assert client.post("/add-then-fail").status == 500
+    assert client.get("/").json() == []
+    client.post("/touch")
+    assert _read_after_restart(manager, reopen, client.session_id, "cart") == []
+
+
+def test_a_read_request_keeps_the_session_in_the_cache(manager, tmp_path, load_counter):
+    """The abort of a read's empty transaction drops nothing: the next request loads no record."""
+    storage = FileStorage(str(tmp_path / "Data.fs"))
+    counter = load_counter(storage)
+    database = DB(storage)
+    try:
+        client = make_client(_failing_cart_app, database, manager=manager)
+        client.post("/start")
+        client.get("/")
+        counter.reset()
+        counter.active = True
+        client.get("/")
+        assert counter.by_class["Session"] == 0
+    finally:
+        database.close()

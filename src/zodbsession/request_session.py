@@ -53,6 +53,7 @@ class RequestSession(MutableMapping[str, Any]):
         self._invalidated = False
         self._expiry_changed = False
         self._loaded: Fingerprint | None = None  # the found session's data as it was loaded
+        self._clean = False  # settle() found the data as loaded
 
     # An entity, compared by identity (MutableMapping would compare contents).
     __eq__ = object.__eq__
@@ -76,8 +77,30 @@ class RequestSession(MutableMapping[str, Any]):
             # Only a found session can hold a change that nothing marked: a
             # new one is stored by its first write, which marks it.
             self._loaded = fingerprint(session._data) if session is not None else None
+            self._clean = False
+            if self._loaded is not None:
+                self._on_abort_drop_unsaved()
             self._session = session if session is not None else self._manager.new(self._connection)
         return self._session
+
+    def _on_abort_drop_unsaved(self) -> None:
+        """Make the transaction's abort forget the in-place changes, as it forgets the marked ones."""
+        try:
+            txn = self._connection.transaction_manager.get()
+        except NoTransaction:
+            return
+        txn.addAfterAbortHook(self._drop_unsaved)
+
+    def _drop_unsaved(self, *_: Any) -> None:
+        # An abort reverts only the objects that joined the transaction: a
+        # change made in place would stay in the cache, be read by the next
+        # request and stored by its next write. Dropping the session's state
+        # makes the next use load what is stored (only when it did change).
+        session, loaded = self._session, self._loaded
+        if session is None or loaded is None or self._clean or session._p_jar is None:
+            return
+        if session._p_changed is False and changed_keys(loaded, session._data):
+            session._p_invalidate()
 
     @property
     def resolved(self) -> bool:
@@ -136,6 +159,14 @@ class RequestSession(MutableMapping[str, Any]):
     def save_changes(self) -> None:
         """Mark the session changed (after mutating a nested value in place)."""
         self._manager.save_changes(self._zodbsession_unwrap())
+
+    #: Pyramid's name for ``save_changes``.
+    changed = save_changes
+
+    @property
+    def new(self) -> bool:
+        """Pyramid's name for ``is_new``."""
+        return self.is_new
 
     def forget_changes(self) -> None:
         """Abort the request's transaction: this session's changes and all others.
@@ -220,6 +251,10 @@ class RequestSession(MutableMapping[str, Any]):
         ``unsaved_changes`` policy marks it changed (``"save"``, ``"warn"``
         with a WARNING) or raises ``UnsavedSessionChanges`` (``"error"``).
         Returns the keys found changed in place (empty: nothing to do).
+
+        Whatever ends the transaction in an abort (an exception, a 5xx, a
+        conflict retried, ``"error"``) also drops such changes from memory:
+        the next request loads the session as it is stored.
         """
         session, loaded = self._session, self._loaded
         if session is None or loaded is None or session._p_jar is None:
@@ -229,6 +264,7 @@ class RequestSession(MutableMapping[str, Any]):
             return []
         keys = changed_keys(loaded, session._data)
         if not keys:
+            self._clean = True
             return []
         policy = self._manager.unsaved_changes
         if policy == "error":
