@@ -72,8 +72,9 @@ def test_the_quick_start_runs_as_written(quickstart):
     assert (quickstart / "Data.fs").exists()
 
 
-def test_the_testing_snippet_runs_as_written(quickstart):
-    (snippet,) = [t for lang, title, t in blocks() if lang == "python" and "TestApp" in t and not title]
+@pytest.mark.parametrize("marker", ["TestApp", "make_client"], ids=["webtest", "make_client"])
+def test_the_testing_snippets_run_as_written(quickstart, marker):
+    (snippet,) = [t for lang, title, t in blocks() if lang == "python" and marker in t and not title]
     result = subprocess.run([sys.executable, "-c", snippet], cwd=quickstart, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyramid.config import Configurator
 from pyramid.events import ApplicationCreated
@@ -54,6 +54,11 @@ from zodbsession.registry import Scope
 from zodbsession.registry import registry as scoped_registry
 from zodbsession.request_session import RequestSession
 
+if TYPE_CHECKING:
+    from pyramid.router import Router
+
+    from zodbsession.testing.clients import WSGIClient
+
 __all__ = [
     "DATABASE_KEY",
     "INI_KEYS",
@@ -62,6 +67,7 @@ __all__ = [
     "ZodbSessions",
     "get_connection",
     "includeme",
+    "make_client",
     "serialize_tween_factory",
     "session_factory",
     "settings_from_pyramid",
@@ -80,6 +86,19 @@ def get_connection(request: Request) -> Connection:
     the request is finished.
     """
     return request.registry.zodbsession.connection(request)
+
+
+def make_client(app: Router) -> WSGIClient:
+    """A ``zodbsession.testing`` client (one browser, in process) for a Pyramid app using this include.
+
+    Its requests go to *app* itself, and its ``session``, ``session_transaction()``,
+    ``login()`` and ``logout()`` reach the session its cookie names, in the
+    app's database: set a test's session up without a request for it.
+    """
+    from zodbsession.testing.clients import WSGIClient
+
+    sessions: ZodbSessions = app.registry.zodbsession
+    return WSGIClient(app, sessions.db, sessions.manager, sessions.cookie)
 
 
 def session_factory(request: Request) -> PyramidSession:
