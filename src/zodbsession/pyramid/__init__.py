@@ -38,10 +38,12 @@ from pyramid.config import Configurator
 from pyramid.events import ApplicationCreated
 from pyramid.request import Request
 from pyramid.response import Response
+from pyramid_retry import IBeforeRetry
 from ZODB.Connection import Connection
 
 from zodbsession.cookies import session_cookie_ids
 from zodbsession.errors import ConfigError, SessionBusy, SessionWaitTimeout
+from zodbsession.pyramid.report import report_retry
 from zodbsession.pyramid.session import CookieDecision, PyramidSession
 from zodbsession.pyramid.settings import (
     DATABASE_KEY,
@@ -169,8 +171,10 @@ def serialize_tween_factory(handler: Callable[[Request], Response], registry: An
                 return handler(request)
         except SessionBusy as exc:
             log.warning("%s %s: refused: %s", request.method, request.path_info, exc)
+            timed_out = isinstance(exc, SessionWaitTimeout)
+            request.environ["zodbsession.refused"] = "session_wait_timeout" if timed_out else "session_busy"
             return Response("this session is busy, please retry", content_type="text/plain",
-                            status=503 if isinstance(exc, SessionWaitTimeout) else 429,
+                            status=503 if timed_out else 429,
                             headers={"Retry-After": str(exc.retry_after)})
 
     return serialize
@@ -194,5 +198,8 @@ def includeme(config: Configurator) -> None:
     config.include("pyramid_retry")
     config.set_session_factory(session_factory)
     config.add_tween("zodbsession.pyramid.serialize_tween_factory", over="pyramid_tm.tm_tween_factory")
+    config.add_tween("zodbsession.pyramid.report.report_tween_factory",
+                     over="zodbsession.pyramid.serialize_tween_factory")
+    config.add_subscriber(report_retry, IBeforeRetry)
     config.action("zodbsession.pyramid", sessions.open, args=(config.registry,), order=100)
     config.add_subscriber(lambda _event: sessions.start_janitor(), ApplicationCreated)
