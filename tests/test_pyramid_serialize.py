@@ -92,16 +92,24 @@ def test_without_serializing_the_overlap_conflicts_and_is_retried(apps):
     assert results == {"second": {"n": 1}, "first": {"n": 2}}
 
 
-@pytest.mark.parametrize(("bounds", "status"), [({"max_waiting": 0}, 429), ({"wait_timeout": 0.05}, 503)],
-                         ids=["queue-full", "waited-too-long"])
-def test_a_request_past_the_sessions_queue_is_refused_with_retry_after(apps, bounds, status):
+@pytest.mark.parametrize(("bounds", "status", "outcome"), [
+    ({"max_waiting": 0}, 429, "session_busy"),
+    ({"wait_timeout": 0.05}, 503, "session_wait_timeout"),
+], ids=["queue-full", "waited-too-long"])
+def test_a_request_past_the_sessions_queue_is_refused_with_retry_after(apps, bounds, status, outcome):
     from zodbsession.locks import KeyedLocks
+    from zodbsession.observe import Observer
+
+    reported: list[str] = []
+    observer = Observer()
+    observer.request_finished = lambda outcome, attempts, seconds: reported.append(outcome)  # type: ignore
 
     events: list[str] = []
     release, entered = threading.Event(), threading.Event()
     app = apps(overlap_app(events, release, entered))
     app.registry.zodbsession.session_locks = KeyedLocks(**bounds)
     app.get("/seed")
+    app.registry.zodbsession.manager.observers.subscribe(observer)
     cookie = app.cookies["sid"]
     results: dict[str, Any] = {}
     first = threading.Thread(target=run, args=(app, cookie, "first", results))
@@ -117,3 +125,4 @@ def test_a_request_past_the_sessions_queue_is_refused_with_retry_after(apps, bou
     assert refused.status_int == status and int(refused.headers["Retry-After"]) >= 1
     assert results == {"first": {"n": 1}}
     assert "second enters (attempt 0)" not in events
+    assert sorted(reported) == sorted([outcome, "committed"])  # the refused one, and the first
