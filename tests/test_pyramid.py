@@ -682,3 +682,20 @@ def test_a_raised_redirect_keeps_the_flash_only_with_a_commit_veto(apps, veto, k
     app = apps(setup, {"tm.commit_veto": veto} if veto else {})
     assert app.get("/save").status_int == 303
     assert app.get("/read").json == {"flash": ["saved"] if kept else []}
+
+
+def test_a_database_name_without_pyramid_zodbconn_is_refused(apps):
+    with pytest.raises(ConfigurationExecutionError) as caught:
+        apps(counter_app, {"zodbsession.database": "sessions"})
+    assert refusal(caught).key == "zodbsession.database"
+    assert "zodbsession.sessions_uri" in str(refusal(caught))
+
+
+def test_sessions_uri_keeps_the_sessions_in_a_database_of_their_own(apps):
+    app = apps(counter_app, {"zodbsession.sessions_uri": "memory://sessions"})
+    assert app.get("/count").json == {"n": 1}
+    db = db_of(app)
+    with db.transaction() as connection:
+        assert len(connection.root()) == 0
+        assert len(connection.get_connection("sessions").root()) == 1
+    assert app.get("/count").json == {"n": 2}

@@ -127,6 +127,10 @@ class ZodbSessions:
                 raise ConfigError(DATABASE_KEY, f"names no pyramid_zodbconn database (got {named!r}; "
                                   f"configured: {sorted(n for n in zodbconn_db.databases if n)})")
         else:
+            if self.manager.database is not None and not self.settings.storage.sessions_uri:
+                raise ConfigError(DATABASE_KEY, "names a pyramid_zodbconn database, and pyramid_zodbconn "
+                                  "is not configured: with zodbsession.uri, give the sessions a "
+                                  "database of their own with zodbsession.sessions_uri instead")
             self.db = self.settings.open_db()
         # Made once here, so that concurrent first requests don't all create it.
         with self.db.transaction() as connection:
