@@ -111,3 +111,23 @@ def test_what_was_committed_survives_a_restart(shop_dir):
         assert (page["user"], page["cart"], page["stock"]["pear"], page["orders"]) == ("bob", ["pear"], 9, 1)
     finally:
         server.stop()
+
+
+def test_parallel_requests_on_one_session_all_count_once(shop):
+    """Eight purchases at once on one session, on waitress's threads: none lost, none doubled.
+
+    waitress's 4 threads keep at most 3 requests waiting behind the session's
+    lock, within its queue of 4, so none is refused.
+    """
+    import concurrent.futures
+
+    client = shop.client()
+    token = home(client)["csrf_token"]
+    post(client, "/login", user="carol", csrf_token=token)
+    token = home(client)["csrf_token"]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(lambda _: post(client, "/cart/add", item="apple", csrf_token=token)[0],
+                                 range(8)))
+    assert statuses == [200] * 8
+    page = home(client)
+    assert (page["cart"], page["stock"]["apple"], page["orders"]) == (["apple"] * 8, 2, 8)
