@@ -13,6 +13,7 @@ from typing import Any
 import transaction
 import webtest
 from pyramid.config import Configurator
+from pyramid.request import Request
 from ZODB import DB
 
 from serverproc import Client, _die_with_parent, free_port, port_open
@@ -105,6 +106,51 @@ def apps_fixture() -> Iterator[Apps]:
         yield apps
     finally:
         apps.close()
+
+
+def counter_app(config: Any) -> None:
+    """``/count`` adds one to a session counter; ``/peek`` reads it; ``/boom`` adds one and raises."""
+
+    def count(request: Request) -> dict[str, Any]:
+        request.session["n"] = request.session.get("n", 0) + 1
+        return {"n": request.session["n"]}
+
+    def peek(request: Request) -> dict[str, Any]:
+        return {"n": request.session.get("n"), "new": request.session.new}
+
+    def boom(request: Request) -> None:
+        request.session["n"] = request.session.get("n", 0) + 1
+        raise RuntimeError("boom")
+
+    route(config, "/count", count)
+    route(config, "/peek", peek)
+    route(config, "/boom", boom)
+
+
+def login_app(config: Any) -> None:
+    def login(request: Request) -> dict[str, Any]:
+        before = request.session.get_csrf_token()
+        request.session.login(request.params["user"])
+        return {"token_before": before, "token_after": request.session.get_csrf_token()}
+
+    def whoami(request: Request) -> dict[str, Any]:
+        return {"user": request.session.user_id, "n": request.session.get("n")}
+
+    def logout(request: Request) -> dict[str, Any]:
+        request.session.invalidate()
+        if "again" in request.params:
+            request.session["n"] = "fresh"
+        return {}
+
+    def login_then_fail(request: Request) -> None:
+        request.session.login(request.params["user"])
+        raise RuntimeError("after the login")
+
+    route(config, "/login", login)
+    route(config, "/whoami", whoami)
+    route(config, "/logout", logout)
+    route(config, "/login_then_fail", login_then_fail)
+    counter_app(config)
 
 
 class Shop:
