@@ -3,10 +3,10 @@
 The manager owns the rules (timeouts, access resolution, the clock) and the
 lifecycle verbs: find, create, rotate, revoke, expire, the classic
 ``save_changes`` / ``forget_changes`` pair, and each session's own expiry
-(``set_expiry`` and its readers, Django's verbs). It keeps no connection of its own:
-every verb works on the connection it is given, or on the one the session was
-loaded through, so one manager serves every thread of a server and any
-maintenance script alike.
+(``set_expiry`` and its readers, Django's verbs). It keeps no connection of
+its own: every verb works on the connection it is given, or on the one the
+session was loaded through, so one manager serves every thread of a server
+and any maintenance script alike.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from zodbsession.work import ATTEMPTS, run_batches
 Clock = Callable[[], float]
 
 __all__ = ["DEFAULT_MANAGER", "MAX_USER_ID_LENGTH", "Clock", "Progress", "SessionManager"]
+
 
 class Progress(Protocol):
     """What long maintenance work reports to: called with the count done so far."""
