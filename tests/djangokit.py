@@ -74,14 +74,14 @@ def new_user() -> Any:
 
 
 def records(db: Any = None) -> dict[str, Any]:
-    """``{key: (type name, data, user_id, expires)}`` of every stored session, read afresh."""
+    """``{key: (type name, data, user_id, deadline)}`` of every stored session, read afresh."""
     db = db if db is not None else database.database()[0]
     with connection(db) as conn:
         def read() -> dict[str, Any]:
             container = get_container(database.sessions_connection(conn), create=False)
             if container is None:
                 return {}
-            return {key: (type(s).__name__, s.data(), s.user_id, getattr(s, "expires", None))
+            return {key: (type(s).__name__, s.data(), s.user_id, s.get_expiry_date().timestamp())
                     for key, s in container.sessions.items()}
 
         return in_transaction(conn, read, write=False)

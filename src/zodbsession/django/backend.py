@@ -36,9 +36,6 @@ T = TypeVar("T")
 #: What ``database.run`` runs: a function of a connection and the manager.
 Unit = Callable[[Connection, SessionManager], T]
 
-#: The session key Django's auth stores the user's primary key under.
-AUTH_USER_KEY = "_auth_user_id"
-
 
 class SessionStore(SessionBase):
     """A Django session kept as a ``DjangoSession`` record in zodbsession's container.
@@ -176,20 +173,19 @@ class SessionStore(SessionBase):
         def write(conn: Connection, manager: SessionManager) -> None:
             container = _container(conn)
             record = container.get(key)
-            now = manager.clock()
             if must_create:
                 if record is not None:
                     raise CreateError
                 if manager.max_sessions and len(container) >= manager.max_sessions:
                     raise SessionLimitReached(len(container), manager.max_sessions)
-                record = DjangoSession(key, now)
+                record = DjangoSession(key, manager.clock())
+                record.write(manager, data, expires)
                 database.sessions_connection(conn).add(record)
-                container.add(record, expires)
-                record._filed = expires
-            elif not isinstance(record, DjangoSession):
+                container.add(record, record.deadline(manager.idle_timeout, manager.max_lifetime))
+            elif isinstance(record, DjangoSession):
+                record.write(manager, data, expires)
+            else:
                 raise UpdateError
-            user = data.get(AUTH_USER_KEY)
-            record.write(container, data, expires, now, None if user is None else str(user))
             manager.check_storable(record)
 
         return write
@@ -202,7 +198,7 @@ def _reader(session_key: str | None) -> Unit[dict[str, Any] | None]:
         if session_key is None:
             return None
         record = _stored(conn, session_key)
-        if not isinstance(record, DjangoSession) or not record.is_live(manager.clock()):
+        if not isinstance(record, DjangoSession) or not manager.is_live(record):
             return None
         return record.data_copy()
 

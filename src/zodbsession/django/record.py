@@ -2,11 +2,12 @@
 
 A Django session is a ``Session`` like any other, filed in the same
 ``SessionContainer``, so ``zodbsession ls``, ``show``, ``revoke`` and the
-janitor see it. What differs is who decides when it ends: Django does
-(``SESSION_COOKIE_AGE``, ``set_expiry``), and it decides an absolute moment
-at every save. The record keeps that moment as its deadline, in place of the
-manager's idle timeout and maximum lifetime, which govern zodbsession's own
-sessions only.
+janitor see it. Django decides when it ends (``SESSION_COOKIE_AGE``,
+``set_expiry``) and computes that moment afresh at every save; the record
+takes it as the session's own expiry, an absolute moment
+(``SessionManager.set_expiry(session, datetime)``), which replaces the
+manager's idle timeout and maximum lifetime and is filed early in the
+expiry index when a save shortens it.
 
 The data is the session dictionary after one pass through Django's
 ``SESSION_SERIALIZER`` (JSON by default), so what is stored, and what a later
@@ -15,58 +16,36 @@ load returns, has exactly the types Django's own backends give back.
 
 from __future__ import annotations
 
-import math
+from datetime import UTC, datetime
 from typing import Any
 
+from zodbsession.errors import InvalidUserId
+from zodbsession.manager import SessionManager, check_user_id
 from zodbsession.session import Session
-from zodbsession.store import SessionContainer
 
 
 class DjangoSession(Session):
-    """A session whose end is the absolute moment Django computed at its last save.
+    """A session written by Django's session backend; its own class keeps the two apart.
 
-    ``expires`` is that moment (seconds since the epoch). The expiry index
-    only ever learns of deadlines that grow lazily (the sweep re-files a
-    session found still live), so a save that *shortens* the deadline files
-    a new index entry itself: ``_filed`` remembers the earliest deadline
-    filed, and a new entry is added only when the new deadline comes before
-    it, or when that entry is already due (the sweep has re-filed it at a
-    deadline this record does not know). Each session so keeps one or two
-    index entries, however often it is saved.
+    The backend loads, updates and deletes only these: a zodbsession id
+    sent in Django's cookie finds no Django session, and a Django save
+    never overwrites a session the publisher made.
 
     Threading: like every persistent object, it belongs to the connection
     that loaded it.
     """
 
-    # Class-level defaults keep records readable if attributes are added later.
-    expires: float = 0.0
-    _filed: float = math.inf
+    def write(self, manager: SessionManager, data: dict[str, Any], expires: float) -> None:
+        """Replace the data, the deadline and the owner, as one Django ``save()`` does.
 
-    def deadline(self, idle_timeout: float, max_lifetime: float) -> float:
-        """The moment Django said this session ends; the manager's timeouts do not apply."""
-        return self.expires
-
-    def is_live(self, now: float) -> bool:
-        """Whether Django's deadline is still ahead at *now*."""
-        return now < self.expires
-
-    def write(
-        self,
-        container: SessionContainer,
-        data: dict[str, Any],
-        expires: float,
-        now: float,
-        user_id: str | None,
-    ) -> None:
-        """Replace the data, the deadline and the owner, as one Django ``save()`` does."""
+        *expires* is Django's ``get_expiry_date()`` in seconds since the
+        epoch. The owner is the data's ``_auth_user_id`` when it is a usable
+        user id (else the session has none: a session is never refused for it).
+        """
         self._data = data
-        self._p_changed = True
-        self.touch(now, 0.0)
-        self.expires = expires
-        if expires < self._filed or self._filed <= now:
-            container.file_expiry(self.id, expires)
-            self._filed = expires
-        container.set_user(self, user_id)
+        self.changed()
+        manager.set_expiry(self, datetime.fromtimestamp(expires, UTC))
+        manager.set_user(self, _owner(data.get(AUTH_USER_KEY)))
 
     def data_copy(self) -> dict[str, Any]:
         """The data as a new dictionary; callers pass it through the serializer for a deep copy."""
@@ -74,3 +53,17 @@ class DjangoSession(Session):
 
     def __repr__(self) -> str:
         return f"<DjangoSession {self.id[:8]}... user={self.user_id!r}>"
+
+
+#: The session key Django's auth stores the user's primary key under.
+AUTH_USER_KEY = "_auth_user_id"
+
+
+def _owner(value: object) -> str | None:
+    if value is None:
+        return None
+    try:
+        check_user_id(str(value))
+    except InvalidUserId:
+        return None
+    return str(value)
