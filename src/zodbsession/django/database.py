@@ -36,6 +36,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
+import transaction
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from ZODB import DB
@@ -115,9 +116,15 @@ def run(unit: Callable[[Connection, SessionManager], T], *, write: bool) -> T:
         conn = registry.connection
         return unit(conn, _joined_manager(conn))
     current = _database()
-    with connection(current.db) as conn:
+    # Not work.connection(): that empties the connection's cache for the
+    # maintenance walks, and a session backend reads the same container
+    # buckets on every request.
+    conn = current.db.open(transaction.TransactionManager(explicit=True))
+    try:
         return in_transaction(conn, partial(unit, conn, current.manager), write=write,
                               name="the Django session backend")
+    finally:
+        conn.close()
 
 
 def expire() -> int:
