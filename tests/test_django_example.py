@@ -123,14 +123,22 @@ def test_two_shoppers_have_separate_carts(server):
 
 
 def test_the_django_sessions_are_zodbsession_sessions(site, tmp_path):
-    """After the server stops, ``zodbsession ls`` lists the shop's sessions, owner included."""
+    """After the server stops, ``zodbsession ls``/``show`` see the shop's sessions, owner included,
+    and ``manage.py clearsessions`` runs on the same database."""
     path, env = site
     env = {**env, "ZODBSESSION_STORAGE_URI": f"file://{tmp_path}/Data.fs"}  # not the running server's
     with ServerProcess(path, env, "--app", "shop.wsgi:application") as server:
-        Shopper(server.url).log_in()
-    result = run_cli("ls", "--user", "1", env=env, cwd=path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip(), "no session of user 1 (alice) listed"
+        shopper = Shopper(server.url)
+        shopper.log_in()
+        shopper.post_form("/cart", item="kiwi")
+    key = shopper.cookie("sessionid")
+    listed = run_cli("ls", "--user", "1", env=env, cwd=path)
+    assert listed.returncode == 0, listed.stderr
+    assert key[:8] in listed.stdout, listed.stdout
+    shown = run_cli("show", key, env=env, cwd=path)
+    assert shown.returncode == 0 and "kiwi" in shown.stdout, shown.stdout + shown.stderr
+    manage(path, env, "clearsessions")  # nothing expired: the session stays
+    assert "kiwi" in run_cli("show", key, env=env, cwd=path).stdout
 
 
 def test_the_examples_own_test_client_suite_passes(site):
