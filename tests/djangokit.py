@@ -107,6 +107,15 @@ def count(request: HttpRequest) -> HttpResponse:
                          "attempt": request.environ.get("zodbsession.attempt")})
 
 
+async def acount(request: HttpRequest) -> HttpResponse:
+    """``count`` as an async view: the session through its async verbs."""
+    n = await request.session.aget("n", 0) + 1
+    await request.session.aset("n", n)
+    if request.GET.get("save"):
+        await request.session.asave()  # now, in the request's transaction under a publisher
+    return JsonResponse({"n": n})
+
+
 def fail(request: HttpRequest) -> HttpResponse:
     """Saves the session and changes app data, then fails: a publisher must roll both back."""
     request.session["n"] = request.session.get("n", 0) + 100
@@ -170,6 +179,7 @@ def show_messages(request: HttpRequest) -> HttpResponse:
 
 urlpatterns = [
     path("count", count),
+    path("acount", acount),
     path("fail", fail),
     path("redirect", redirect),
     path("interfere", interfere),

@@ -27,6 +27,13 @@ def test_a_view_writing_the_session_sets_the_cookie_and_stores_a_record(client):
     assert client.get("/count").json() == {"n": 2, "hits": None, "key": key, "attempt": None}
 
 
+def test_an_async_view_reads_and_writes_the_session(client):
+    assert client.get("/acount").json() == {"n": 1}
+    assert client.get("/acount", {"save": "1"}).json() == {"n": 2}
+    key = client.cookies[settings.SESSION_COOKIE_NAME].value
+    assert djangokit.records()[key][1] == {"n": 2}
+
+
 def test_client_session_is_read_and_written_by_the_test_client(client):
     session = client.session
     session["n"] = 41

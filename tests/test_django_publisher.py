@@ -94,3 +94,12 @@ def test_the_publisher_sends_no_cookie_of_its_own(app):
     response = app.get("/count")
     cookies = [value.split("=", 1)[0].strip() for name, value in response.headerlist if name == "Set-Cookie"]
     assert cookies == ["sessionid"]
+
+
+def test_an_async_view_uses_the_requests_transaction(app, db):
+    """Django runs it in an event loop; the session's async verbs still join the request."""
+    assert app.get("/acount").json == {"n": 1}
+    assert app.get("/acount", {"save": "1"}).json == {"n": 2}
+    key = app.cookies["sessionid"]
+    assert djangokit.records(db)[key][1] == {"n": 2}
+    assert key not in djangokit.records(database.database()[0])
