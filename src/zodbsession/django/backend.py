@@ -53,11 +53,11 @@ class SessionStore(SessionBase):
 
     def load(self) -> dict[str, Any]:
         """The stored data, or ``{}`` (forgetting the key) when no live session has it."""
-        data = database.run(_reader(self.session_key), write=False)
+        data = database.run(_reader(self.session_key, self._copy), write=False)
         if data is None:
             self._session_key = None
             return {}
-        return self._copy(data)
+        return data
 
     async def aload(self) -> dict[str, Any]:
         """``load``, from async code."""
@@ -191,8 +191,13 @@ class SessionStore(SessionBase):
         return write
 
 
-def _reader(session_key: str | None) -> Unit[dict[str, Any] | None]:
-    """The unit of work of ``load``: the live record's data under *session_key*, or None."""
+def _reader(session_key: str | None, copy: Callable[[dict[str, Any]], dict[str, Any]]
+            ) -> Unit[dict[str, Any] | None]:
+    """The unit of work of ``load``: a *copy* of the live record's data under *session_key*, or None.
+
+    The copy is made inside the transaction, while the record is current:
+    nothing Django gets shares an object with the connection's cache.
+    """
 
     def read(conn: Connection, manager: SessionManager) -> dict[str, Any] | None:
         if session_key is None:
@@ -200,7 +205,7 @@ def _reader(session_key: str | None) -> Unit[dict[str, Any] | None]:
         record = _stored(conn, session_key)
         if not isinstance(record, DjangoSession) or not manager.is_live(record):
             return None
-        return record.data_copy()
+        return copy(record.data())
 
     return read
 

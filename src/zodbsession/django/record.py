@@ -47,10 +47,6 @@ class DjangoSession(Session):
         manager.set_expiry(self, datetime.fromtimestamp(expires, UTC))
         manager.set_user(self, _owner(data.get(AUTH_USER_KEY)))
 
-    def data_copy(self) -> dict[str, Any]:
-        """The data as a new dictionary; callers pass it through the serializer for a deep copy."""
-        return dict(self._data)
-
     def __repr__(self) -> str:
         return f"<DjangoSession {self.id[:8]}... user={self.user_id!r}>"
 
