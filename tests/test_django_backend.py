@@ -30,7 +30,7 @@ from zodbsession.django.record import DjangoSession
 from zodbsession.errors import SessionTooLarge
 from zodbsession.manager import SessionManager
 from zodbsession.session import is_well_formed_id
-from zodbsession.work import connection
+from zodbsession.work import connection, in_transaction
 
 COOKIE_AGE = 1209600  # Django's default SESSION_COOKIE_AGE, two weeks
 
@@ -433,3 +433,30 @@ def test_records_are_django_sessions():
     """The class pickled in databases: renaming it breaks existing ones."""
     name = f"{DjangoSession.__module__}.{DjangoSession.__qualname__}"
     assert name == "zodbsession.django.record.DjangoSession"
+
+
+# -- a separate sessions database ------------------------------------------------------------
+
+
+def test_with_a_sessions_database_the_records_live_there():
+    from zodbsession.db import SESSIONS_DATABASE, open_db
+
+    db = open_db("memory://", sessions_uri="memory://")
+    try:
+        use_database(db)
+        session = saved(a=1)
+        with connection(db) as conn:
+            def where() -> tuple[bool, bool]:
+                main = conn.root().get("zodbsession.sessions")
+                sessions = conn.get_connection(SESSIONS_DATABASE).root()["zodbsession.sessions"]
+                return main is not None and session.session_key in main.sessions, \
+                    session.session_key in sessions.sessions
+
+            assert in_transaction(conn, where, write=False) == (False, True)
+        assert SessionStore(session.session_key)["a"] == 1
+        session.flush()
+        SessionStore.clear_expired()
+    finally:
+        database.close_database()
+        for each in db.databases.values():
+            each.close()
