@@ -143,6 +143,10 @@ class UnsavedSessionChanges(ZodbSessionError, RuntimeError):
         )
 
 
+class NoUnitOfWork(ZodbSessionError, RuntimeError):
+    """A script's session handle was used outside ``with handle.unit_of_work():``, so it has no connection."""
+
+
 class UnstorableSessionValue(ZodbSessionError, TypeError):
     """A value put in a session cannot be pickled, so ZODB could not store it.
 

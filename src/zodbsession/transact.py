@@ -267,11 +267,12 @@ class TransactionCore:
         try:
             if self.commit_veto(attempt.request, status, headers):
                 tm.abort()
-                ending = Ending(VETOED)
+                ending = Ending(VETOED, attempts=attempt.number)
                 self._log(ending, attempt, status=status)
                 self._run_hooks(attempt, "after_abort")
                 return ending
-            ending = Ending(PUBLISH_ERROR if raised is not None else COMMITTED, raised)
+            ending = Ending(PUBLISH_ERROR if raised is not None else COMMITTED, raised,
+                            attempts=attempt.number)
             for fn, args, kwargs in attempt.scope.hooks["before_commit"]:
                 fn(*args, **kwargs)
             session = attempt.session
