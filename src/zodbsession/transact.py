@@ -58,7 +58,15 @@ from ZODB import DB
 from zodbsession.commit import abort_quietly, close_when_transaction_ends, commit, nothing_joined
 from zodbsession.errors import StorageUnavailable
 from zodbsession.manager import SessionManager
-from zodbsession.outcomes import COMMITTED, PUBLISH_ERROR, VETOED, Outcome, answer_headers, classify
+from zodbsession.outcomes import (
+    CLIENT_GONE,
+    COMMITTED,
+    PUBLISH_ERROR,
+    VETOED,
+    Outcome,
+    answer_headers,
+    classify,
+)
 from zodbsession.registry import Scope, SessionRegistry
 from zodbsession.registry import registry as default_registry
 from zodbsession.request_session import RequestSession
@@ -321,6 +329,20 @@ class TransactionCore:
         if row.retry:
             self.manager.observers.request_retried(error, attempt.number)
         elif txn is not None and row.fate != "unknown":
+            self._run_hooks(attempt, "after_abort")
+        return ending
+
+    def abandon(self, attempt: Attempt, outcome: Outcome = CLIENT_GONE) -> Ending:
+        """End the attempt by a row the front door decided (a client gone mid-body): abort, log, hooks.
+
+        ZODB I/O (the abort): a worker thread under asyncio. The
+        ``after_abort`` hooks run, as for any final abort.
+        """
+        if self._transaction(attempt) is not None:
+            abort_quietly(attempt.tm)
+        ending = Ending(outcome, attempts=attempt.number)
+        self._log(ending, attempt)
+        if outcome.fate == "abort":
             self._run_hooks(attempt, "after_abort")
         return ending
 
