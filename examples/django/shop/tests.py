@@ -1,55 +1,34 @@
 """The shop with Django's test client: ``python manage.py test shop``.
 
 The test client calls Django directly, with no ``SessionPublisher`` around
-it, so ``request_transaction()`` plays the publisher's part for the views
-that use the app's own ZODB data: one connection and one transaction for
-the request, committed when it returns, aborted when it raises.
+it, so ``zodbsession.testing.as_request`` plays the publisher's part for the
+views that use the app's own ZODB data: one connection and one transaction
+for the request, committed when the block ends, aborted when it raises.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
-import transaction
 from django.contrib.auth.models import User
 from django.test import TestCase, override_settings
 from ZODB import DB
 from ZODB.MappingStorage import MappingStorage
 
 from shop.views import SupplierError
-from zodbsession import RequestSession, Scope, SessionManager, registry
 from zodbsession.django import close_database, use_database
+from zodbsession.testing import as_request
 
 
 @override_settings(ZODBSESSION_URI="memory://")
 class ShopTests(TestCase):
     def setUp(self) -> None:
         self.db = DB(MappingStorage())
-        use_database(self.db)  # what the backend uses outside request_transaction()
+        use_database(self.db)  # what the backend uses outside as_request()
         self.addCleanup(self.db.close)
         self.addCleanup(close_database)
         User.objects.create_user("alice", password="wonderland")
 
-    @contextlib.contextmanager
-    def request_transaction(self) -> Iterator[None]:
-        """One request's transaction, as the publisher runs it."""
-        tm = transaction.TransactionManager(explicit=True)
-        conn = self.db.open(tm)
-        tm.begin()
-        registry.set(Scope(conn, RequestSession(SessionManager(), conn, None)))
-        try:
-            yield
-            tm.commit()
-        except BaseException:
-            tm.abort()
-            raise
-        finally:
-            registry.clear()
-            conn.close()
-
     def state(self) -> dict:
-        with self.request_transaction():
+        with as_request(self.db):
             return self.client.get("/state").json()
 
     def test_login_cart_checkout_logout(self) -> None:
@@ -57,7 +36,7 @@ class ShopTests(TestCase):
         self.assertEqual(self.state()["user"], "alice")
         self.client.post("/cart", {"item": "apple"})
         self.assertEqual(self.state()["cart"], ["apple"])
-        with self.request_transaction():
+        with as_request(self.db):
             response = self.client.post("/checkout")
         self.assertEqual(response.status_code, 303)
         state = self.state()
@@ -70,7 +49,7 @@ class ShopTests(TestCase):
         self.client.force_login(User.objects.get(username="alice"))
         self.client.post("/cart", {"item": "unobtainium"})
         with self.assertLogs("django.request", "ERROR"), self.assertRaises(SupplierError), \
-                self.request_transaction():
+                as_request(self.db):
             self.client.post("/checkout")
         state = self.state()
         self.assertEqual((state["cart"], state["orders"]), (["unobtainium"], 0))
