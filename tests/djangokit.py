@@ -96,6 +96,13 @@ def app_value(db: Any, key: str, default: Any = 0) -> Any:
 # -- the views -------------------------------------------------------------------
 
 
+def attempt(request: HttpRequest) -> int | None:
+    """Which try of the request this is, under a publisher (WSGI environ) or the ASGI middleware."""
+    where = getattr(request, "environ", None) or getattr(request, "scope", None) or {}
+    return where.get("zodbsession.attempt")
+
+
+
 def count(request: HttpRequest) -> HttpResponse:
     """Counts in the session and, under a publisher, in the app's own ZODB data too."""
     request.session["n"] = request.session.get("n", 0) + 1
@@ -104,7 +111,7 @@ def count(request: HttpRequest) -> HttpResponse:
         root = zodbsession.current_connection.root()
         hits = root["hits"] = root.get("hits", 0) + 1
     return JsonResponse({"n": request.session["n"], "hits": hits, "key": request.session.session_key,
-                         "attempt": request.environ.get("zodbsession.attempt")})
+                         "attempt": attempt(request)})
 
 
 async def acount(request: HttpRequest) -> HttpResponse:
@@ -136,7 +143,7 @@ def interfere(request: HttpRequest) -> HttpResponse:
     """On the first attempt, commits a change to this very session elsewhere: a forced conflict."""
     response = count(request)
     request.session.save()
-    if request.environ.get("zodbsession.attempt") == 1:
+    if attempt(request) == 1:
         db = zodbsession.current_connection.db()
         tm = transaction.TransactionManager()
         other = db.open(tm)
