@@ -21,7 +21,7 @@ from django.urls import path
 
 import zodbsession
 from zodbsession.django import database
-from zodbsession.errors import Redirect
+from zodbsession.errors import PublishError, Redirect
 from zodbsession.store import get_container
 from zodbsession.work import connection, in_transaction
 
@@ -139,6 +139,12 @@ def redirect(request: HttpRequest) -> HttpResponse:
     raise Redirect("/count")
 
 
+def refuse(request: HttpRequest) -> HttpResponse:
+    """Counts a refusal in the session, then answers 409 by raising ``PublishError``."""
+    request.session["refused"] = request.session.get("refused", 0) + 1
+    raise PublishError("already taken", status="409 Conflict", headers=[("X-Reason", "taken")])
+
+
 def interfere(request: HttpRequest) -> HttpResponse:
     """On the first attempt, commits a change to this very session elsewhere: a forced conflict."""
     response = count(request)
@@ -189,6 +195,7 @@ urlpatterns = [
     path("acount", acount),
     path("fail", fail),
     path("redirect", redirect),
+    path("refuse", refuse),
     path("interfere", interfere),
     path("login", login),
     path("logout", logout),

@@ -62,6 +62,14 @@ def test_a_redirect_raised_in_a_view_commits_with_its_status(app, db):
     assert djangokit.records(db)[key][1] == {"redirected": True}
 
 
+def test_a_publish_error_answers_its_status_headers_and_message_and_commits(app, db):
+    response = app.get("/refuse", status=409)
+    assert (response.status, response.headers["X-Reason"], response.text) == (
+        "409 Conflict", "taken", "already taken")
+    app.get("/refuse", status=409)
+    assert djangokit.records(db)[app.cookies["sessionid"]][1] == {"refused": 2}
+
+
 def test_a_conflict_replays_the_request_and_commits_it_once(app, db):
     """The first attempt's commit conflicts with a change to the same session record."""
     app.get("/count")
