@@ -1,8 +1,8 @@
 """examples/django, the shop, as a user runs it: ``zodbsession serve`` and a real HTTP client.
 
 The project is copied to a temporary directory, migrated and given a user
-by its own ``manage.py``, then served by ``zodbsession serve --app
-shop.wsgi:application`` on loopback; a cookie-keeping HTTP client logs in,
+by its own ``manage.py``, then served by ``zodbsession serve`` (its
+``conf/zodbsession.toml`` names the app) on loopback; a cookie-keeping HTTP client logs in,
 fills a cart, checks out (once successfully, once failing, which must roll
 back the session and the orders together) and logs out. Its own Django
 test-client suite runs too (``manage.py test shop``), in a subprocess: each
@@ -49,7 +49,7 @@ def site(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 @pytest.fixture(scope="module")
 def server(site):
     path, env = site
-    with ServerProcess(path, env, "--app", "shop.wsgi:application") as server:
+    with ServerProcess(path, env) as server:  # as docs/django.md says: conf/zodbsession.toml names the app
         yield server
 
 
