@@ -146,7 +146,12 @@ def refuse(request: HttpRequest) -> HttpResponse:
 
 
 def interfere(request: HttpRequest) -> HttpResponse:
-    """On the first attempt, commits a change to this very session elsewhere: a forced conflict."""
+    """On the first attempt, commits a change to this very session elsewhere: a forced conflict.
+
+    The other transaction changes ``n`` too, so the two cannot merge (even
+    with a three-way merge of session records, a key changed on both sides
+    conflicts): the request must be replayed.
+    """
     response = count(request)
     request.session.save()
     if attempt(request) == 1:
@@ -156,7 +161,7 @@ def interfere(request: HttpRequest) -> HttpResponse:
         try:
             container = get_container(database.sessions_connection(other))
             record = container.sessions[request.session.session_key]
-            record._data = {**record._data, "interfered": True}
+            record._data = {**record._data, "n": 99, "interfered": True}
             tm.commit()
         finally:
             other.close()
