@@ -460,3 +460,46 @@ def test_with_a_sessions_database_the_records_live_there():
         database.close_database()
         for each in db.databases.values():
             each.close()
+
+
+# -- concurrency, outside a request ------------------------------------------------------------
+
+
+def test_concurrent_saves_from_many_threads_all_land(tmp_path):
+    """Each save is its own short transaction; conflicts between them are retried, none is lost."""
+    import threading
+
+    from zodbsession.db import open_db
+
+    db = open_db(f"file://{tmp_path}/Data.fs")
+    threads, per_thread = 4, 10
+    start = threading.Barrier(threads)
+    keys: list[str] = []
+    errors: list[BaseException] = []
+
+    def shopper(number: int) -> None:
+        try:
+            start.wait()
+            for i in range(per_thread):
+                session = SessionStore()
+                session["who"] = [number, i]
+                session.save()
+                keys.append(session.session_key)
+        except BaseException as exc:  # a thread cannot fail the test itself: the main one checks
+            errors.append(exc)
+
+    try:
+        use_database(db)
+        workers = [threading.Thread(target=shopper, args=(n,)) for n in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert errors == []
+        stored = djangokit.records(db)
+        assert sorted(stored) == sorted(keys) and len(keys) == threads * per_thread
+        assert {tuple(data["who"]) for _kind, data, _user, _deadline in stored.values()} == {
+            (n, i) for n in range(threads) for i in range(per_thread)}
+    finally:
+        database.close_database()
+        db.close()

@@ -23,6 +23,9 @@ from zodbsession.errors import InvalidUserId
 from zodbsession.manager import SessionManager, check_user_id
 from zodbsession.session import Session
 
+#: The session key Django's auth stores the user's primary key under.
+AUTH_USER_KEY = "_auth_user_id"
+
 
 class DjangoSession(Session):
     """A session written by Django's session backend; its own class keeps the two apart.
@@ -49,10 +52,6 @@ class DjangoSession(Session):
 
     def __repr__(self) -> str:
         return f"<DjangoSession {self.id[:8]}... user={self.user_id!r}>"
-
-
-#: The session key Django's auth stores the user's primary key under.
-AUTH_USER_KEY = "_auth_user_id"
 
 
 def _owner(value: object) -> str | None:
