@@ -252,7 +252,8 @@ class SessionMiddleware:
             return await self._run_app(attempt, ReplayReceive(body, receive, self.max_request_body), send)
         finally:
             core.leave()
-            await self._in_thread(core.close, attempt)
+            if attempt.tm is not None or attempt.connection is not None:  # not closed with its ending
+                await self._in_thread(core.close, attempt)
 
     async def _run_app(self, attempt: Attempt, replay: ReplayReceive,
                        send: Send) -> tuple[Ending, list[Message]]:
@@ -271,20 +272,25 @@ class SessionMiddleware:
                               "changes are discarded, the body is cut short", attempt.where, exc_info=exc)
                 return head[0], self._own_answer(head[0])
             if isinstance(exc, PublishError):
-                ending = await self._in_thread(core.finish, attempt, exc.status, exc.headers, raised=exc)
+                ending = await self._ending(core.finish, attempt, exc.status, exc.headers, raised=exc)
                 return ending, self._answer(ending, request, _publish_error_messages(exc))
-            ending = await self._in_thread(core.fail, attempt, exc)
+            ending = await self._ending(core.fail, attempt, exc)
             return ending, self._failure_answer(ending, response)
         if head:
             return head[0], self._own_answer(head[0])
         if replay.client_gone:  # aborted, whatever the application answered
-            return await self._in_thread(core.abandon, attempt, CLIENT_GONE), []
+            return await self._ending(core.abandon, attempt, CLIENT_GONE), []
         if response.status is None:
             error = RuntimeError("the application returned without sending http.response.start")
-            ending = await self._in_thread(core.fail, attempt, error)
+            ending = await self._ending(core.fail, attempt, error)
             return ending, self._own_answer(ending)
-        ending = await self._in_thread(core.finish, attempt, response.status_line, response.headers)
+        ending = await self._ending(core.finish, attempt, response.status_line, response.headers)
         return ending, self._answer(ending, request, response.messages)
+
+    async def _ending(self, step: Callable[..., Ending], attempt: Attempt, *args: Any,
+                      **kwargs: Any) -> Ending:
+        """End the attempt by *step* (``finish``, ``fail``, ``abandon``) and close it, in one thread hop."""
+        return await self._in_thread(_then_close, self.core, step, attempt, *args, **kwargs)
 
     async def _commit_head(self, attempt: Attempt, head: list[Ending], response: ResponseBuffer) -> bool:
         """Streaming: decide the transaction at the first chunk, before the head goes out.
@@ -390,6 +396,15 @@ class _ConnectionRunner:
         # Two calls at once (asyncio.gather) would use the connection from two threads.
         async with self._lock:
             return await self._middleware._in_thread(_call_loaded, fn, connection, *args)
+
+
+def _then_close(core: TransactionCore, step: Callable[..., Ending], attempt: Attempt, *args: Any,
+                **kwargs: Any) -> Ending:
+    """``step(attempt, ...)``, then ``core.close(attempt)``: what a worker thread does at an attempt's end."""
+    try:
+        return step(attempt, *args, **kwargs)
+    finally:
+        core.close(attempt)
 
 
 def _call_loaded(fn: Callable[..., T], connection: Any, *args: Any) -> T:
