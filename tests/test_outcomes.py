@@ -94,7 +94,7 @@ def test_an_errors_retry_after_replaces_the_rows():
 
 # -- layers ------------------------------------------------------------------------------
 
-CORE = ["transact", "outcomes", "retry", "commit", "locks", "errors", "observe", "registry"]
+CORE = ["transact", "attempt", "outcomes", "retry", "commit", "locks", "errors", "observe", "registry"]
 FRONT_DOORS_AND_ABOVE = {"publisher", "asgi", "cookies", "server", "cli", "workers", "admin", "config",
                          "db", "zeo", "demo", "flask", "pyramid", "django"}
 
