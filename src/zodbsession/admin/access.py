@@ -15,14 +15,23 @@ forged cross-site request.
 Cookies are not scoped by port: the browser also sends this cookie to the
 application's listener on the same host, which sees it but can use it nowhere
 but here.
+
+Guessing is rate-limited per client address (``FailureLimiter``): a client
+past its allowance of wrong tokens gets 429 with an honest ``Retry-After``
+before its token is even looked at, and failures are logged in aggregate, one
+line a minute at most, rather than one line each.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import math
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,15 +46,86 @@ BEARER = "bearer"
 
 _CLOCK_SKEW = 60.0
 
+log = logging.getLogger("zodbsession.admin")
+
+
+class FailureLimiter:
+    """Wrong tokens allowed per client address: a bucket of *burst* that refills at *per_second*.
+
+    ``retry_after(client)`` is 0 while the client may try, else the whole
+    seconds until its next try; ``failed(client)`` spends one try. At most
+    *max_clients* addresses are remembered (the least recently failing go
+    first), so a flood from many addresses costs bounded memory. Failures are
+    logged as one WARNING per *log_interval* seconds at most, with their count.
+
+    Threading: one lock guards the buckets and the counts; any thread may call.
+    """
+
+    def __init__(self, *, burst: int = 10, per_second: float = 0.2, max_clients: int = 10_000,
+                 log_interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if burst < 1 or per_second <= 0:
+            raise ValueError(f"burst must be at least 1 and per_second above 0, not {burst}, {per_second}")
+        self.burst = burst
+        self.per_second = per_second
+        self.max_clients = max_clients
+        self.log_interval = log_interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # {client -> (tries, at)}
+        self._failures = 0
+        self._refused = 0
+        self._clients: set[str] = set()
+        self._since = clock()
+
+    def _tries(self, client: str, now: float) -> float:
+        tries, at = self._buckets.get(client, (float(self.burst), now))
+        return min(float(self.burst), tries + (now - at) * self.per_second)
+
+    def retry_after(self, client: str) -> int:
+        """0 if *client* may try a token now, else the seconds until it may (counted as refused)."""
+        with self._lock:
+            now = self.clock()
+            tries = self._tries(client, now)
+            if tries >= 1:
+                return 0
+            self._refused += 1
+            self._log_if_due(now)
+            return max(1, math.ceil((1 - tries) / self.per_second))
+
+    def failed(self, client: str) -> None:
+        """Spend one of *client*'s tries: it sent a wrong token."""
+        with self._lock:
+            now = self.clock()
+            self._buckets[client] = (max(0.0, self._tries(client, now) - 1), now)
+            self._buckets.move_to_end(client)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+            self._failures += 1
+            if len(self._clients) < self.max_clients:
+                self._clients.add(client)
+            self._log_if_due(now)
+
+    def _log_if_due(self, now: float) -> None:
+        if now - self._since < self.log_interval or not (self._failures or self._refused):
+            return
+        log.warning("admin: %d wrong token(s) from %d client(s) in the last %.0f s; %d request(s) "
+                    "refused with 429 for guessing", self._failures, len(self._clients),
+                    now - self._since, self._refused)
+        self._failures = self._refused = 0
+        self._clients.clear()
+        self._since = now
+
 
 class AdminAccess:
     """Checks tokens, issues and checks login cookies, makes and checks CSRF tokens.
 
-    Threading: immutable after construction; any thread may call anything.
+    Threading: immutable after construction but for the limiter, which
+    locks; any thread may call anything.
     """
 
     def __init__(self, token: str, *, lifetime: float = 12 * 3600.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 limiter: FailureLimiter | None = None) -> None:
         if not isinstance(token, str) or not token.strip():
             raise ConfigError(
                 "admin.token", "is empty, and the admin listener does not run without one: set "
@@ -55,6 +135,12 @@ class AdminAccess:
         self.clock = clock
         self._token_digest = hashlib.sha256(token.encode()).digest()
         self._key = secrets.token_bytes(32)
+        self.limiter = limiter if limiter is not None else FailureLimiter()
+
+    @staticmethod
+    def sends_bearer(environ: Mapping[str, Any]) -> bool:
+        """Whether the request offers a Bearer token (which may be wrong)."""
+        return str(environ.get("HTTP_AUTHORIZATION", "")).partition(" ")[0].lower() == "bearer"
 
     def is_token(self, given: str) -> bool:
         """Whether *given* is the admin token (constant time, length included)."""

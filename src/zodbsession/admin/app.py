@@ -169,10 +169,18 @@ class AdminApp:
         method = environ.get("REQUEST_METHOD", "GET")
         method = "GET" if method == "HEAD" else method
         path = environ.get("PATH_INFO") or "/"
+        client = str(environ.get("REMOTE_ADDR", "?"))
+        guessing = (method, path) == ("POST", "/login") or self.access.sends_bearer(environ)
+        if guessing and (wait := self.access.limiter.retry_after(client)):
+            return _Response("429 Too Many Requests",
+                             f"429 Too Many Requests: too many wrong tokens; retry in {wait} s\n",
+                             "text/plain; charset=utf-8", [("Retry-After", str(wait))])
         if (method, path) == ("POST", "/login"):
             return self._login(environ, nonce)
         credential = self.access.credential(environ)
         if credential is None:
+            if guessing:
+                self.access.limiter.failed(client)
             return self._unauthorized(environ, method, path, nonce)
         args = _read_form(environ) if method == "POST" else parse_qs(environ.get("QUERY_STRING", ""))
         request = _Request(environ, credential, nonce, args)
@@ -206,7 +214,7 @@ class AdminApp:
         form = _read_form(environ)
         next_url = _local(form.get("next", ["/"])[0])
         if not self.access.is_token(form.get("token", [""])[0]):
-            log.warning("admin: a login with a wrong token from %s", environ.get("REMOTE_ADDR", "?"))
+            self.access.limiter.failed(str(environ.get("REMOTE_ADDR", "?")))
             return _Response("401 Unauthorized", page.login_page(next_url=next_url, failed=True, nonce=nonce),
                              headers=[_CHALLENGE])
         cookie = self.access.login_cookie(https=environ.get("wsgi.url_scheme") == "https")
