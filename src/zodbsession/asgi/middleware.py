@@ -17,20 +17,21 @@ a time, which holds here because those steps and the application take turns.
 
 ``lifespan`` and ``websocket`` scopes (and any other) pass through untouched:
 a websocket handler gets no session and no transaction.
+
+Built from: ``messages`` (the body kept for replay, the response held back)
+and ``threads`` (the worker threads and ``run_in_connection``'s runner), on
+the core (``transact``, ``outcomes``, ``locks``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any, TypeVar
+from concurrent.futures import Executor
+from typing import Any
 
-from persistent import Persistent
 from ZODB import DB
 
 from zodbsession.asgi.messages import (
@@ -43,6 +44,7 @@ from zodbsession.asgi.messages import (
     plain_messages,
     read_body,
 )
+from zodbsession.asgi.threads import ConnectionRunner, WorkerThreads
 from zodbsession.cookies import CookiePolicy, read_cookie
 from zodbsession.errors import PublishError, RequestBodyTooLarge, SessionBusy
 from zodbsession.locks import MAX_WAITING, WAIT_TIMEOUT, AsyncKeyedLocks
@@ -57,7 +59,6 @@ from zodbsession.transact import Attempt, CommitVeto, Ending, TransactionCore, d
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 
 
@@ -151,9 +152,8 @@ class SessionMiddleware:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         # A thread per connection in use: the ZODB steps never queue for a
         # thread, nor compete with the application's own to_thread work.
-        self._own_executor = executor is None
-        self.executor = executor if executor is not None else ThreadPoolExecutor(
-            max_connections, thread_name_prefix="zodbsession-asgi")
+        self.threads = WorkerThreads(executor, max_connections)
+        self._in_thread = self.threads.run
         policy = retry if retry is not None else RetryPolicy(retry_attempts, retry_backoff, MAX_BACKOFF)
         self.core = TransactionCore(db, manager=self.manager, retry=policy, commit_veto=commit_veto,
                                     registry=registry)
@@ -167,8 +167,7 @@ class SessionMiddleware:
 
     def close(self) -> None:
         """Stop the middleware's own thread pool once the server has drained (the db stays open)."""
-        if self._own_executor:
-            self.executor.shutdown(wait=True)
+        self.threads.close()
 
     def _ensure_container(self) -> None:
         # Made once here, so that concurrent first requests don't all create it.
@@ -246,13 +245,14 @@ class SessionMiddleware:
         request["zodbsession.session"] = attempt.session
         request["zodbsession.connection"] = attempt.connection
         request["zodbsession.attempt"] = attempt.number
-        request[RUNNER_KEY] = _ConnectionRunner(self, attempt)
+        request[RUNNER_KEY] = ConnectionRunner(self.threads, lambda: attempt.connection)
         core.enter(attempt)
         try:
             return await self._run_app(attempt, ReplayReceive(body, receive, self.max_request_body), send)
         finally:
             core.leave()
-            await self._in_thread(core.close, attempt)
+            if attempt.tm is not None or attempt.connection is not None:  # not closed with its ending
+                await self._in_thread(core.close, attempt)
 
     async def _run_app(self, attempt: Attempt, replay: ReplayReceive,
                        send: Send) -> tuple[Ending, list[Message]]:
@@ -271,20 +271,25 @@ class SessionMiddleware:
                               "changes are discarded, the body is cut short", attempt.where, exc_info=exc)
                 return head[0], self._own_answer(head[0])
             if isinstance(exc, PublishError):
-                ending = await self._in_thread(core.finish, attempt, exc.status, exc.headers, raised=exc)
+                ending = await self._ending(core.finish, attempt, exc.status, exc.headers, raised=exc)
                 return ending, self._answer(ending, request, _publish_error_messages(exc))
-            ending = await self._in_thread(core.fail, attempt, exc)
+            ending = await self._ending(core.fail, attempt, exc)
             return ending, self._failure_answer(ending, response)
         if head:
             return head[0], self._own_answer(head[0])
         if replay.client_gone:  # aborted, whatever the application answered
-            return await self._in_thread(core.abandon, attempt, CLIENT_GONE), []
+            return await self._ending(core.abandon, attempt, CLIENT_GONE), []
         if response.status is None:
             error = RuntimeError("the application returned without sending http.response.start")
-            ending = await self._in_thread(core.fail, attempt, error)
+            ending = await self._ending(core.fail, attempt, error)
             return ending, self._own_answer(ending)
-        ending = await self._in_thread(core.finish, attempt, response.status_line, response.headers)
+        ending = await self._ending(core.finish, attempt, response.status_line, response.headers)
         return ending, self._answer(ending, request, response.messages)
+
+    async def _ending(self, step: Callable[..., Ending], attempt: Attempt, *args: Any,
+                      **kwargs: Any) -> Ending:
+        """End the attempt by *step* (``finish``, ``fail``, ``abandon``) and close it, in one thread hop."""
+        return await self._in_thread(_then_close, self.core, step, attempt, *args, **kwargs)
 
     async def _commit_head(self, attempt: Attempt, head: list[Ending], response: ResponseBuffer) -> bool:
         """Streaming: decide the transaction at the first chunk, before the head goes out.
@@ -351,53 +356,14 @@ class SessionMiddleware:
         elif ending.cookie is False:
             response.add_header(*self.cookie.delete_header(https=https))
 
-    # -- threads ------------------------------------------------------------------
 
-    async def _in_thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` in the executor, in a copy of this task's context.
-
-        A cancelled task (a server's shutdown) still waits for the step to
-        end before it goes on: a thread cannot be stopped, and the next step
-        (closing the connection) must not use the connection beside it.
-        """
-        loop = asyncio.get_running_loop()
-        context = contextvars.copy_context()
-        future = loop.run_in_executor(self.executor, functools.partial(context.run, fn, *args, **kwargs))
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            while not future.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([future])
-            raise
-
-
-class _ConnectionRunner:
-    """What ``run_in_connection`` uses: the attempt's connection, one thread at a time."""
-
-    __slots__ = ("_middleware", "_attempt", "_lock")
-
-    def __init__(self, middleware: SessionMiddleware, attempt: Attempt) -> None:
-        self._middleware = middleware
-        self._attempt = attempt
-        self._lock = asyncio.Lock()
-
-    async def __call__(self, fn: Callable[..., T], /, *args: Any) -> T:
-        connection = self._attempt.connection
-        if connection is None:
-            raise RuntimeError("the request's connection is closed: run_in_connection works only "
-                               "while the request runs")
-        # Two calls at once (asyncio.gather) would use the connection from two threads.
-        async with self._lock:
-            return await self._middleware._in_thread(_call_loaded, fn, connection, *args)
-
-
-def _call_loaded(fn: Callable[..., T], connection: Any, *args: Any) -> T:
-    """``fn(connection, *args)``; a persistent object it returns is loaded here, not in the loop."""
-    result = fn(connection, *args)
-    if isinstance(result, Persistent):
-        result._p_activate()
-    return result
+def _then_close(core: TransactionCore, step: Callable[..., Ending], attempt: Attempt, *args: Any,
+                **kwargs: Any) -> Ending:
+    """``step(attempt, ...)``, then ``core.close(attempt)``: what a worker thread does at an attempt's end."""
+    try:
+        return step(attempt, *args, **kwargs)
+    finally:
+        core.close(attempt)
 
 
 def _only_error(error: Exception) -> Exception:
