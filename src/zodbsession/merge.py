@@ -1,0 +1,193 @@
+"""The three-way merge of a session record, which ZODB runs when two transactions wrote one session.
+
+When two transactions change the same ``Session`` from the same snapshot, the
+second commit hands ZODB three states: the one both started from (*old*), the
+one already committed and its own (*new*). ``merge_session_state`` either
+returns the merged state or raises ``ConflictError`` (and the request is
+retried). It is a pure function of the three unpickled states: persistent
+subobjects arrive as ``PersistentReference``, everything else as plain values.
+
+The rules, one name at a time (``-`` is "absent", ``=`` is "the same value"):
+
+==================================  ====================  ===================
+what changed                        data keys (by key)    any other attribute
+==================================  ====================  ===================
+neither side                        keep                  keep
+one side (set, added or deleted)    take that side        take that side
+both, to the same value (or both    merge                 conflict
+deleted)
+both, to different values           conflict              conflict
+one deleted, the other changed      conflict              conflict
+==================================  ====================  ===================
+
+and, for the record as a whole: a side whose state is *the same as old* did
+not change the session but rewrote it to claim it. ``SessionManager`` does
+that when it removes a session (revoke, logout, the sweep), so that a
+concurrent change conflicts instead of landing in an unreachable object.
+Such a record never merges.
+
+"The same value" is decided by ``fingerprint``, never by a value's own
+``__eq__``: type for type, item for item, so ``1``, ``1.0`` and ``True``
+differ; two references are the same when ZODB's ``PersistentReference``
+would call them equal (same oid and database, and not weak) or are one
+object. A value that cannot be fingerprinted makes its key conflict.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Hashable, Iterator, Mapping
+from typing import Any
+
+from ZODB.ConflictResolution import PersistentReference
+from ZODB.POSException import ConflictError
+
+#: The pickle protocol ZODB writes records with; values are reduced with it.
+PROTOCOL = 3
+
+#: Values nested deeper than this are not compared: their key conflicts.
+MAX_DEPTH = 100
+
+#: The attribute of a session's state that holds the application's data.
+DATA = "_data"
+
+#: Stands for a name absent from a state.
+MISSING: Any = type("Missing", (), {"__repr__": lambda self: "<missing>"})()
+
+_ATOMS = frozenset({type(None), bool, int, str, bytes})
+_SEQUENCES = frozenset({list, tuple})
+_SETS = frozenset({set, frozenset})
+# Pickled by name, so compared as the object itself.
+_GLOBALS = (type, types.FunctionType, types.BuiltinFunctionType, types.MethodDescriptorType)
+
+
+class _Incomparable(Exception):
+    """A value that cannot be fingerprinted (too deep, cannot be reduced)."""
+
+
+def fingerprint(value: Any, depth: int = 0) -> Hashable:
+    """A hashable stand-in for *value*: two values with equal fingerprints are the same.
+
+    Never calls the value's ``__eq__``: a class that defines equality loosely
+    (or a ``PersistentReference``, which raises) cannot make two different
+    values look the same. Built-in containers compare by content (a dict's or
+    set's order does not matter); any other object compares by what it
+    pickles to (its ``__reduce_ex__``), so an object of a class that could
+    not be imported, or cannot be pickled, raises.
+    """
+    if depth > MAX_DEPTH:
+        raise _Incomparable(f"nested deeper than {MAX_DEPTH}")
+    kind = type(value)
+    if kind in _ATOMS:
+        return (kind, value)
+    if kind is float:
+        return (kind, value.hex())  # tells -0.0 from 0.0; every NaN is the same
+    if kind is complex:
+        return (kind, value.real.hex(), value.imag.hex())
+    inner = depth + 1
+    if kind in _SEQUENCES:
+        return (kind, tuple(fingerprint(item, inner) for item in value))
+    if kind is dict:
+        return (kind, frozenset((fingerprint(k, inner), fingerprint(v, inner)) for k, v in value.items()))
+    if kind in _SETS:
+        return (kind, frozenset(fingerprint(item, inner) for item in value))
+    if kind is PersistentReference:
+        if value.weak:
+            # ZODB vouches for a weak reference only as itself; one spelling
+            # read in one resolution is one object (its factory caches them).
+            return (kind, "weak", id(value))
+        return (kind, value.oid, value.database_name)
+    if isinstance(value, _GLOBALS):
+        return ("global", value)
+    reduced = value.__reduce_ex__(PROTOCOL)
+    if isinstance(reduced, str):
+        return ("global", kind, reduced)
+    return (kind, "reduced", tuple(_reduced_part(part, inner) for part in reduced))
+
+
+def _reduced_part(part: Any, depth: int) -> Hashable:
+    # The list and dict items of a reduction are iterators: compare their items in order.
+    if isinstance(part, Iterator):
+        return ("items", tuple(fingerprint(item, depth) for item in part))
+    return fingerprint(part, depth)
+
+
+def _fingerprint_of(value: Any, where: str) -> Hashable:
+    """``fingerprint``, with an incomparable value turned into the conflict it causes."""
+    if value is MISSING:
+        return MISSING
+    try:
+        return fingerprint(value)
+    except Exception as error:  # any failure to compare must conflict, never merge
+        # The error's text may quote the value: only its type goes in the message.
+        raise ConflictError(f"session merge: cannot compare {where} ({type(error).__name__})") from None
+
+
+def _merge_one(old: Any, committed: Any, new: Any, where: str, *, same_change_merges: bool) -> Any:
+    """The merged value of one name, or MISSING for "absent"; raises ConflictError."""
+    o, c, n = (_fingerprint_of(value, where) for value in (old, committed, new))
+    if o == c:
+        return new  # only new changed it (or neither did)
+    if o == n:
+        return committed  # only committed changed it
+    if c == n and same_change_merges:
+        return committed  # both made the same change
+    if c != n and (c is MISSING or n is MISSING):
+        raise ConflictError(f"session merge: {where} was deleted on one side and changed on the other")
+    raise ConflictError(f"session merge: {where} was changed on both sides")
+
+
+def merge_mapping(old: Mapping[Any, Any], committed: Mapping[Any, Any], new: Mapping[Any, Any],
+                  *, what: str = "key", same_change_merges: bool = True) -> dict[Any, Any]:
+    """Merge three versions of a mapping key by key; raises ConflictError.
+
+    The result keeps the committed order, followed by keys only *new* added.
+    With *same_change_merges* false, a name changed on both sides conflicts
+    even when both made the same change.
+    """
+    merged: dict[Any, Any] = {}
+    for key in [*committed, *(key for key in new if key not in committed),
+                *(key for key in old if key not in committed and key not in new)]:
+        value = _merge_one(old.get(key, MISSING), committed.get(key, MISSING), new.get(key, MISSING),
+                           f"{what} {_describe(key)}", same_change_merges=same_change_merges)
+        if value is not MISSING:
+            merged[key] = value
+    return merged
+
+
+def merge_session_state(old: Any, committed: Any, new: Any, *, by_key: tuple[str, ...] = (DATA,)
+                        ) -> dict[str, Any]:
+    """Merge three states of a ``Session`` record (its ``__getstate__`` dicts); raises ConflictError.
+
+    The attributes named in *by_key* are merged key by key (the application's
+    data); every other attribute must be unchanged or changed on one side
+    only. A side that rewrote the record unchanged conflicts (see the module
+    docstring).
+    """
+    states = (old, committed, new)
+    if not all(type(state) is dict for state in states):
+        raise ConflictError("session merge: a state is not a plain attribute dict")
+    for name in by_key:
+        if not all(type(state.get(name)) is dict for state in states):
+            raise ConflictError(f"session merge: attribute {name!r} is not a dict on every side")
+    whole = [_fingerprint_of(state, "the session's state") for state in states]
+    if whole[1] == whole[0] or whole[2] == whole[0]:
+        raise ConflictError("session merge: one side rewrote the session without changing it "
+                            "(it was removed, or claimed on purpose)")
+    attributes = {name: value for name, value in committed.items() if name not in by_key}
+    merged = merge_mapping(_without(old, by_key), attributes, _without(new, by_key),
+                           what="attribute", same_change_merges=False)
+    for name in by_key:
+        merged[name] = merge_mapping(old[name], committed[name], new[name])
+    return merged
+
+
+def _without(state: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: value for name, value in state.items() if name not in names}
+
+
+def _describe(key: Any, limit: int = 60) -> str:
+    """A key for a message: its repr, cut short (values never appear in messages)."""
+    text = repr(key) if isinstance(key, str | int) else f"of type {type(key).__name__}"
+    return text if len(text) <= limit else text[:limit] + "..."
+
