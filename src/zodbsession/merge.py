@@ -7,20 +7,25 @@ returns the merged state or raises ``ConflictError`` (and the request is
 retried). It is a pure function of the three unpickled states: persistent
 subobjects arrive as ``PersistentReference``, everything else as plain values.
 
-The rules, one name at a time (``-`` is "absent", ``=`` is "the same value"):
+The rule is the same for every key of the application's data and for every
+other attribute of the record (id, created, user_id, anything added later),
+one name at a time, where "changed" includes added and deleted:
 
-==================================  ====================  ===================
-what changed                        data keys (by key)    any other attribute
-==================================  ====================  ===================
-neither side                        keep                  keep
-one side (set, added or deleted)    take that side        take that side
-both, to the same value (or both    merge                 conflict
-deleted)
-both, to different values           conflict              conflict
-one deleted, the other changed      conflict              conflict
-==================================  ====================  ===================
+=========================  =========================  ======================
+committed changed it       new changed it             the merged record has
+=========================  =========================  ======================
+no                         no                         the value (unchanged)
+no                         yes                        new's value
+yes                        no                         committed's value
+yes                        yes                        -- ``ConflictError``
+=========================  =========================  ======================
 
-and, for the record as a whole: a side whose state is *the same as old* did
+Changed on both sides conflicts even when both made the same change, or both
+deleted the key: two requests that each read ``n == 1`` and wrote ``n = 2``
+made two increments, and merging them would keep one; two requests that
+each popped the same one-time token would both have used it.
+
+And, for the record as a whole: a side whose state is *the same as old* did
 not change the session but rewrote it to claim it. ``SessionManager`` does
 that when it removes a session (revoke, logout, the sweep), so that a
 concurrent change conflicts instead of landing in an unreachable object.
@@ -123,33 +128,37 @@ def _fingerprint_of(value: Any, where: str) -> Hashable:
         raise ConflictError(f"session merge: cannot compare {where} ({type(error).__name__})") from None
 
 
-def _merge_one(old: Any, committed: Any, new: Any, where: str, *, same_change_merges: bool) -> Any:
+#: The table above: (committed changed it, new changed it) -> the state whose value is kept.
+_DECISIONS: dict[tuple[bool, bool], int | None] = {
+    (False, False): 1,
+    (False, True): 2,
+    (True, False): 1,
+    (True, True): None,  # conflict
+}
+
+
+def _merge_one(old: Any, committed: Any, new: Any, where: str) -> Any:
     """The merged value of one name, or MISSING for "absent"; raises ConflictError."""
     o, c, n = (_fingerprint_of(value, where) for value in (old, committed, new))
-    if o == c:
-        return new  # only new changed it (or neither did)
-    if o == n:
-        return committed  # only committed changed it
-    if c == n and same_change_merges:
-        return committed  # both made the same change
-    if c != n and (c is MISSING or n is MISSING):
-        raise ConflictError(f"session merge: {where} was deleted on one side and changed on the other")
-    raise ConflictError(f"session merge: {where} was changed on both sides")
+    keep = _DECISIONS[c != o, n != o]
+    if keep is None:
+        if MISSING in (c, n) and c != n:
+            raise ConflictError(f"session merge: {where} was deleted on one side and changed on the other")
+        raise ConflictError(f"session merge: {where} was changed on both sides")
+    return (old, committed, new)[keep]
 
 
 def merge_mapping(old: Mapping[Any, Any], committed: Mapping[Any, Any], new: Mapping[Any, Any],
-                  *, what: str = "key", same_change_merges: bool = True) -> dict[Any, Any]:
-    """Merge three versions of a mapping key by key; raises ConflictError.
+                  *, what: str = "key") -> dict[Any, Any]:
+    """Merge three versions of a mapping name by name (the table above); raises ConflictError.
 
-    The result keeps the committed order, followed by keys only *new* added.
-    With *same_change_merges* false, a name changed on both sides conflicts
-    even when both made the same change.
+    The result keeps the committed order, followed by the names only *new* added.
     """
     merged: dict[Any, Any] = {}
     for key in [*committed, *(key for key in new if key not in committed),
                 *(key for key in old if key not in committed and key not in new)]:
         value = _merge_one(old.get(key, MISSING), committed.get(key, MISSING), new.get(key, MISSING),
-                           f"{what} {_describe(key)}", same_change_merges=same_change_merges)
+                           f"{what} {_describe(key)}")
         if value is not MISSING:
             merged[key] = value
     return merged
@@ -159,10 +168,10 @@ def merge_session_state(old: Any, committed: Any, new: Any, *, by_key: tuple[str
                         ) -> dict[str, Any]:
     """Merge three states of a ``Session`` record (its ``__getstate__`` dicts); raises ConflictError.
 
-    The attributes named in *by_key* are merged key by key (the application's
-    data); every other attribute must be unchanged or changed on one side
-    only. A side that rewrote the record unchanged conflicts (see the module
-    docstring).
+    The attributes named in *by_key* (the application's data) are merged
+    key by key, every other attribute as a whole, by the same rule: a name
+    changed on both sides conflicts. A side that rewrote the record
+    unchanged conflicts (see the module docstring).
     """
     states = (old, committed, new)
     if not all(type(state) is dict for state in states):
@@ -175,8 +184,7 @@ def merge_session_state(old: Any, committed: Any, new: Any, *, by_key: tuple[str
         raise ConflictError("session merge: one side rewrote the session without changing it "
                             "(it was removed, or claimed on purpose)")
     attributes = {name: value for name, value in committed.items() if name not in by_key}
-    merged = merge_mapping(_without(old, by_key), attributes, _without(new, by_key),
-                           what="attribute", same_change_merges=False)
+    merged = merge_mapping(_without(old, by_key), attributes, _without(new, by_key), what="attribute")
     for name in by_key:
         merged[name] = merge_mapping(old[name], committed[name], new[name])
     return merged
