@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import timedelta
 
 import transaction
 from hypothesis import example, given, settings
@@ -40,8 +41,14 @@ class Record:
     created: float
     last_access: float
     user: str | None = None
+    own_idle: float | None = None  # set_expiry(seconds)
+    at: float | None = None  # set_expiry(a moment)
 
     def deadline(self) -> float:
+        if self.at is not None:
+            return self.at
+        if self.own_idle is not None:
+            return min(self.last_access + self.own_idle, self.created + max(LIFETIME, self.own_idle))
         return min(self.last_access + IDLE, self.created + LIFETIME)
 
 
@@ -59,6 +66,10 @@ operations = st.one_of(
     st.tuples(st.just("revoke_user"), st.sampled_from(USERS)),
     st.tuples(st.just("advance"), advances),
     st.tuples(st.just("expire"), st.integers(min_value=1, max_value=4)),
+    # Per-session expiry, shortened and lengthened: ("idle", s), ("in", s) a moment, ("none",).
+    st.tuples(st.just("set_expiry"), picks, st.sampled_from(
+        [("idle", 30.0), ("idle", 600.0), ("idle", 20_000.0), ("in", 15.0), ("in", 900.0),
+         ("in", 50_000.0), ("none", 0.0), ("browser", 0.0)])),
 )
 # A busy site: each tick moves the clock a little, uses some of the sessions,
 # maybe opens one and maybe sweeps. It reaches the sweep's re-filing often.
@@ -170,6 +181,21 @@ class Run:
             self.manager.set_user(session, user)
             self.model[session_id].user = user
 
+    def op_set_expiry(self, index: int, choice: tuple[str, float]) -> None:
+        session_id = self.pick(index)
+        if session_id is None:
+            return
+        session = self.model_get(session_id)
+        if session is None:
+            return
+        kind, seconds = choice
+        value = {"idle": seconds, "in": timedelta(seconds=seconds), "none": None, "browser": 0}[kind]
+        record = self.model[session_id]
+        new = (seconds if kind == "idle" else None, self.clock.now + seconds if kind == "in" else None)
+        if self.manager.set_expiry(session, value):
+            record.last_access = self.clock.now  # a change records the access
+        record.own_idle, record.at = new
+
     def op_revoke(self, index: int) -> None:
         session_id = self.pick_any(index)
         if session_id is not None:
@@ -250,6 +276,14 @@ class Run:
 )
 @example(  # the absolute lifetime ends a session touched all along
     [("new", "bob"), *[("advance", 1000.0), ("touch", 0)] * 8, ("expire", 3)]
+)
+@example(  # a deadline shortened after filing is swept on time, not at the old entry
+    [("new", None), ("advance", 60.0), ("set_expiry", 0, ("idle", 30.0)), ("advance", 61.0),
+     ("expire", 1)]
+)
+@example(  # shortened to a moment, then lengthened again: the early entry is re-filed
+    [("new", "bob"), ("set_expiry", 0, ("in", 15.0)), ("set_expiry", 0, ("idle", 20_000.0)),
+     ("advance", 60.0), ("expire", 1), ("advance", 3600.0), ("expire", 2)]
 )
 @example(  # logout of a user whose sessions are partly expired but not swept
     [("new", "carol"), ("advance", 1799.0), ("new", "carol"), ("advance", 1.0),

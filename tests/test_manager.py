@@ -3,15 +3,17 @@ changes, the Quixote persistence pair and expiry."""
 
 from __future__ import annotations
 
+import math
 import os
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from transaction.interfaces import AlreadyInTransaction
 from ZODB.utils import u64
 
 from zodbsession.db import open_db
-from zodbsession.errors import ConfigError, UncommittedChanges
-from zodbsession.manager import SessionManager
+from zodbsession.errors import ConfigError, InvalidUserId, UncommittedChanges, ZodbSessionError
+from zodbsession.manager import MAX_USER_ID_LENGTH, SessionManager
 from zodbsession.store import EXPIRY_SLOT_SECONDS, ROOT_KEY, expiry_slot, get_container
 
 IDLE = 1800.0
@@ -50,8 +52,10 @@ def _stored_session(manager, conn, **data):
         {"max_lifetime": 0},
         {"access_resolution": -1},
         {"idle_timeout": 60, "access_resolution": 60},
+        {"idle_timeout": 3600, "max_lifetime": 1800},
     ],
-    ids=["zero-idle", "negative-idle", "zero-lifetime", "negative-resolution", "resolution>=idle"],
+    ids=["zero-idle", "negative-idle", "zero-lifetime", "negative-resolution", "resolution>=idle",
+         "lifetime<idle"],
 )
 def test_bad_timeouts_raise_config_error_naming_the_key(options):
     with pytest.raises(ConfigError) as info:
@@ -645,3 +649,258 @@ def test_forget_changes_on_a_session_first_written_in_this_transaction(manager, 
     session["b"] = 2
     conn.transaction_manager.commit()
     assert manager.get(connect(db), session.id).data() == {"b": 2}
+
+
+def test_lifetime_equal_to_idle_timeout_is_allowed():
+    assert SessionManager(idle_timeout=600, max_lifetime=600).max_lifetime == 600
+
+
+# -- user ids -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("user_id", ["x" * (MAX_USER_ID_LENGTH + 1), "x" * 5_000_000, "", 42, b"alice"],
+                         ids=["one-too-long", "five-million", "empty", "int", "bytes"])
+def test_set_user_refuses_a_bad_user_id_and_changes_nothing(manager, db, connect, user_id):
+    conn = connect(db)
+    session = _stored_session(manager, conn)
+    manager.set_user(session, "alice")
+    _commit(conn)
+    with pytest.raises(InvalidUserId) as info:
+        manager.set_user(session, user_id)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, ZodbSessionError)
+    assert session.user_id == "alice"
+    assert not session._p_changed
+    assert get_container(conn).user_session_ids("alice") == [session.id]
+
+
+def test_too_long_user_id_message_says_the_limit_and_not_the_whole_id(manager, db, conn):
+    with pytest.raises(InvalidUserId) as info:
+        manager.set_user(manager.new(conn), "y" * 10_000)
+    assert str(MAX_USER_ID_LENGTH) in str(info.value)
+    assert len(str(info.value)) < 300
+
+
+def test_user_id_at_the_limit_is_accepted(manager, db, connect):
+    session = manager.new(connect(db))
+    manager.set_user(session, "u" * MAX_USER_ID_LENGTH)
+    assert session.user_id == "u" * MAX_USER_ID_LENGTH
+
+
+def test_new_refuses_a_too_long_user_id(manager, db, conn):
+    with pytest.raises(InvalidUserId):
+        manager.new(conn, user_id="z" * (MAX_USER_ID_LENGTH + 1))
+
+
+# -- each session's own expiry ---------------------------------------------------
+
+
+def test_own_idle_timeout_ends_the_session_exactly_then(manager, db, connect, clock):
+    conn = connect(db)
+    session = _stored_session(manager, conn)
+    clock.advance(100)
+    manager.set_expiry(session, 300)
+    _commit(conn)
+    assert manager.get_expiry_age(session) == 300
+    start = clock()
+    clock.set(start + 300 - EPSILON)
+    assert manager.get(conn, session.id) is session
+    conn.transaction_manager.abort()
+    clock.set(start + 300)
+    assert manager.get(connect(db), session.id) is None
+
+
+def test_own_idle_timeout_outlives_max_lifetime_while_used(db, connect, clock):
+    """"Remember me for a day" under an hour's lifetime: used every half hour, it stays."""
+    manager = SessionManager(idle_timeout=1800, max_lifetime=3600, clock=clock)
+    conn = connect(db)
+    session = _stored_session(manager, conn)
+    manager.set_expiry(session, 86400)
+    _commit(conn)
+    created = clock()
+    for hour in range(1, 24):
+        clock.set(created + hour * 3600)
+        assert manager.get(conn, session.id) is session
+        _commit(conn)
+    clock.set(created + 86400)
+    assert manager.get(conn, session.id) is None
+
+
+@pytest.mark.parametrize("tz", [UTC, timezone(timedelta(hours=-5)), None], ids=["utc", "utc-5", "naive"])
+def test_expiry_at_a_moment_ends_the_session_then_despite_use(manager, db, connect, clock, tz):
+    conn = connect(db)
+    session = _stored_session(manager, conn)
+    moment = datetime.fromtimestamp(clock() + 5000, UTC)
+    given = moment.replace(tzinfo=None) if tz is None else moment.astimezone(tz)
+    manager.set_expiry(session, given)
+    _commit(conn)
+    assert manager.get_expiry_date(session) == moment
+    assert manager.get_expiry_date(session).tzinfo is not None
+    assert manager.get_expiry_age(session) == 5000
+    start = clock()
+    for offset in (1000, 2500, 4000, 5000 - EPSILON):
+        clock.set(start + offset)
+        assert manager.get(conn, session.id) is session  # past the 1800 s idle timeout
+        _commit(conn)
+    clock.set(start + 5000)
+    assert manager.get(conn, session.id) is None
+
+
+def test_expiry_as_a_timedelta_is_a_moment_from_now(manager, db, conn, clock):
+    session = _stored_session(manager, conn)
+    manager.set_expiry(session, timedelta(hours=3))
+    assert manager.get_expiry_date(session) == datetime.fromtimestamp(clock() + 3 * 3600, UTC)
+    clock.advance(3600)
+    assert manager.get_expiry_age(session) == 2 * 3600
+
+
+def test_expiry_zero_lasts_until_the_browser_closes_with_the_default_timeouts(manager, db, conn, clock):
+    session = _stored_session(manager, conn)
+    assert not manager.get_expire_at_browser_close(session)
+    manager.set_expiry(session, 0)
+    assert manager.get_expire_at_browser_close(session)
+    assert manager.get_expiry_age(session) == IDLE
+    assert manager.cookie_max_age(session) == "session"
+
+
+def test_expiry_none_goes_back_to_the_managers_timeouts(manager, db, conn, clock):
+    session = _stored_session(manager, conn)
+    manager.set_expiry(session, 60)
+    manager.set_expiry(session, None)
+    assert manager.get_expiry_age(session) == IDLE
+    assert manager.cookie_max_age(session) is None
+    assert not manager.get_expire_at_browser_close(session)
+
+
+def test_setting_the_same_expiry_again_writes_nothing(manager, db, conn, clock):
+    session = _stored_session(manager, conn)
+    assert manager.set_expiry(session, 600)
+    _commit(conn)
+    before = db.storage.lastTransaction()
+    clock.advance(10)
+    assert not manager.set_expiry(session, 600)
+    assert not manager.set_expiry(session, 600.0)
+    _commit(conn)
+    assert db.storage.lastTransaction() == before
+    assert not manager.set_expiry(manager.new(conn), None)  # a new session stays transient
+
+
+@pytest.mark.parametrize("value", [-1, -0.5, math.nan, math.inf, "600", True, [600]],
+                         ids=["negative", "negative-float", "nan", "inf", "string", "bool", "list"])
+def test_set_expiry_refuses_nonsense(manager, db, conn, value):
+    session = _stored_session(manager, conn)
+    with pytest.raises(ValueError, match="set_expiry"):
+        manager.set_expiry(session, value)
+    assert session._expiry is None
+
+
+def test_set_expiry_is_a_write_that_survives_a_fresh_connection(manager, db, connect, clock):
+    conn = connect(db)
+    session = _stored_session(manager, conn)
+    manager.set_expiry(session, 7 * 86400)
+    _commit(conn)
+    other = connect(db)
+    clock.advance(3 * 86400)
+    assert manager.get_expiry_age(manager.get(other, session.id)) == 4 * 86400
+
+
+def test_set_expiry_stores_a_new_session(manager, db, connect):
+    conn = connect(db)
+    session = manager.new(conn)
+    manager.set_expiry(session, 0)
+    _commit(conn)
+    assert manager.get(connect(db), session.id) is not None
+
+
+def test_session_verbs_use_the_manager_that_found_it(manager, db, connect, clock):
+    """``Session.set_expiry`` & co. answer on the finding manager's clock and timeouts."""
+    conn = connect(db)
+    stored = _stored_session(manager, conn)
+    session = manager.get(connect(db), stored.id)
+    session.set_expiry(120)
+    clock.advance(20)
+    assert session.get_expiry_age() == 100
+    assert session.get_expiry_date() == datetime.fromtimestamp(clock() + 100, UTC)
+    assert not session.get_expire_at_browser_close()
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, None), (0, "session"), (600, LIFETIME), (2 * LIFETIME, 2 * LIFETIME),
+    (timedelta(seconds=90), 90),
+], ids=["default", "browser", "idle-under-lifetime", "idle-over-lifetime", "moment"])
+def test_cookie_max_age_covers_the_whole_possible_lifetime(manager, db, conn, clock, value, expected):
+    session = _stored_session(manager, conn)
+    manager.set_expiry(session, value)
+    assert manager.cookie_max_age(session) == expected
+
+
+def test_cookie_max_age_of_a_past_moment_is_one_second(manager, db, conn, clock):
+    session = _stored_session(manager, conn)
+    manager.set_expiry(session, timedelta(seconds=-5))
+    assert manager.cookie_max_age(session) == 1
+    assert manager.get_expiry_age(session) == 0
+
+
+# -- a shortened deadline is swept on time ----------------------------------------
+
+
+def _expiry_slots(conn, session_id: str) -> list[int]:
+    return [slot for slot, sid in get_container(conn).expiry if sid == session_id]
+
+
+@pytest.mark.parametrize("shorten", [
+    lambda manager, session: manager.set_expiry(session, 60),
+    lambda manager, session: manager.set_expiry(session, timedelta(seconds=60)),
+    lambda manager, session: manager.set_expiry(
+        session, datetime.fromtimestamp(manager.clock() + 60, UTC)),
+], ids=["idle-seconds", "timedelta", "datetime"])
+def test_shortened_lifetime_is_swept_on_time(manager, db, connect, clock, shorten):
+    """The index's entry says 'not before IDLE'; a deadline moved earlier gets an earlier entry."""
+    conn = connect(db)
+    session = _stored_session(manager, conn)
+    clock.advance(100)
+    shorten(manager, session)
+    _commit(conn)
+    deadline = clock() + 60
+    assert min(_expiry_slots(conn, session.id)) == expiry_slot(deadline)
+
+    clock.set(deadline - EPSILON)
+    assert manager.expire(conn) == 0
+    clock.set(deadline + EXPIRY_WIDTH)  # long before the idle timeout (1800 s)
+    assert manager.expire(conn) == 1
+    assert get_container(connect(db)).get(session.id) is None
+
+
+def test_shortened_lifetime_of_a_new_session_is_swept_on_time(manager, db, connect, clock):
+    conn = connect(db)
+    session = manager.new(conn)
+    manager.set_expiry(session, 30)  # its first write
+    _commit(conn)
+    clock.advance(30 + EXPIRY_WIDTH)
+    assert manager.expire(conn) == 1
+
+
+def test_session_used_after_shortening_is_refiled_not_swept(manager, db, connect, clock):
+    conn = connect(db)
+    session = _stored_session(manager, conn)
+    manager.set_expiry(session, 120)
+    _commit(conn)
+    clock.advance(100)
+    assert manager.get(conn, session.id) is session  # a touch: now live until +220
+    _commit(conn)
+    clock.advance(20 + EXPIRY_WIDTH)
+    assert manager.expire(conn) == 0
+    assert min(_expiry_slots(conn, session.id)) == expiry_slot(clock() - 20 - EXPIRY_WIDTH + 120)
+    clock.advance(100)
+    assert manager.expire(conn) == 1
+
+
+def test_lengthened_lifetime_is_not_swept_at_the_default_deadline(manager, db, connect, clock):
+    conn = connect(db)
+    session = _stored_session(manager, conn)
+    manager.set_expiry(session, 4 * IDLE)
+    _commit(conn)
+    clock.advance(IDLE + EXPIRY_WIDTH)
+    assert manager.expire(conn) == 0
+    assert manager.get(connect(db), session.id) is not None
+    clock.advance(3 * IDLE)
+    assert manager.expire(conn) == 1

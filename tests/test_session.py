@@ -236,3 +236,123 @@ def test_sessions_with_equal_data_are_distinct_and_hashable():
     second = Session(new_session_id(), 0.0)
     assert first != second
     assert len({first, second}) == 2
+
+
+def test_own_idle_timeout_replaces_the_managers_and_lifts_the_lifetime(session, clock):
+    start = clock()
+    session._expiry = ("idle", 5000.0)
+    assert session.deadline(idle_timeout=100, max_lifetime=1000) == start + 5000
+    session.touch(start + 10, 0)
+    assert session.deadline(idle_timeout=100, max_lifetime=1000) == start + 5000  # lifetime cap
+    session._expiry = ("idle", 50.0)
+    assert session.deadline(idle_timeout=100, max_lifetime=1000) == start + 60
+
+
+def test_absolute_expiry_replaces_both_timeouts(session, clock):
+    session._expiry = ("at", clock() + 12345.0)
+    assert session.deadline(idle_timeout=100, max_lifetime=1000) == clock() + 12345
+
+
+def test_browser_close_expiry_keeps_the_managers_timeouts(session, clock):
+    session._expiry = ("browser", 0.0)
+    assert session.deadline(idle_timeout=100, max_lifetime=1000) == clock() + 100
+
+
+def test_old_pickles_without_an_expiry_load_with_none(memory_db, memory_conn, clock, connect):
+    """A session stored before sessions had an expiry of their own reads as the manager's."""
+    session = Session(new_session_id(), clock())
+    del session.__dict__["user_id"]  # as pickled by a version without later attributes
+    memory_conn.root()["old"] = session
+    memory_conn.transaction_manager.commit()
+    loaded = connect(memory_db).root()["old"]
+    assert loaded._expiry is None and loaded.user_id is None
+
+
+# -- flash queues ------------------------------------------------------------
+
+
+def test_flash_queues_messages_oldest_first_and_pop_empties_the_queue(session):
+    session.flash("saved")
+    session.flash("again")
+    assert session.peek_flash() == ["saved", "again"]
+    assert session.peek_flash() == ["saved", "again"]  # peeking leaves them
+    assert session.pop_flash() == ["saved", "again"]
+    assert session.pop_flash() == []
+    assert session.peek_flash() == []
+
+
+def test_flash_queues_are_separate(session):
+    session.flash("ok")
+    session.flash("bad", "error")
+    assert session.pop_flash("error") == ["bad"]
+    assert session.pop_flash() == ["ok"]
+
+
+def test_flash_without_duplicates_keeps_one_of_equal_messages(session):
+    session.flash("hi", allow_duplicate=False)
+    session.flash("hi", allow_duplicate=False)
+    session.flash("hi")
+    assert session.pop_flash() == ["hi", "hi"]
+
+
+def test_flash_is_a_write_and_peek_is_not(session):
+    session.peek_flash()
+    session.pop_flash()
+    assert not session._p_changed
+    session.flash("x")
+    assert session._p_changed
+    session._p_jar.transaction_manager.commit()
+    session.peek_flash()
+    assert not session._p_changed
+    session.pop_flash()
+    assert session._p_changed
+
+
+def test_flash_survives_a_commit_and_a_fresh_connection(session, memory_db, connect):
+    session.flash("welcome", "info")
+    session._p_jar.transaction_manager.commit()
+    assert connect(memory_db).root()["session"].pop_flash("info") == ["welcome"]
+
+
+def test_pop_flash_returns_a_list_the_caller_may_change(session):
+    session.flash("a")
+    peeked = session.peek_flash()
+    peeked.append("b")
+    assert session.peek_flash() == ["a"]
+
+
+# -- the CSRF token ------------------------------------------------------------
+
+
+def test_get_csrf_token_makes_one_once_and_keeps_it(session):
+    token = session.get_csrf_token()
+    assert len(token) >= 40
+    assert session.get_csrf_token() == token
+    assert session.check_csrf_token(token)
+
+
+def test_new_csrf_token_replaces_the_old_one(session):
+    old = session.get_csrf_token()
+    new = session.new_csrf_token()
+    assert new != old
+    assert session.check_csrf_token(new)
+    assert not session.check_csrf_token(old)
+
+
+@pytest.mark.parametrize("token", ["", "x", None, 42, b"token", "é" * 43],
+                         ids=["empty", "short", "none", "int", "bytes", "non-ascii"])
+def test_check_csrf_token_refuses_anything_else(session, token):
+    session.get_csrf_token()
+    assert not session.check_csrf_token(token)
+
+
+def test_check_csrf_token_without_a_token_is_false_and_writes_nothing(session):
+    assert not session.check_csrf_token("anything")
+    assert not session._p_changed
+    assert "_csrft_" not in session
+
+
+def test_csrf_tokens_of_two_sessions_differ(clock):
+    first, second = Session(new_session_id(), clock()), Session(new_session_id(), clock())
+    assert first.get_csrf_token() != second.get_csrf_token()
+    assert not first.check_csrf_token(second.get_csrf_token())

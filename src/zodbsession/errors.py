@@ -127,6 +127,10 @@ class SessionTooLarge(ZodbSessionError, ValueError):
         )
 
 
+class InvalidUserId(ZodbSessionError, ValueError):
+    """A login or ``set_user`` was given a user id that is not a short non-empty string."""
+
+
 class UnstorableSessionValue(ZodbSessionError, TypeError):
     """A value put in a session cannot be pickled, so ZODB could not store it.
 

@@ -1,8 +1,9 @@
 """``SessionManager``: the session policy an application or a script holds.
 
 The manager owns the rules (timeouts, access resolution, the clock) and the
-lifecycle verbs: find, create, rotate, revoke, expire, and the classic
-``save_changes`` / ``forget_changes`` pair. It keeps no connection of its own:
+lifecycle verbs: find, create, rotate, revoke, expire, the classic
+``save_changes`` / ``forget_changes`` pair, and each session's own expiry
+(``set_expiry`` and its readers, Django's verbs). It keeps no connection of its own:
 every verb works on the connection it is given, or on the one the session was
 loaded through, so one manager serves every thread of a server and any
 maintenance script alike.
@@ -11,22 +12,42 @@ maintenance script alike.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any, Protocol
 
 from ZODB.Connection import Connection
 
-from zodbsession.errors import ConfigError, SessionLimitReached
+from zodbsession.errors import ConfigError, InvalidUserId, SessionLimitReached
 from zodbsession.limits import measure
 from zodbsession.observe import EventKind, Observers, SessionEvent
-from zodbsession.session import Session, ids_equal, is_well_formed_id, new_session_id
-from zodbsession.store import SessionContainer, get_container
+from zodbsession.session import ExpiryValue, Session, ids_equal, is_well_formed_id, new_session_id
+from zodbsession.store import SessionContainer, expiry_slot, get_container
 from zodbsession.work import ATTEMPTS, run_batches
 
 Clock = Callable[[], float]
+
+#: The longest user id ``set_user`` (and so a login) accepts, in characters.
+MAX_USER_ID_LENGTH = 256
+
+
+def check_user_id(user_id: object) -> None:
+    """Refuse a user id that is not a non-empty string of at most ``MAX_USER_ID_LENGTH`` characters.
+
+    It is stored in the session and in the user index: an unbounded one
+    would let a client write records as large as it likes.
+    """
+    if not isinstance(user_id, str) or not user_id:
+        raise InvalidUserId(f"a user id must be a non-empty string, not {type(user_id).__name__} "
+                            f"{str(user_id)[:40]!r}")
+    if len(user_id) > MAX_USER_ID_LENGTH:
+        raise InvalidUserId(f"a user id must be at most {MAX_USER_ID_LENGTH} characters, not "
+                            f"{len(user_id)} (starting {user_id[:20]!r}): map long external "
+                            "identities to a short key of your own")
 
 
 class Progress(Protocol):
@@ -79,6 +100,12 @@ class SessionManager:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(name, f"must be a whole number, 0 for no limit, not {value!r}")
+        if self.max_lifetime < self.idle_timeout:
+            raise ConfigError(
+                "max_lifetime",
+                f"must be at least idle_timeout ({self.idle_timeout}), not {self.max_lifetime!r}: "
+                "a session could never stay idle that long",
+            )
         if not 0 <= self.access_resolution < self.idle_timeout:
             raise ConfigError(
                 "access_resolution",
@@ -123,12 +150,16 @@ class SessionManager:
         if not self.is_live(session, now):
             return None
         session.touch(now, self.access_resolution)
+        session._v_manager = self
         return session
 
     def new(self, connection: Connection, *, user_id: str | None = None) -> Session:
         """A fresh session that is stored only when something is written to it."""
+        if user_id is not None:
+            check_user_id(user_id)
         session = Session(new_session_id(), self.clock(), user_id=user_id)
         session._v_attach = self._attacher(connection)
+        session._v_manager = self
         return session
 
     def _attacher(self, connection: Connection) -> Callable[[Session], None]:
@@ -182,7 +213,13 @@ class SessionManager:
         return session
 
     def set_user(self, session: Session, user_id: str | None) -> None:
-        """Record who owns *session* (None: nobody), keeping the user index."""
+        """Record who owns *session* (None: nobody), keeping the user index.
+
+        Raises ``InvalidUserId`` for anything but a string of 1 to
+        ``MAX_USER_ID_LENGTH`` characters, before changing anything.
+        """
+        if user_id is not None:
+            check_user_id(user_id)
         if session.is_stored:
             self._container_of(session).set_user(session, user_id)
         else:
@@ -247,6 +284,73 @@ class SessionManager:
             # silently dropped. Make it a fresh transient session again.
             session._data.clear()
             session._v_attach = self._attacher(jar)
+
+    # -- each session's own expiry ---------------------------------------------
+
+    def set_expiry(self, session: Any, value: ExpiryValue) -> bool:
+        """Give *session* an expiry of its own, with Django's meanings of *value*.
+
+        - ``None``: back to this manager's timeouts.
+        - seconds (``int``/``float`` > 0): the session's own idle timeout, in
+          place of ``idle_timeout``; its absolute lifetime becomes at least
+          that long ("remember me for two weeks").
+        - a ``datetime`` (aware, or naive meaning UTC) or a ``timedelta`` from
+          now: the session ends at that moment, used or not.
+        - ``0``: until the browser closes. The cookie is sent without
+          ``Max-Age``; on the server this manager's timeouts still apply.
+
+        Returns whether anything changed; setting the same expiry again writes
+        nothing. A change is a write that records the access now, so the
+        age read back right after is the one given. A deadline made earlier
+        is filed again in the expiry index, so the sweep removes the session
+        on time (the index's entries may be early, never late).
+        """
+        session = _unwrap(session)
+        now = self.clock()
+        expiry = _expiry_choice(value, now)
+        if expiry == session._expiry:
+            return False
+        session.changed()  # stores a transient session, filed under its deadline so far
+        before = self._deadline(session)
+        session._expiry = expiry
+        session.touch(now, 0.0)
+        after = self._deadline(session)
+        if session.is_stored and expiry_slot(after) < expiry_slot(before):
+            self._container_of(session).file_expiry(session.id, after)
+        return True
+
+    def get_expiry_age(self, session: Any) -> int:
+        """Whole seconds until *session* expires, rounded up; 0 once it has."""
+        remaining = self._deadline(_unwrap(session)) - self.clock()
+        return max(0, math.ceil(remaining))
+
+    def get_expiry_date(self, session: Any) -> datetime:
+        """The moment *session* expires, an aware UTC ``datetime``."""
+        return datetime.fromtimestamp(self._deadline(_unwrap(session)), UTC)
+
+    def get_expire_at_browser_close(self, session: Any) -> bool:
+        """Whether *session* was told to last until the browser closes (``set_expiry(0)``)."""
+        expiry = _unwrap(session)._expiry
+        return expiry is not None and expiry[0] == "browser"
+
+    def cookie_max_age(self, session: Any) -> int | str | None:
+        """What the cookie's ``Max-Age`` must be for *session*'s own expiry.
+
+        None: the cookie policy's default (the session has no expiry of its
+        own); ``"session"``: no ``Max-Age``, gone when the browser closes;
+        else whole seconds, at least 1. For an idle timeout it covers the
+        session's whole possible lifetime, since the cookie is not sent
+        again each time the session is used.
+        """
+        session = _unwrap(session)
+        expiry = session._expiry
+        if expiry is None:
+            return None
+        kind, value = expiry
+        if kind == "browser":
+            return "session"
+        end = value if kind == "at" else session.created + max(self.max_lifetime, value)
+        return max(1, math.ceil(end - self.clock()))
 
     # -- expiry -----------------------------------------------------------
 
@@ -359,8 +463,31 @@ def _deliver(committed: bool, observers: Observers, events: list[SessionEvent]) 
             observers.session_event(event)
 
 
+def _expiry_choice(value: ExpiryValue, now: float) -> tuple[str, float] | None:
+    """What ``Session._expiry`` records for a ``set_expiry`` value; refuses nonsense."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return ("at", value.timestamp())
+    if isinstance(value, timedelta):
+        return ("at", now + value.total_seconds())
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"set_expiry takes None, a number of seconds (0: until the browser closes), "
+                         f"a datetime or a timedelta, not {value!r}")
+    if value == 0:
+        return ("browser", 0.0)
+    return ("idle", float(value))
+
+
 def _unwrap(session: Any) -> Session:
     """The persistent session behind a request's lazy view, or *session* itself."""
     unwrap = getattr(session, "_zodbsession_unwrap", None)
     return unwrap() if unwrap is not None else session
 
+
+
+#: The manager a session found without one (loaded by hand) answers its expiry questions with.
+DEFAULT_MANAGER = SessionManager()

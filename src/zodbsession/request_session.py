@@ -6,19 +6,23 @@ an application that never touches the session pays for no lookup and no
 write. The first read finds the session named by the cookie (or starts a
 transient one); the first write stores a new one. The view also carries the
 verbs that change what the client's cookie must say (``login``, ``rotate``,
-``invalidate``), which is how the publisher knows when to send ``Set-Cookie``.
+``invalidate``, ``set_expiry``), which is how the publisher knows when to send
+``Set-Cookie`` and with what ``Max-Age`` (``cookie_max_age``). The session's
+flash queues, CSRF token and expiry readers are forwarded under the names of
+``Session``, so framework adapters can hand this view out as it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from transaction.interfaces import NoTransaction
 from ZODB.Connection import Connection
 
 from zodbsession.manager import SessionManager
-from zodbsession.session import Session
+from zodbsession.session import ExpiryValue, Session
 
 
 class RequestSession(MutableMapping[str, Any]):
@@ -26,17 +30,23 @@ class RequestSession(MutableMapping[str, Any]):
 
     *cookie_id* is the id the request's cookie names, already checked to be
     well formed (``is_well_formed_id``), or None: the publisher checks it once.
+    *more_ids* are further well-formed ids from cookies of the same name
+    (``cookies.session_cookie_ids``), tried in order when *cookie_id* names no
+    live session; the cookie is then sent again with the one found.
 
     Threading: belongs to the one request (thread or task) it was made for.
     """
 
-    def __init__(self, manager: SessionManager, connection: Connection, cookie_id: str | None):
+    def __init__(self, manager: SessionManager, connection: Connection, cookie_id: str | None,
+                 *, more_ids: Sequence[str] = ()):
         self._manager = manager
         self._connection = connection
         self._cookie_id = cookie_id
+        self._more_ids = tuple(more_ids)
         self._session: Session | None = None
         self._found = False
         self._invalidated = False
+        self._expiry_changed = False
 
     # An entity, compared by identity (MutableMapping would compare contents).
     __eq__ = object.__eq__
@@ -50,8 +60,12 @@ class RequestSession(MutableMapping[str, Any]):
         if self._session is None:
             session = None
             if self._cookie_id is not None and not self._invalidated:
-                # The publisher passes only a well-formed cookie id (or None).
+                # The publisher passes only well-formed cookie ids (or None).
                 session = self._manager._get_well_formed(self._connection, self._cookie_id)
+                for other_id in self._more_ids:
+                    if session is not None:
+                        break
+                    session = self._manager._get_well_formed(self._connection, other_id)
             self._found = session is not None
             self._session = session if session is not None else self._manager.new(self._connection)
         return self._session
@@ -72,6 +86,11 @@ class RequestSession(MutableMapping[str, Any]):
     def user_id(self) -> str | None:
         """Who is logged in on this session, or None."""
         return self._zodbsession_unwrap().user_id
+
+    @property
+    def created(self) -> float:
+        """When the session was started, in seconds since the epoch (Pyramid's ``created``)."""
+        return self._zodbsession_unwrap().created
 
     @property
     def is_new(self) -> bool:
@@ -101,6 +120,7 @@ class RequestSession(MutableMapping[str, Any]):
         self._manager.invalidate(session)
         self._session = None
         self._invalidated = True
+        self._expiry_changed = False
 
     logout = invalidate
 
@@ -128,6 +148,56 @@ class RequestSession(MutableMapping[str, Any]):
         self._session = None
         self._found = False
         self._invalidated = False
+        self._expiry_changed = False
+
+    # -- per-session expiry ---------------------------------------------------
+
+    def set_expiry(self, value: ExpiryValue) -> None:
+        """Give the session its own expiry (see ``SessionManager.set_expiry``).
+
+        A change makes the publisher send the cookie again, with the
+        ``Max-Age`` the new expiry asks for.
+        """
+        if self._manager.set_expiry(self._zodbsession_unwrap(), value):
+            self._expiry_changed = True
+
+    def get_expiry_age(self) -> int:
+        """Whole seconds until the session expires (0 once it has)."""
+        return self._manager.get_expiry_age(self._zodbsession_unwrap())
+
+    def get_expiry_date(self) -> datetime:
+        """The moment the session expires, an aware UTC ``datetime``."""
+        return self._manager.get_expiry_date(self._zodbsession_unwrap())
+
+    def get_expire_at_browser_close(self) -> bool:
+        """Whether the session's cookie lasts only until the browser closes (``set_expiry(0)``)."""
+        return self._manager.get_expire_at_browser_close(self._zodbsession_unwrap())
+
+    # -- flash messages and the CSRF token, forwarded ---------------------------
+
+    def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
+        """Queue *msg* for a later request (Pyramid's ``flash``)."""
+        self._zodbsession_unwrap().flash(msg, queue, allow_duplicate)
+
+    def peek_flash(self, queue: str = "") -> list[Any]:
+        """The messages queued in *queue*, left in place."""
+        return self._zodbsession_unwrap().peek_flash(queue)
+
+    def pop_flash(self, queue: str = "") -> list[Any]:
+        """The messages queued in *queue*, removed from it."""
+        return self._zodbsession_unwrap().pop_flash(queue)
+
+    def new_csrf_token(self) -> str:
+        """A fresh CSRF token, stored in the session."""
+        return self._zodbsession_unwrap().new_csrf_token()
+
+    def get_csrf_token(self) -> str:
+        """The session's CSRF token, made if it has none."""
+        return self._zodbsession_unwrap().get_csrf_token()
+
+    def check_csrf_token(self, token: object) -> bool:
+        """Whether *token* is the session's CSRF token (constant time; makes none)."""
+        return self._zodbsession_unwrap().check_csrf_token(token)
 
     # -- what the publisher asks at the end -----------------------------------
 
@@ -145,11 +215,22 @@ class RequestSession(MutableMapping[str, Any]):
     def cookie_to_send(self) -> str | None | bool:
         """What the client's cookie must become: an id, False to delete it, None to leave it."""
         session = self._session
-        if session is not None and session.is_stored and session.id != self._cookie_id:
+        if session is not None and session.is_stored and (
+                session.id != self._cookie_id or self._expiry_changed):
             return session.id
         if self._invalidated:
             return False
         return None
+
+    def cookie_max_age(self) -> int | str | None:
+        """The ``max_age`` to give ``CookiePolicy.set_header`` for the cookie this request sends.
+
+        None: the policy's default; ``"session"``: a cookie gone when the
+        browser closes; else seconds, following the session's own expiry.
+        """
+        if self._session is None:
+            return None
+        return self._manager.cookie_max_age(self._session)
 
     # -- the mapping, delegated ---------------------------------------------
 

@@ -6,6 +6,12 @@ owner and the application's data); its last-access time lives in a separate
 ``zope.minmax.Maximum`` record, which ZODB resolves to the later of two
 concurrent values. Touching a session therefore rewrites a few bytes and never
 conflicts, while two concurrent changes to its data do conflict, as they must.
+
+The session also carries the features web frameworks assume of one, under the
+names Pyramid's ``ISession`` and Django's ``SessionBase`` use: flash queues, a
+CSRF token bound to the session, and a per-session expiry ("remember me").
+Flash queues and the CSRF token live in the data mapping under Pyramid's own
+keys (``_f_<queue>``, ``_csrft_``), so they merge and revert like any value.
 """
 
 from __future__ import annotations
@@ -14,14 +20,25 @@ import hmac
 import re
 import secrets
 from collections.abc import Callable, Iterator, MutableMapping
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from persistent import Persistent
 from zope.minmax import Maximum
 
+if TYPE_CHECKING:
+    from zodbsession.manager import SessionManager
+
 #: Bytes of randomness in a session id: 256 bits, twice the usual minimum.
 SESSION_ID_BYTES = 32
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}\Z")
+
+#: The data keys of the flash queues (plus the queue's name) and of the CSRF token: Pyramid's.
+FLASH_KEY_PREFIX = "_f_"
+CSRF_TOKEN_KEY = "_csrft_"
+
+#: What ``set_expiry`` accepts: None, seconds (0: until the browser closes), a moment or a span.
+ExpiryValue = None | int | float | datetime | timedelta
 
 
 def new_session_id() -> str:
@@ -73,6 +90,9 @@ class Session(Persistent, MutableMapping[str, Any]):
 
     # Class-level defaults keep old pickles loadable when attributes are added.
     user_id: str | None = None
+    # The session's own expiry, or None for the manager's timeouts:
+    # ("idle", seconds) | ("at", epoch seconds) | ("browser", 0.0).
+    _expiry: tuple[str, float] | None = None
 
     def __init__(self, session_id: str, created: float, user_id: str | None = None) -> None:
         self.id = session_id
@@ -102,7 +122,21 @@ class Session(Persistent, MutableMapping[str, Any]):
         return True
 
     def deadline(self, idle_timeout: float, max_lifetime: float) -> float:
-        """The moment this session stops being live, by either timeout."""
+        """The moment this session stops being live, by its own expiry or the manager's timeouts.
+
+        With no expiry of its own (or "until the browser closes", which the
+        server cannot see) it is the earlier of the two timeouts. An absolute
+        moment replaces both. Its own idle timeout replaces *idle_timeout*,
+        and lifts the absolute lifetime to at least that long: a session told
+        to live a fortnight idle is not cut off by an eight-hour lifetime.
+        """
+        expiry = self._expiry
+        if expiry is not None:
+            kind, value = expiry
+            if kind == "at":
+                return value
+            if kind == "idle":
+                return min(self._last_access.value + value, self.created + max(max_lifetime, value))
         return min(self._last_access.value + idle_timeout, self.created + max_lifetime)
 
     @property
@@ -128,6 +162,82 @@ class Session(Persistent, MutableMapping[str, Any]):
         from zodbsession.merge import merge_session_state
 
         return merge_session_state(old_state, committed_state, new_state)
+
+    # -- per-session expiry (Django's verbs) --------------------------------
+    #
+    # The rules (the clock, the default timeouts, the expiry index) belong to
+    # the manager: these forward to the one that found or made the session,
+    # or to a default manager for a session loaded some other way.
+
+    def _manager(self) -> SessionManager:
+        manager = getattr(self, "_v_manager", None)
+        if manager is None:
+            from zodbsession.manager import DEFAULT_MANAGER
+
+            manager = DEFAULT_MANAGER
+        return manager
+
+    def set_expiry(self, value: ExpiryValue) -> None:
+        """Give the session its own expiry; see ``SessionManager.set_expiry``."""
+        self._manager().set_expiry(self, value)
+
+    def get_expiry_age(self) -> int:
+        """Whole seconds until the session expires (0 once it has)."""
+        return self._manager().get_expiry_age(self)
+
+    def get_expiry_date(self) -> datetime:
+        """The moment the session expires, as an aware UTC ``datetime``."""
+        return self._manager().get_expiry_date(self)
+
+    def get_expire_at_browser_close(self) -> bool:
+        """Whether the session's cookie is to last only until the browser closes."""
+        return self._manager().get_expire_at_browser_close(self)
+
+    # -- flash messages (Pyramid's ISession) ------------------------------------
+
+    def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
+        """Queue *msg* for a later request; with ``allow_duplicate=False`` a queued equal one is kept."""
+        key = FLASH_KEY_PREFIX + queue
+        queued = self._data.get(key, [])
+        if not allow_duplicate and msg in queued:
+            return
+        self[key] = [*queued, msg]
+
+    def peek_flash(self, queue: str = "") -> list[Any]:
+        """The messages in *queue*, oldest first, left in place (no write)."""
+        return list(self._data.get(FLASH_KEY_PREFIX + queue, ()))
+
+    def pop_flash(self, queue: str = "") -> list[Any]:
+        """The messages in *queue*, oldest first, removed from it (a write only if there were any)."""
+        key = FLASH_KEY_PREFIX + queue
+        if key not in self._data:
+            return []
+        messages = self._data[key]
+        del self[key]
+        return list(messages)
+
+    # -- the CSRF token (Pyramid's ISession) -------------------------------------
+
+    def new_csrf_token(self) -> str:
+        """Make, store and return a fresh CSRF token for this session (256 bits from ``secrets``)."""
+        token = secrets.token_urlsafe(32)
+        self[CSRF_TOKEN_KEY] = token
+        return token
+
+    def get_csrf_token(self) -> str:
+        """The session's CSRF token, made (a write) if it has none yet."""
+        token = self._data.get(CSRF_TOKEN_KEY)
+        return token if isinstance(token, str) else self.new_csrf_token()
+
+    def check_csrf_token(self, token: object) -> bool:
+        """Whether *token* is this session's CSRF token, compared in constant time.
+
+        A session without a token matches nothing, and asking makes none.
+        """
+        expected = self._data.get(CSRF_TOKEN_KEY)
+        if not isinstance(token, str) or not isinstance(expected, str):
+            return False
+        return hmac.compare_digest(token.encode("utf-8", "surrogatepass"), expected.encode("utf-8"))
 
     # -- the application's data -------------------------------------------
 
