@@ -125,7 +125,7 @@ ATTRIBUTES = {
     "id": st.sampled_from(["id-1", "id-2", "id-3"]),
     "user_id": st.sampled_from([None, "alice", "bob"]),
     "created": st.sampled_from([1.0, 2.5]),
-    "_expiry": st.sampled_from([None, 60, 3600]),
+    "_expiry": st.sampled_from([None, ("idle", 60.0), ("at", 1.7e9), ("browser", 0.0)]),
     "_last_access": st.sampled_from([OID_ACCESS, OID_B]).map(lambda oid: ref(oid)),
 }
 

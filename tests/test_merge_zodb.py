@@ -296,6 +296,101 @@ def test_two_logins_on_one_session_conflict(backend, manager, users):
     assert get_container(backend.connect()).get(session_id).user_id == users[0]
 
 
+# -- the session features: flash queues, the CSRF token, the session's own expiry -----------
+
+
+def test_flashes_to_different_queues_merge_and_to_one_queue_conflict(backend, manager):
+    session_id = store(backend, manager, {"a": 1})
+    one, first, two, second = two_readers(backend, manager, session_id)
+    first.flash("saved", queue="info")
+    second.flash("careful", queue="warning")
+    one.transaction_manager.commit()
+    two.transaction_manager.commit()
+
+    one, first, two, second = two_readers(backend, manager, session_id)
+    first.flash("again", queue="info")
+    second.flash("and again", queue="info")
+    one.transaction_manager.commit()
+    with pytest.raises(ConflictError):
+        two.transaction_manager.commit()  # the retry appends to the committed queue
+    two.transaction_manager.abort()
+    reader = backend.connect()
+    assert manager.get(reader, session_id).peek_flash("info") == ["saved", "again"]
+    assert manager.get(reader, session_id).peek_flash("warning") == ["careful"]
+
+
+@pytest.mark.parametrize("other", ["pop", "flash"])
+def test_popping_a_flash_queue_conflicts_with_another_request_using_that_queue(backend, manager, other):
+    """Two pops would both show the messages; a pop and a flash would drop the new message."""
+    session_id = store(backend, manager, {"a": 1})
+    conn = backend.connect()
+    manager.get(conn, session_id).flash("once")
+    conn.transaction_manager.commit()
+    one, first, two, second = two_readers(backend, manager, session_id)
+    assert first.pop_flash() == ["once"]
+    if other == "pop":
+        assert second.pop_flash() == ["once"]
+    else:
+        second.flash("next")
+    one.transaction_manager.commit()
+    with pytest.raises(ConflictError):
+        two.transaction_manager.commit()
+    two.transaction_manager.abort()
+
+
+def test_two_first_csrf_tokens_conflict_and_the_retry_reads_the_committed_one(backend, manager):
+    session_id = store(backend, manager, {"a": 1})
+    one, first, two, second = two_readers(backend, manager, session_id)
+    token = first.get_csrf_token()
+    assert second.get_csrf_token() != token
+    one.transaction_manager.commit()
+    with pytest.raises(ConflictError):
+        two.transaction_manager.commit()
+    two.transaction_manager.abort()
+    two.transaction_manager.begin()
+    assert manager.get(two, session_id).get_csrf_token() == token
+
+
+def test_checking_the_csrf_token_writes_nothing_so_never_conflicts(backend, manager):
+    session_id = store(backend, manager, {"a": 1})
+    conn = backend.connect()
+    token = manager.get(conn, session_id).new_csrf_token()
+    conn.transaction_manager.commit()
+    one, first, two, second = two_readers(backend, manager, session_id)
+    assert first.check_csrf_token(token)
+    assert first._p_changed is False
+    second["b"] = 2
+    two.transaction_manager.commit()
+    one.transaction_manager.commit()
+
+
+def test_an_expiry_set_on_one_side_and_a_change_on_the_other_merge(backend, manager):
+    session_id = store(backend, manager, {"a": 1})
+    one, first, two, second = two_readers(backend, manager, session_id)
+    manager.set_expiry(first, 14 * 86400)
+    second["b"] = 2
+    one.transaction_manager.commit()
+    two.transaction_manager.commit()
+
+    backend.reopen()
+    session = manager.get(backend.connect(), session_id)
+    assert session.data() == {"a": 1, "b": 2}
+    assert manager.get_expiry_age(session) == 14 * 86400
+    assert verify(backend.db).problems == ()
+
+
+def test_two_expiries_set_on_one_session_conflict(backend, manager):
+    session_id = store(backend, manager, {"a": 1})
+    one, first, two, second = two_readers(backend, manager, session_id)
+    manager.set_expiry(first, 3600)
+    manager.set_expiry(second, 0)
+    one.transaction_manager.commit()
+    with pytest.raises(ConflictError):
+        two.transaction_manager.commit()
+    two.transaction_manager.abort()
+    assert manager.get(backend.connect(), session_id)._expiry == ("idle", 3600.0)
+
+
 # -- N threads, one session ----------------------------------------------------------------
 
 THREADS, ROUNDS = 8, 10
