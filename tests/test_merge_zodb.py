@@ -196,6 +196,24 @@ def test_forget_changes_leaves_nothing_to_merge(backend, manager):
     assert stored_data(backend, session_id) == {"a": 1, "c": 3}
 
 
+def test_a_mapping_storage_resolves_nothing_so_different_keys_still_conflict(memory_db, manager):
+    """What docs/conflicts.md says of ``memory://``: MappingStorage has no conflict resolution."""
+    connections = [memory_db.open(transaction.TransactionManager()) for _ in range(3)]
+    try:
+        session = manager.new(connections[0])
+        session["a"] = 1
+        connections[0].transaction_manager.commit()
+        first, second = (manager.get(conn, session.id) for conn in connections[1:])
+        first["b"], second["c"] = 2, 3
+        connections[1].transaction_manager.commit()
+        with pytest.raises(ConflictError):
+            connections[2].transaction_manager.commit()
+    finally:
+        for conn in connections:
+            conn.transaction_manager.abort()
+            conn.close()
+
+
 # -- removals, rotation and login racing a change ------------------------------------------
 
 
