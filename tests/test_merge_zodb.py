@@ -198,11 +198,12 @@ def test_forget_changes_leaves_nothing_to_merge(backend, manager):
 
 def test_a_mapping_storage_resolves_nothing_so_different_keys_still_conflict(memory_db, manager):
     """What docs/conflicts.md says of ``memory://``: MappingStorage has no conflict resolution."""
-    connections = [memory_db.open(transaction.TransactionManager()) for _ in range(3)]
+    connections = [memory_db.open(transaction.TransactionManager())]
     try:
         session = manager.new(connections[0])
         session["a"] = 1
         connections[0].transaction_manager.commit()
+        connections += [memory_db.open(transaction.TransactionManager()) for _ in range(2)]
         first, second = (manager.get(conn, session.id) for conn in connections[1:])
         first["b"], second["c"] = 2, 3
         connections[1].transaction_manager.commit()
