@@ -315,6 +315,34 @@ def test_two_logins_on_one_session_conflict(backend, manager, users):
     assert get_container(backend.connect()).get(session_id).user_id == users[0]
 
 
+@pytest.mark.parametrize(
+    ("first_change", "second_change"),
+    [("rotate", "login"), ("login", "rotate"), ("rotate", "shorten-expiry"), ("login", "shorten-expiry")],
+)
+def test_bookkeeping_changed_on_both_sides_conflicts_so_the_indexes_stay_true(
+        backend, manager, first_change, second_change):
+    """The container indexes a session by id, owner and deadline, each side from its own snapshot.
+
+    A rotation merged with a login would leave the user index naming the old
+    id; a rotation merged with a shortened expiry would file the deadline
+    under the old id, and the sweep would come late.
+    """
+    session_id = store(backend, manager, {"a": 1})
+    one, first, two, second = two_readers(backend, manager, session_id)
+    for session, change in [(first, first_change), (second, second_change)]:
+        if change == "rotate":
+            manager.rotate(session)
+        elif change == "login":
+            manager.set_user(session, "alice")
+        else:
+            manager.set_expiry(session, 60)
+    one.transaction_manager.commit()
+    with pytest.raises(ConflictError):
+        two.transaction_manager.commit()
+    two.transaction_manager.abort()
+    assert verify(backend.db).problems == ()
+
+
 # -- the session features: flash queues, the CSRF token, the session's own expiry -----------
 
 

@@ -7,9 +7,8 @@ returns the merged state or raises ``ConflictError`` (and the request is
 retried). It is a pure function of the three unpickled states: persistent
 subobjects arrive as ``PersistentReference``, everything else as plain values.
 
-The rule is the same for every key of the application's data and for every
-other attribute of the record (id, created, user_id, anything added later),
-one name at a time, where "changed" includes added and deleted:
+For every key of the application's data, one key at a time, where
+"changed" includes added and deleted:
 
 =========================  =========================  ======================
 committed changed it       new changed it             the merged record has
@@ -24,6 +23,14 @@ Changed on both sides conflicts even when both made the same change, or both
 deleted the key: two requests that each read ``n == 1`` and wrote ``n = 2``
 made two increments, and merging them would keep one; two requests that
 each popped the same one-time token would both have used it.
+
+The rest of the record, its bookkeeping (id, created, user_id, its own
+expiry, any attribute added later), follows the same table taken as one
+whole: only one side may change it (then its attributes are taken), never
+both, even when the two changed different attributes. The container indexes
+a session by id, owner and deadline, and each side updated those indexes
+from its own snapshot: a rotation merged with a login would leave the user
+index naming the old id.
 
 And, for the record as a whole: a side whose state is *the same as old* did
 not change the session but rewrote it to claim it. ``SessionManager`` does
@@ -169,9 +176,9 @@ def merge_session_state(old: Any, committed: Any, new: Any, *, by_key: tuple[str
     """Merge three states of a ``Session`` record (its ``__getstate__`` dicts); raises ConflictError.
 
     The attributes named in *by_key* (the application's data) are merged
-    key by key, every other attribute as a whole, by the same rule: a name
-    changed on both sides conflicts. A side that rewrote the record
-    unchanged conflicts (see the module docstring).
+    key by key; the other attributes (the bookkeeping) may change on one
+    side only. A side that rewrote the record unchanged conflicts. See the
+    module docstring for why.
     """
     states = (old, committed, new)
     if not all(type(state) is dict for state in states):
@@ -183,11 +190,21 @@ def merge_session_state(old: Any, committed: Any, new: Any, *, by_key: tuple[str
     if whole[1] == whole[0] or whole[2] == whole[0]:
         raise ConflictError("session merge: one side rewrote the session without changing it "
                             "(it was removed, or claimed on purpose)")
-    attributes = {name: value for name, value in committed.items() if name not in by_key}
-    merged = merge_mapping(_without(old, by_key), attributes, _without(new, by_key), what="attribute")
+    bookkeeping = [_without(state, by_key) for state in states]
+    changed = [_changed_names(bookkeeping[0], side) for side in bookkeeping[1:]]
+    if changed[0] and changed[1]:
+        raise ConflictError("session merge: the session's bookkeeping was changed on both sides "
+                            f"(attributes {', '.join(sorted(changed[0] | changed[1]))})")
+    merged = merge_mapping(*bookkeeping, what="attribute")
     for name in by_key:
         merged[name] = merge_mapping(old[name], committed[name], new[name])
     return merged
+
+
+def _changed_names(old: dict[str, Any], side: dict[str, Any]) -> set[str]:
+    return {name for name in old.keys() | side.keys()
+            if _fingerprint_of(old.get(name, MISSING), f"attribute {name!r}")
+            != _fingerprint_of(side.get(name, MISSING), f"attribute {name!r}")}
 
 
 def _without(state: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
