@@ -24,7 +24,7 @@ from ZODB.Connection import Connection
 from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ConflictError
 
-from serverproc import free_port
+from serverproc import ZeoProcess, free_port
 from zodbsession.db import open_db
 from zodbsession.manager import SessionManager
 from zodbsession.session import Session
@@ -47,6 +47,10 @@ class Backend:
         self.path = str(tmp_path / "Data.fs")
         self.server: StorageServer | None = None
         self.server_thread: threading.Thread | None = None
+        self.process: ZeoProcess | None = None
+        if kind == "zeo-process":
+            self.process = ZeoProcess(tmp_path, {"ZODBSESSION_ZEO_STORAGE": self.path}).__enter__()
+            self.port = self.process.port
         if kind == "zeo":
             self.port = free_port()
             self.server = StorageServer(("127.0.0.1", self.port), {"1": FileStorage(self.path)})
@@ -56,7 +60,7 @@ class Backend:
         self.db = self._open()
 
     def _open(self) -> DB:
-        if self.kind == "zeo":
+        if self.kind.startswith("zeo"):
             return open_db(f"zeo://127.0.0.1:{self.port}?wait_timeout={WAIT}", pool_size=16)
         return DB(FileStorage(self.path), pool_size=16)
 
@@ -84,6 +88,8 @@ class Backend:
             self.server.acceptor.event_loop.call_soon_threadsafe(stop_in_loop, self.server)
             self.server_thread.join(WAIT)
             self.server.close()
+        if self.process is not None:
+            self.process.__exit__(None, None, None)
 
 
 @pytest.fixture(params=["filestorage", "zeo"])
@@ -213,6 +219,32 @@ def test_a_mapping_storage_resolves_nothing_so_different_keys_still_conflict(mem
         for conn in connections:
             conn.transaction_manager.abort()
             conn.close()
+
+
+@pytest.fixture
+def zeo_process(tmp_path) -> Iterator[Backend]:
+    """A ``zodbsession zeo`` server process: the merge runs there, not in this process."""
+    backend = Backend("zeo-process", tmp_path)
+    yield backend
+    backend.close()
+
+
+def test_a_zodbsession_zeo_process_merges_different_keys_and_refuses_one_key(zeo_process, manager):
+    session_id = store(zeo_process, manager, {"a": 1})
+    one, first, two, second = two_readers(zeo_process, manager, session_id)
+    first["b"], second["c"] = 2, 3
+    one.transaction_manager.commit()
+    two.transaction_manager.commit()
+
+    one, first, two, second = two_readers(zeo_process, manager, session_id)
+    first["a"], second["a"] = "first", "second"
+    one.transaction_manager.commit()
+    with pytest.raises(ConflictError):
+        two.transaction_manager.commit()
+    two.transaction_manager.abort()
+
+    zeo_process.reopen()
+    assert stored_data(zeo_process, session_id) == {"a": "first", "b": 2, "c": 3}
 
 
 # -- removals, rotation and login racing a change ------------------------------------------
@@ -578,3 +610,13 @@ def _assert_bookkeeping_intact(backend: Backend, manager: SessionManager, sessio
     assert container.get(session_id).last_access == manager.clock.last
     assert len(container) == 1 and list(container.sessions) == [session_id]
     assert verify(backend.db).problems == ()
+
+
+def test_threads_on_own_keys_never_conflict_through_a_zodbsession_zeo_process(zeo_process, ticking_manager):
+    session_id = store(zeo_process, ticking_manager, {"a": 1})
+    tally = race(zeo_process, ticking_manager, session_id, own_key)
+    assert tally.conflicts == 0
+    zeo_process.reopen()
+    expected = {"a": 1, **{f"t{index}": list(range(ROUNDS)) for index in range(THREADS)}}
+    assert stored_data(zeo_process, session_id) == expected
+    _assert_bookkeeping_intact(zeo_process, ticking_manager, session_id)
