@@ -904,3 +904,13 @@ def test_lengthened_lifetime_is_not_swept_at_the_default_deadline(manager, db, c
     assert manager.get(connect(db), session.id) is not None
     clock.advance(3 * IDLE)
     assert manager.expire(conn) == 1
+
+
+def test_forget_changes_forgets_a_change_made_in_place(manager, db, connect):
+    """The abort reverts only registered objects; an unmarked nested change must go too."""
+    conn = connect(db)
+    stored = _stored_session(manager, conn, cart=["apple"])
+    session = manager.get(conn, stored.id)
+    session["cart"].append("pear")
+    manager.forget_changes(session)
+    assert session["cart"] == ["apple"]

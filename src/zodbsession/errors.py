@@ -131,6 +131,22 @@ class InvalidUserId(ZodbSessionError, ValueError):
     """A login or ``set_user`` was given a user id that is not a short non-empty string."""
 
 
+class UnsavedSessionChanges(ZodbSessionError, RuntimeError):
+    """A request changed its session's data in place without marking it (``unsaved_changes = "error"``)."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        super().__init__(
+            f"the session's {', '.join(map(repr, keys))} changed in place but the session was not "
+            "marked changed: call session.save_changes() after changing a nested value, or "
+            "assign the value again (session[key] = value)"
+        )
+
+
+class NoUnitOfWork(ZodbSessionError, RuntimeError):
+    """A script's session handle was used outside ``with handle.unit_of_work():``, so it has no connection."""
+
+
 class UnstorableSessionValue(ZodbSessionError, TypeError):
     """A value put in a session cannot be pickled, so ZODB could not store it.
 
@@ -153,3 +169,44 @@ class StorageWriteFailed(ZodbSessionError):
     Nothing was committed: the storage rolled its file back. The request may
     be retried later (the publisher answers 503 with ``Retry-After``).
     """
+
+
+class StorageUnavailable(ZodbSessionError, ConnectionError):
+    """The storage cannot be reached now: a ZEO server that did not answer within its
+    wait_timeout, or a storage (an SQL server) that refused to open a connection.
+
+    Nothing was done; the request is answered 503 at once rather than retried, since
+    the storage already waited before saying so.
+    """
+
+
+class SessionBusy(ZodbSessionError):
+    """Too many requests already wait for this session's lock, or one waited too long.
+
+    ``retry_after`` is the seconds the client should wait, estimated from how long
+    the requests ahead of it hold the lock. ``timed_out`` tells the two apart: a
+    full queue is answered 429 at once, a wait past its deadline 503.
+    """
+
+    def __init__(self, waiting: int, limit: int, retry_after: int, *, timed_out: bool = False) -> None:
+        self.waiting = waiting
+        self.limit = limit
+        self.retry_after = retry_after
+        self.timed_out = timed_out
+        if timed_out:
+            message = (f"waited too long for this session's lock ({waiting} request(s) ahead): "
+                       "raise publisher.session_wait_timeout, or make the session's requests shorter")
+        else:
+            message = (f"{waiting} request(s) already wait for this session, the limit is {limit}: "
+                       "raise publisher.max_waiting_per_session, or send fewer parallel requests")
+        super().__init__(message)
+
+
+class RequestBodyTooLarge(ZodbSessionError, ValueError):
+    """A request's body is longer than ``max_request_body``: it is answered 413 unread."""
+
+    def __init__(self, size: int | None, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        what = f"{size} bytes" if size is not None else "a chunked body"
+        super().__init__(f"the request's body ({what}) exceeds max_request_body ({limit} bytes)")

@@ -27,6 +27,7 @@ from zodbsession.limits import measure
 from zodbsession.observe import EventKind, Observers, SessionEvent
 from zodbsession.session import ExpiryValue, Session, ids_equal, is_well_formed_id, new_session_id
 from zodbsession.store import SessionContainer, expiry_slot, get_container
+from zodbsession.unsaved import UNSAVED_POLICIES, UnsavedPolicy
 from zodbsession.work import ATTEMPTS, run_batches
 
 Clock = Callable[[], float]
@@ -78,6 +79,11 @@ class SessionManager:
     count until the janitor sweeps them. ``max_session_bytes`` (0: no limit)
     caps the pickled size of one session's data, checked by ``check_storable``.
 
+    ``unsaved_changes`` says what a request's ``settle`` does with a found
+    session's data changed in place but never marked changed: ``"save"``
+    it (the default), ``"warn"`` (save it and log a WARNING naming the keys)
+    or ``"error"`` (raise ``UnsavedSessionChanges``); see ``zodbsession.unsaved``.
+
     ``observers`` receives a ``SessionEvent`` for each session created,
     rotated, invalidated, revoked or expired, once the transaction that did
     it has committed; nothing is reported for a transaction that aborts.
@@ -89,6 +95,7 @@ class SessionManager:
     database: str | None = None
     max_sessions: int = 0
     max_session_bytes: int = 65536
+    unsaved_changes: UnsavedPolicy = "save"
     clock: Clock = field(default=time.time, repr=False, compare=False)
     observers: Observers = field(default_factory=Observers, repr=False, compare=False)
 
@@ -100,6 +107,9 @@ class SessionManager:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(name, f"must be a whole number, 0 for no limit, not {value!r}")
+        if self.unsaved_changes not in UNSAVED_POLICIES:
+            raise ConfigError("unsaved_changes", f"must be one of {', '.join(UNSAVED_POLICIES)}, "
+                              f"not {self.unsaved_changes!r}")
         if self.max_lifetime < self.idle_timeout:
             raise ConfigError(
                 "max_lifetime",
@@ -278,6 +288,11 @@ class SessionManager:
             session._data.clear()
             return
         jar.transaction_manager.abort()
+        if session._p_jar is not None and session._p_changed is False:
+            # A change made in place and never marked is not undone by the
+            # abort, which reverts only registered objects: drop the state
+            # in memory, so the next use loads what is stored.
+            session._p_invalidate()
         if session._p_jar is None:
             # It was first stored in this transaction: the abort detached it
             # but left its data in memory, and its next write would have been

@@ -1,12 +1,13 @@
 """What the manager, the publisher and the janitor report as they work.
 
-Three streams, one hub: session events (created, rotated, invalidated,
+Four streams, one hub: session events (created, rotated, invalidated,
 expired, revoked), delivered only once the transaction that caused them has
-committed; the outcome of every request; and every janitor run. Metrics, an
-audit log or an admin page subscribe an ``Observer`` to the manager's
-``observers``. An observer that raises is logged and skipped: it never breaks
-a request or a sweep (Products.Transience's notifications and
-dm.zope.session's events are the precedent).
+committed; the outcome of every request; every janitor run; and every
+per-transaction hook that failed. Metrics, an audit log or an admin page
+subscribe an ``Observer`` to the manager's ``observers``. An observer that
+raises is logged and skipped: it never breaks a request or a sweep
+(Products.Transience's notifications and dm.zope.session's events are the
+precedent).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ RequestOutcome = Literal[
     "outcome_unknown",  # the commit failed after every vote: 503, not retried
     "storage_error",  # the storage refused the commit (disk full, gone): 503
     "session_limit",  # a new session was refused, the cap being reached: 503
+    "session_busy",  # too many requests waited for one session, or one waited too long: 429/503
+    "body_too_large",  # the request's body was over max_request_body: 413, unread
 ]
 
 
@@ -68,6 +71,9 @@ class Observer:
 
     def janitor_ran(self, removed: int, seconds: float) -> None:
         """A janitor sweep finished, removing *removed* sessions."""
+
+    def hook_failed(self, kind: str, error: BaseException) -> None:
+        """A request's ``after_commit`` or ``after_abort`` hook (*kind*) raised; it was ignored."""
 
 
 class Observers(Observer):
@@ -109,6 +115,9 @@ class Observers(Observer):
 
     def janitor_ran(self, removed: int, seconds: float) -> None:
         self._each("janitor_ran", removed, seconds)
+
+    def hook_failed(self, kind: str, error: BaseException) -> None:
+        self._each("hook_failed", kind, error)
 
     def _each(self, method: str, *args: object) -> None:
         # The tuple is replaced, never mutated, so iterating needs no lock.

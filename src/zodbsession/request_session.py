@@ -7,7 +7,9 @@ write. The first read finds the session named by the cookie (or starts a
 transient one); the first write stores a new one. The view also carries the
 verbs that change what the client's cookie must say (``login``, ``rotate``,
 ``invalidate``, ``set_expiry``), which is how the publisher knows when to send
-``Set-Cookie`` and with what ``Max-Age`` (``cookie_max_age``). The session's
+``Set-Cookie`` and with what ``Max-Age`` (``cookie_max_age``). ``settle``,
+called by the front door once per attempt before it commits, saves (or
+reports) what the application changed in place without marking it. The session's
 flash queues, CSRF token and expiry readers are forwarded under the names of
 ``Session``, so framework adapters can hand this view out as it is.
 """
@@ -21,8 +23,11 @@ from typing import Any
 from transaction.interfaces import NoTransaction
 from ZODB.Connection import Connection
 
+from zodbsession.errors import UnsavedSessionChanges
 from zodbsession.manager import SessionManager
 from zodbsession.session import ExpiryValue, Session
+from zodbsession.unsaved import Fingerprint, changed_keys, fingerprint
+from zodbsession.unsaved import log as unsaved_log
 
 
 class RequestSession(MutableMapping[str, Any]):
@@ -47,6 +52,8 @@ class RequestSession(MutableMapping[str, Any]):
         self._found = False
         self._invalidated = False
         self._expiry_changed = False
+        self._loaded: Fingerprint | None = None  # the found session's data as it was loaded
+        self._clean = False  # settle() found the data as loaded
 
     # An entity, compared by identity (MutableMapping would compare contents).
     __eq__ = object.__eq__
@@ -67,8 +74,33 @@ class RequestSession(MutableMapping[str, Any]):
                         break
                     session = self._manager._get_well_formed(self._connection, other_id)
             self._found = session is not None
+            # Only a found session can hold a change that nothing marked: a
+            # new one is stored by its first write, which marks it.
+            self._loaded = fingerprint(session._data) if session is not None else None
+            self._clean = False
+            if self._loaded is not None:
+                self._on_abort_drop_unsaved()
             self._session = session if session is not None else self._manager.new(self._connection)
         return self._session
+
+    def _on_abort_drop_unsaved(self) -> None:
+        """Make the transaction's abort forget the in-place changes, as it forgets the marked ones."""
+        try:
+            txn = self._connection.transaction_manager.get()
+        except NoTransaction:
+            return
+        txn.addAfterAbortHook(self._drop_unsaved)
+
+    def _drop_unsaved(self, *_: Any) -> None:
+        # An abort reverts only the objects that joined the transaction: a
+        # change made in place would stay in the cache, be read by the next
+        # request and stored by its next write. Dropping the session's state
+        # makes the next use load what is stored (only when it did change).
+        session, loaded = self._session, self._loaded
+        if session is None or loaded is None or self._clean or session._p_jar is None:
+            return
+        if session._p_changed is False and changed_keys(loaded, session._data):
+            session._p_invalidate()
 
     @property
     def resolved(self) -> bool:
@@ -200,6 +232,41 @@ class RequestSession(MutableMapping[str, Any]):
         return self._zodbsession_unwrap().check_csrf_token(token)
 
     # -- what the publisher asks at the end -----------------------------------
+
+    def settle(self) -> list[str]:
+        """Save, or report, what the application changed in place without marking it.
+
+        The front door calls it once per attempt, before it decides whether
+        anything joined the transaction. For a session this request found,
+        it compares the data with its fingerprint taken at load; if the
+        session was not marked changed but differs, the manager's
+        ``unsaved_changes`` policy marks it changed (``"save"``, ``"warn"``
+        with a WARNING) or raises ``UnsavedSessionChanges`` (``"error"``).
+        Returns the keys found changed in place (empty: nothing to do).
+
+        Whatever ends the transaction in an abort (an exception, a 5xx, a
+        conflict retried, ``"error"``) also drops such changes from memory:
+        the next request loads the session as it is stored.
+        """
+        session, loaded = self._session, self._loaded
+        if session is None or loaded is None or session._p_jar is None:
+            return []
+        # True: already marked, the commit stores it; None: a ghost, nothing in memory.
+        if session._p_changed is not False:
+            return []
+        keys = changed_keys(loaded, session._data)
+        if not keys:
+            self._clean = True
+            return []
+        policy = self._manager.unsaved_changes
+        if policy == "error":
+            raise UnsavedSessionChanges(keys)
+        if policy == "warn":
+            unsaved_log.warning(
+                "session %s...: %s changed in place without save_changes(); saved anyway",
+                session.id[:8], ", ".join(map(repr, keys)))
+        session._p_changed = True
+        return keys
 
     def written_session(self) -> Session | None:
         """The persistent session if this request changed it (so the commit stores it), else None.
