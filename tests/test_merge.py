@@ -64,11 +64,9 @@ def reference_merge(old: dict, committed: dict, new: dict) -> dict | str:
         return CONFLICT  # an unchanged rewrite claims the record
     names = (set(old) | set(committed) | set(new)) - {"_data"}
 
-    def bookkeeping_changed(side: dict) -> bool:
-        return any(not ref_equal(old.get(name, ABSENT), side.get(name, ABSENT)) for name in names)
-
-    if bookkeeping_changed(committed) and bookkeeping_changed(new):
-        return CONFLICT  # the attributes but the data change on one side only, as a whole
+    if any(not ref_equal(old.get(name, ABSENT), side.get(name, ABSENT))
+           for name in names for side in (committed, new)):
+        return CONFLICT  # a change of anything but the data never merges
     result: dict[str, Any] = {}
     for name in names:
         o, c, n = (s.get(name, ABSENT) for s in (old, committed, new))
@@ -99,7 +97,8 @@ def outcome(old: dict, committed: dict, new: dict) -> dict | str:
     try:
         return merge_session_state(old, committed, new)
     except ConflictError as error:
-        event(str(error).split(":")[1].split("(")[0].split("'")[0].strip())
+        event(next((kind for kind in ("key", "without changing it", "bookkeeping", "cannot compare")
+                    if kind in str(error)), "other"))
         return CONFLICT
 
 
@@ -151,8 +150,8 @@ def three_states(draw) -> tuple[dict, dict, dict]:
             else:
                 makers[key] = operation
         attributes = dict(old_attributes)
-        # Half the sides leave the bookkeeping alone, or two sides would mostly both change it.
-        for name, values in ATTRIBUTES.items() if draw(st.booleans()) else ():
+        # Most sides leave the bookkeeping alone, or most examples would conflict on it.
+        for name, values in ATTRIBUTES.items() if draw(st.sampled_from([True, False, False])) else ():
             operation = draw(st.sampled_from(["keep", "keep", "keep", "change", "delete"]))
             if operation == "change":
                 attributes[name] = draw(values)
@@ -172,7 +171,7 @@ def _build(attributes: dict[str, Any], makers: dict[str, Any]) -> dict:
     return built
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(three_states())
 @example((state({"a": 1}), state({"a": 1, "b": 2}), state({"a": 1, "c": 3})))
 @example((state({"a": 1}), state({"a": 2}), state({"a": 2})))
@@ -229,7 +228,7 @@ def test_messages_never_quote_a_value():
 def test_the_same_change_on_both_sides_conflicts(committed, new):
     """Each side may have read ``a == 1`` and written ``a + 1``: merging would keep one increment."""
     with pytest.raises(ConflictError, match="changed on both sides"):
-        merge_session_state(state({"a": 1}), state(committed, user_id="c"), state(new))
+        merge_session_state(state({"a": 1}), state(committed), state(new))
 
 
 def test_deleting_a_key_the_other_side_left_alone_deletes_it():
@@ -247,36 +246,35 @@ def test_a_side_that_rewrote_the_session_unchanged_conflicts(unchanged_side):
         merge_session_state(old, committed, new)
 
 
-@pytest.mark.parametrize("name", ["id", "user_id", "created", "_csrf_token"])
-def test_an_attribute_changed_on_one_side_is_taken(name):
-    merged = merge_session_state(state({"a": 1}), state({"a": 1}, **{name: "changed"}),
-                                 state({"a": 1, "b": 2}))
-    assert merged[name] == "changed" and merged["_data"] == {"a": 1, "b": 2}
-    merged = merge_session_state(state({"a": 1}), state({"a": 1, "b": 2}),
-                                 state({"a": 1}, **{name: "changed"}))
-    assert merged[name] == "changed" and merged["_data"] == {"a": 1, "b": 2}
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("id", "rotated"), ("user_id", "alice"), ("_expiry", ("idle", 60.0)), ("created", 2.0),
+     ("_added_later", 1)],
+    ids=["rotation", "login", "expiry", "created", "added-later"],
+)
+@pytest.mark.parametrize("side", ["committed", "new"])
+def test_a_change_of_any_attribute_but_the_data_never_merges(name, value, side):
+    """The container indexes sessions by id, owner and deadline: see merge.py for the failures."""
+    changed, other = state({"a": 1}, **{name: value}), state({"a": 1, "b": 2})
+    committed, new = (changed, other) if side == "committed" else (other, changed)
+    with pytest.raises(ConflictError, match=f"attributes {name} changed, and a change of the bookkeeping"):
+        merge_session_state(state({"a": 1}), committed, new)
 
 
-@pytest.mark.parametrize(("committed", "new"), [("alice", "bob"), ("alice", "alice")],
-                         ids=["different", "equal"])
-def test_an_attribute_changed_on_both_sides_conflicts_even_to_equal_values(committed, new):
-    with pytest.raises(ConflictError, match=r"bookkeeping was changed on both sides \(attributes user_id\)"):
-        merge_session_state(state({}), state({"a": 1}, user_id=committed), state({"b": 1}, user_id=new))
-
-
-@pytest.mark.parametrize(("committed", "new"), [({"id": "rotated"}, {"user_id": "alice"}),
-                                                ({"user_id": "alice"}, {"_expiry": ("idle", 60.0)})],
-                         ids=["rotation-and-login", "login-and-expiry"])
-def test_different_attributes_changed_on_the_two_sides_conflict(committed, new):
-    """The container's indexes were updated from each side's snapshot: the pair was never written."""
-    with pytest.raises(ConflictError, match="bookkeeping was changed on both sides"):
+@pytest.mark.parametrize(("committed", "new"), [({"user_id": "alice"}, {"user_id": "bob"}),
+                                                ({"user_id": "alice"}, {"user_id": "alice"}),
+                                                ({"id": "rotated"}, {"user_id": "alice"})],
+                         ids=["two-users", "one-user", "rotation-and-login"])
+def test_attributes_changed_on_both_sides_conflict(committed, new):
+    with pytest.raises(ConflictError, match="and a change of the bookkeeping never merges"):
         merge_session_state(state({}), state({"a": 1}, **committed), state({"b": 1}, **new))
 
 
-def test_an_attribute_added_on_one_side_is_taken_and_removed_on_one_side_is_removed():
-    merged = merge_session_state(state({}, _expiry=60), state({"a": 1}, _flash={"": ["hi"]}),
-                                 state({"b": 1}, _expiry=60))
-    assert merged["_flash"] == {"": ["hi"]} and "_expiry" not in merged
+def test_an_attribute_deleted_or_added_is_a_change():
+    with pytest.raises(ConflictError, match="attributes _expiry changed"):
+        merge_session_state(state({}, _expiry=60), state({"a": 1}), state({"b": 1}, _expiry=60))
+    with pytest.raises(ConflictError, match="attributes _expiry changed"):
+        merge_session_state(state({}), state({"a": 1}, _expiry=60), state({"b": 1}))
 
 
 def test_the_merged_state_keeps_every_attribute_and_the_access_time_reference():

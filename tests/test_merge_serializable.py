@@ -138,7 +138,7 @@ def serially(manager: SessionManager, user: str | None, *requests: Request) -> d
         db.close()
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(first=REQUESTS, second=REQUESTS, user=st.sampled_from([None, "alice"]))
 @example(first=[("set", "a", 2)], second=[("set", "b", 2)], user=None)
 @example(first=[("increment", "n")], second=[("increment", "n")], user=None)
@@ -147,6 +147,9 @@ def serially(manager: SessionManager, user: str | None, *requests: Request) -> d
 @example(first=[("pop_flash", "")], second=[("pop_flash", "")], user=None)
 @example(first=[("revoke",)], second=[("set", "b", 2)], user=None)
 @example(first=[("set", "b", 1), ("invalidate",)], second=[("set", "a", 2)], user=None)
+@example(first=[("delete", "a"), ("revoke",)], second=[("login", "alice")], user=None)
+@example(first=[("set", "b", 1), ("invalidate",)], second=[("rotate",)], user="alice")
+@example(first=[("set", "b", 1), ("revoke",)], second=[("expiry", 60)], user=None)
 def test_every_merge_equals_running_the_two_requests_one_after_the_other(first, second, user):
     manager = SessionManager(clock=lambda: NOW)
     db, session_id = fresh(manager, user)

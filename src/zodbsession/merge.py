@@ -25,12 +25,18 @@ made two increments, and merging them would keep one; two requests that
 each popped the same one-time token would both have used it.
 
 The rest of the record, its bookkeeping (id, created, user_id, its own
-expiry, any attribute added later), follows the same table taken as one
-whole: only one side may change it (then its attributes are taken), never
-both, even when the two changed different attributes. The container indexes
-a session by id, owner and deadline, and each side updated those indexes
-from its own snapshot: a rotation merged with a login would leave the user
-index naming the old id.
+expiry, any attribute added later), never merges: a write that changed it
+conflicts with every concurrent write of the session. The container indexes
+a session by id, owner and deadline, each side updated those indexes from
+its own snapshot, and the other side's request looked the session up by the
+id and owner it read:
+
+- a rotation merged with a login left the user index naming the old id;
+- a login merged with a request that changed data and revoked the session
+  left the user index naming the revoked session;
+- a rotation merged with a change of another key kept that change, though
+  in neither order of the two requests would it have survived (one the
+  other request's delete, the other its lookup by the old id).
 
 And, for the record as a whole: a side whose state is *the same as old* did
 not change the session but rewrote it to claim it. ``SessionManager`` does
@@ -176,8 +182,8 @@ def merge_session_state(old: Any, committed: Any, new: Any, *, by_key: tuple[str
     """Merge three states of a ``Session`` record (its ``__getstate__`` dicts); raises ConflictError.
 
     The attributes named in *by_key* (the application's data) are merged
-    key by key; the other attributes (the bookkeeping) may change on one
-    side only. A side that rewrote the record unchanged conflicts. See the
+    key by key; the other attributes (the bookkeeping) must be unchanged on
+    both sides. A side that rewrote the record unchanged conflicts. See the
     module docstring for why.
     """
     states = (old, committed, new)
@@ -191,11 +197,12 @@ def merge_session_state(old: Any, committed: Any, new: Any, *, by_key: tuple[str
         raise ConflictError("session merge: one side rewrote the session without changing it "
                             "(it was removed, or claimed on purpose)")
     bookkeeping = [_without(state, by_key) for state in states]
-    changed = [_changed_names(bookkeeping[0], side) for side in bookkeeping[1:]]
-    if changed[0] and changed[1]:
-        raise ConflictError("session merge: the session's bookkeeping was changed on both sides "
-                            f"(attributes {', '.join(sorted(changed[0] | changed[1]))})")
-    merged = merge_mapping(*bookkeeping, what="attribute")
+    changed = _changed_names(bookkeeping[0], bookkeeping[1]) | _changed_names(bookkeeping[0], bookkeeping[2])
+    if changed:
+        # The other side changed something too: an unchanged rewrite was refused above.
+        raise ConflictError(f"session merge: attributes {', '.join(sorted(changed))} changed, "
+                            "and a change of the bookkeeping never merges")
+    merged = dict(bookkeeping[1])
     for name in by_key:
         merged[name] = merge_mapping(old[name], committed[name], new[name])
     return merged
