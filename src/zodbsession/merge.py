@@ -42,13 +42,16 @@ And, for the record as a whole: a side whose state is *the same as old* did
 not change the session but rewrote it to claim it. ``SessionManager`` does
 that when it removes a session (revoke, logout, the sweep), so that a
 concurrent change conflicts instead of landing in an unreachable object.
-Such a record never merges.
+Such a record never merges. (A request that changed data and then removed
+the session merges with a concurrent change of another key, as if that
+change had come just before the removal: either way the session is gone.)
 
 "The same value" is decided by ``fingerprint``, never by a value's own
 ``__eq__``: type for type, item for item, so ``1``, ``1.0`` and ``True``
 differ; two references are the same when ZODB's ``PersistentReference``
 would call them equal (same oid and database, and not weak) or are one
-object. A value that cannot be fingerprinted makes its key conflict.
+object. A value that cannot be fingerprinted, anywhere in the record, makes
+the merge conflict.
 """
 
 from __future__ import annotations

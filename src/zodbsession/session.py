@@ -156,8 +156,8 @@ class Session(Persistent, MutableMapping[str, Any]):
 
         ZODB calls it (on the ZEO server, with ZEO) when a commit finds the
         session changed since it was read. Changes to different data keys
-        both survive; anything else two sides changed conflicts. The rules
-        are ``zodbsession.merge``'s, which see.
+        both survive; everything else conflicts (the same key, the id, the
+        owner, the expiry, a removal). The rules are ``zodbsession.merge``'s.
         """
         from zodbsession.merge import merge_session_state
 
