@@ -278,6 +278,22 @@ def test_a_removal_racing_a_change_to_another_key_conflicts(backend, manager, ho
     assert verify(backend.db).problems == ()
 
 
+@pytest.mark.parametrize("logout_first", [True, False], ids=["logout-first", "change-first"])
+def test_a_change_then_logout_merges_with_a_change_of_another_key_and_the_session_is_gone(
+        backend, manager, logout_first):
+    """As if the other change had come just before the logout: the session ends either way."""
+    session_id = store(backend, manager, {"a": 1})
+    leaver, leaving, writer, written = two_readers(backend, manager, session_id)
+    leaving["bye"] = True
+    manager.invalidate(leaving)
+    written["b"] = 2
+    for conn in (leaver, writer) if logout_first else (writer, leaver):
+        conn.transaction_manager.commit()
+    assert stored_data(backend, session_id) is None
+    assert manager.get(backend.connect(), session_id) is None
+    assert verify(backend.db).problems == ()
+
+
 def test_a_sweep_committed_before_a_change_to_another_key_makes_the_change_conflict(backend, clock):
     manager = SessionManager(clock=clock)
     session_id = store(backend, manager, {"a": 1})
