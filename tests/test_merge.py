@@ -290,8 +290,10 @@ def test_the_merged_state_keeps_every_attribute_and_the_access_time_reference():
 @pytest.mark.parametrize(
     ("first", "second"),
     [(1, True), (1, 1.0), (0.0, -0.0), ([1], (1,)), ("1", b"1"), ({"a": 1}, {"a": True}),
-     ({1, 2}, frozenset({1, 2}))],
-    ids=["int-bool", "int-float", "signed-zero", "list-tuple", "str-bytes", "nested", "set-frozenset"],
+     ({1, 2}, frozenset({1, 2})), ([1, 2], [1, True]), ([1, 2], [1, 2.0]), ({1: "x"}, {True: "x"}),
+     ({"a": [1]}, {"a": [True]}), ((None, "x"), (None, b"x"))],
+    ids=["int-bool", "int-float", "signed-zero", "list-tuple", "str-bytes", "nested", "set-frozenset",
+         "flat-list-bool", "flat-list-float", "flat-dict-key-bool", "nested-flat", "flat-tuple-bytes"],
 )
 def test_values_of_other_types_are_different_even_where_eq_says_equal(first, second):
     """``1 == True == 1.0`` and ``0.0 == -0.0``: taking committed's change for "unchanged" would lose it."""

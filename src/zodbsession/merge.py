@@ -107,9 +107,16 @@ def fingerprint(value: Any, depth: int = 0) -> Hashable:
         return (kind, value.real.hex(), value.imag.hex())
     inner = depth + 1
     if kind in _SEQUENCES:
-        return (kind, tuple(fingerprint(item, inner) for item in value))
+        kinds = tuple(map(type, value))
+        if _ATOMS.issuperset(kinds):  # flat: compared item for item and type for type, at C speed
+            return (kind, "flat", tuple(value), kinds)
+        return (kind, tuple([fingerprint(item, inner) for item in value]))
     if kind is dict:
-        return (kind, frozenset((fingerprint(k, inner), fingerprint(v, inner)) for k, v in value.items()))
+        keys, values = value.keys(), value.values()
+        if _ATOMS.issuperset(map(type, keys)) and _ATOMS.issuperset(map(type, values)):
+            items = zip(keys, map(type, keys), values, map(type, values), strict=True)
+            return (kind, "flat", frozenset(items))
+        return (kind, frozenset([(fingerprint(k, inner), fingerprint(v, inner)) for k, v in value.items()]))
     if kind in _SETS:
         return (kind, frozenset(fingerprint(item, inner) for item in value))
     if kind is PersistentReference:
@@ -153,28 +160,34 @@ _DECISIONS: dict[tuple[bool, bool], int | None] = {
 }
 
 
-def _merge_one(old: Any, committed: Any, new: Any, where: str) -> Any:
-    """The merged value of one name, or MISSING for "absent"; raises ConflictError."""
-    o, c, n = (_fingerprint_of(value, where) for value in (old, committed, new))
-    keep = _DECISIONS[c != o, n != o]
-    if keep is None:
-        if MISSING in (c, n) and c != n:
-            raise ConflictError(f"session merge: {where} was deleted on one side and changed on the other")
-        raise ConflictError(f"session merge: {where} was changed on both sides")
-    return (old, committed, new)[keep]
-
-
 def merge_mapping(old: Mapping[Any, Any], committed: Mapping[Any, Any], new: Mapping[Any, Any],
                   *, what: str = "key") -> dict[Any, Any]:
-    """Merge three versions of a mapping name by name (the table above); raises ConflictError.
+    """Merge three versions of a mapping key by key (the table above); raises ConflictError.
 
-    The result keeps the committed order, followed by the names only *new* added.
+    The result keeps the committed order, followed by the keys only *new* added.
     """
+    versions = (old, committed, new)
+    return _merge_fingerprinted(versions, [_fingerprints(version, what) for version in versions], what)
+
+
+def _fingerprints(mapping: Mapping[Any, Any], what: str) -> dict[Any, Hashable]:
+    """Each value's fingerprint, under its key; raises ConflictError naming an incomparable one."""
+    return {key: _fingerprint_of(value, f"{what} {_describe(key)}") for key, value in mapping.items()}
+
+
+def _merge_fingerprinted(versions: tuple[Mapping[Any, Any], ...], prints: list[dict[Any, Hashable]],
+                         what: str) -> dict[Any, Any]:
+    old, committed, new = versions
     merged: dict[Any, Any] = {}
     for key in [*committed, *(key for key in new if key not in committed),
                 *(key for key in old if key not in committed and key not in new)]:
-        value = _merge_one(old.get(key, MISSING), committed.get(key, MISSING), new.get(key, MISSING),
-                           f"{what} {_describe(key)}")
+        o, c, n = (fingerprints.get(key, MISSING) for fingerprints in prints)
+        keep = _DECISIONS[c != o, n != o]
+        if keep is None:
+            how = "deleted on one side and changed on the other" if MISSING in (c, n) and c != n \
+                else "changed on both sides"
+            raise ConflictError(f"session merge: {what} {_describe(key)} was {how}")
+        value = versions[keep].get(key, MISSING)
         if value is not MISSING:
             merged[key] = value
     return merged
@@ -187,7 +200,7 @@ def merge_session_state(old: Any, committed: Any, new: Any, *, by_key: tuple[str
     The attributes named in *by_key* (the application's data) are merged
     key by key; the other attributes (the bookkeeping) must be unchanged on
     both sides. A side that rewrote the record unchanged conflicts. See the
-    module docstring for why.
+    module docstring for why. Every value is fingerprinted once.
     """
     states = (old, committed, new)
     if not all(type(state) is dict for state in states):
@@ -195,26 +208,22 @@ def merge_session_state(old: Any, committed: Any, new: Any, *, by_key: tuple[str
     for name in by_key:
         if not all(type(state.get(name)) is dict for state in states):
             raise ConflictError(f"session merge: attribute {name!r} is not a dict on every side")
-    whole = [_fingerprint_of(state, "the session's state") for state in states]
-    if whole[1] == whole[0] or whole[2] == whole[0]:
-        raise ConflictError("session merge: one side rewrote the session without changing it "
-                            "(it was removed, or claimed on purpose)")
-    bookkeeping = [_without(state, by_key) for state in states]
-    changed = _changed_names(bookkeeping[0], bookkeeping[1]) | _changed_names(bookkeeping[0], bookkeeping[2])
+    bookkeeping = [_fingerprints(_without(state, by_key), "attribute") for state in states]
+    data = {name: [_fingerprints(state[name], "key") for state in states] for name in by_key}
+    for side in (1, 2):
+        if bookkeeping[side] == bookkeeping[0] and all(prints[side] == prints[0] for prints in data.values()):
+            raise ConflictError("session merge: one side rewrote the session without changing it "
+                                "(it was removed, or claimed on purpose)")
+    changed = {name for side in (1, 2) for name in bookkeeping[0].keys() | bookkeeping[side].keys()
+               if bookkeeping[0].get(name, MISSING) != bookkeeping[side].get(name, MISSING)}
     if changed:
         # The other side changed something too: an unchanged rewrite was refused above.
         raise ConflictError(f"session merge: attributes {', '.join(sorted(changed))} changed, "
                             "and a change of the bookkeeping never merges")
-    merged = dict(bookkeeping[1])
-    for name in by_key:
-        merged[name] = merge_mapping(old[name], committed[name], new[name])
+    merged = _without(committed, by_key)
+    for name, prints in data.items():
+        merged[name] = _merge_fingerprinted((old[name], committed[name], new[name]), prints, "key")
     return merged
-
-
-def _changed_names(old: dict[str, Any], side: dict[str, Any]) -> set[str]:
-    return {name for name in old.keys() | side.keys()
-            if _fingerprint_of(old.get(name, MISSING), f"attribute {name!r}")
-            != _fingerprint_of(side.get(name, MISSING), f"attribute {name!r}")}
 
 
 def _without(state: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
