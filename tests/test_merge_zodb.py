@@ -137,6 +137,19 @@ def test_changes_to_different_keys_on_two_connections_both_survive_a_reopen(back
     assert verify(backend.db).problems == ()
 
 
+def test_the_connection_that_merged_reads_the_merged_session_next(backend, manager):
+    """Its cached copy held only its own side: ZODB must drop it for the merged record."""
+    session_id = store(backend, manager, {"a": 1})
+    one, first, two, second = two_readers(backend, manager, session_id)
+    first["b"] = 2
+    second["c"] = 3
+    one.transaction_manager.commit()
+    two.transaction_manager.commit()
+    two.transaction_manager.begin()
+    assert second.data() == {"a": 1, "b": 2, "c": 3}
+    assert manager.get(two, session_id) is second
+
+
 @pytest.mark.parametrize(
     ("first_change", "second_change"),
     [("set", "set"), ("delete", "set"), ("set", "delete"), ("add", "add")],
