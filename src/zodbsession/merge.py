@@ -66,7 +66,7 @@ from ZODB.POSException import ConflictError
 #: The pickle protocol ZODB writes records with; values are reduced with it.
 PROTOCOL = 3
 
-#: Values nested deeper than this are not compared: their key conflicts.
+#: Values nested deeper than this are not compared: the merge conflicts.
 MAX_DEPTH = 100
 
 #: The attribute of a session's state that holds the application's data.
@@ -218,7 +218,7 @@ def merge_session_state(old: Any, committed: Any, new: Any, *, by_key: tuple[str
                if bookkeeping[0].get(name, MISSING) != bookkeeping[side].get(name, MISSING)}
     if changed:
         # The other side changed something too: an unchanged rewrite was refused above.
-        raise ConflictError(f"session merge: attributes {', '.join(sorted(changed))} changed, "
+        raise ConflictError(f"session merge: attributes {', '.join(sorted(map(str, changed)))} changed, "
                             "and a change of the bookkeeping never merges")
     merged = _without(committed, by_key)
     for name, prints in data.items():
