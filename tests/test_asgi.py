@@ -119,6 +119,7 @@ class Lab:
         self.at_gate: list[str] = []
         self.interfered = 0
         self.started = threading.Event()
+        self.stopped = threading.Event()
         routes = [
             Route("/count", self.count, methods=["GET", "POST"]),
             Route("/read", self.read),
@@ -143,6 +144,7 @@ class Lab:
     async def lifespan(self, app):
         self.started.set()
         yield
+        self.stopped.set()
 
     async def count(self, request: Request) -> Response:
         session = request.scope["zodbsession.session"]
@@ -485,7 +487,7 @@ def test_client_gone_mid_body_runs_nothing(server, lab, outcomes, database):
     """Within max_replay_bytes the body is read first: the application never runs."""
     sock = _partial_upload(server, b"x" * 100, 10_000)
     sock.close()
-    assert outcomes.wait_for(1) == [("aborted_exception", 1)]
+    assert outcomes.wait_for(1) == [("client_gone", 1)]
     assert lab.ran == []
     assert committed(database)[0] == 0
 
@@ -496,7 +498,7 @@ def test_client_gone_mid_body_past_the_replay_limit_commits_nothing(lab, outcome
         sock = _partial_upload(running, b"x" * 100, 10_000)
         assert lab.gate.reached.wait(WAIT)
         sock.close()
-        assert outcomes.wait_for(1) == [("aborted_exception", 1)]
+        assert outcomes.wait_for(1) == [("client_gone", 1)]
     assert lab.ran == ["upload", "disconnected"]
     assert committed(database)[0] == 0
     with database.transaction() as conn:
@@ -571,6 +573,7 @@ def test_a_wait_for_the_session_past_its_timeout_gets_503(lab, outcomes, databas
     assert late.status_code == 503
     assert int(late.headers["retry-after"]) >= 1
     assert committed(database, cookie)[1] == {"count": 2}
+    assert ("session_wait_timeout", 1) in outcomes.wait_for(3)
 
 
 def test_attempts_past_max_connections_wait_in_the_loop_for_one(lab, outcomes):
@@ -591,6 +594,38 @@ def test_body_declared_over_max_request_body_gets_413_unread(lab, outcomes):
         response = c.post("/count", content=b"x" * 11)
     assert response.status_code == 413
     assert outcomes.wait_for(1) == [("body_too_large", 1)]
+
+
+def test_sixty_four_parallel_slow_requests_on_one_cookie_leave_other_clients_served(lab, outcomes,
+                                                                                      database):
+    """Issue 17 under ASGI: one served, four queued, 59 refused at once; others get through meanwhile."""
+    mw = middleware(lab, outcomes)  # the default bound: four waiting
+    with serving(mw) as running:
+        with client(running) as c:
+            c.post("/count")
+            cookie = c.cookies["zodbsession"]
+
+        def slow() -> tuple[int, str]:
+            with client(running, cookie) as c:
+                response = c.post("/slow")
+                return response.status_code, response.text
+
+        with concurrent.futures.ThreadPoolExecutor(64) as pool:
+            requests = [pool.submit(slow)]
+            assert lab.gate.reached.wait(WAIT)
+            requests += [pool.submit(slow) for _ in range(63)]
+            _wait_until(lambda: sum(f.done() for f in requests) == 59
+                        and mw.session_locks.waiting(cookie) == 4, "59 refused and 4 queued")
+            with client(running) as other:
+                others = [other.post("/count").text for _ in range(3)]
+            assert mw.session_locks.waiting(cookie) == 4  # the backlog is still there
+            lab.gate.opened.set()
+            answers = [f.result(WAIT) for f in requests]
+    assert others == ["1", "2", "3"]
+    accepted = sorted(text for status, text in answers if status == 200)
+    assert accepted == ["2", "3", "4", "5", "6"]
+    assert sorted({status for status, _ in answers}) == [200, 429]
+    assert committed(database, cookie)[1] == {"count": 6}
 
 
 # -- streaming, lifespan, websockets ------------------------------------------------
@@ -616,8 +651,11 @@ def test_without_streaming_the_whole_response_is_held_for_the_commit(server, dat
         assert committed(database, c.cookies["zodbsession"])[1] == {"count": 2}
 
 
-def test_lifespan_passes_through(server, lab):
-    assert lab.started.is_set()
+def test_lifespan_passes_through_both_ways(lab, outcomes):
+    with serving(middleware(lab, outcomes)):
+        assert lab.started.is_set()
+        assert not lab.stopped.is_set()
+    assert lab.stopped.is_set()
 
 
 def test_websocket_scope_passes_through_untouched(lab, outcomes):

@@ -7,11 +7,13 @@ from datetime import timedelta
 
 import pytest
 
+from zodbsession.cookies import CookiePolicy
 from zodbsession.errors import InvalidUserId
 from zodbsession.manager import MAX_USER_ID_LENGTH
 from zodbsession.request_session import RequestSession
 from zodbsession.session import new_session_id
 from zodbsession.store import get_container
+from zodbsession.testing import make_client
 
 
 def _commit(conn) -> None:
@@ -120,3 +122,63 @@ def test_a_stale_first_cookie_falls_back_to_a_live_later_one(manager, memory_db,
 def test_no_live_cookie_among_several_starts_a_new_session(manager, memory_db, connect):
     view = RequestSession(manager, connect(memory_db), new_session_id(), more_ids=[new_session_id()])
     assert view.is_new
+
+
+# -- through the publisher: the cookie follows the session's own expiry ---------------------
+
+
+def _expiry_app(environ, start_response):
+    session = environ["zodbsession.session"]
+    value = environ["QUERY_STRING"]
+    if value:
+        session.set_expiry(None if value == "none" else int(value))
+    session["seen"] = True
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(session.get_expiry_age()).encode()]
+
+
+def _max_age(response) -> list[str]:
+    (cookie,) = response.header_list("Set-Cookie")
+    return [part.strip() for part in cookie.split(";") if part.strip().startswith("Max-Age")]
+
+
+@pytest.fixture
+def client(manager, memory_db):
+    return make_client(_expiry_app, memory_db, manager=manager, cookie=CookiePolicy(max_age=3600))
+
+
+def test_until_the_browser_closes_sends_no_max_age(client):
+    assert _max_age(client.post("/?0")) == []
+
+
+def test_remember_me_sends_the_sessions_own_max_age(client):
+    response = client.post("/?1209600")
+    assert _max_age(response) == ["Max-Age=1209600"]
+    assert response.text == "1209600"
+
+
+def test_a_session_without_its_own_expiry_gets_the_policys_max_age(client):
+    assert _max_age(client.post("/")) == ["Max-Age=3600"]
+
+
+def test_changing_the_expiry_of_a_stored_session_sends_the_cookie_again(client):
+    client.post("/")
+    first = client.session_id
+    assert client.post("/").header_list("Set-Cookie") == []
+    response = client.post("/?0")
+    assert client.session_id == first
+    assert _max_age(response) == []
+    assert _max_age(client.post("/?none")) == ["Max-Age=3600"]
+
+
+def test_pyramids_names_changed_and_new(manager, memory_db, connect, stored_id):
+    conn = connect(memory_db)
+    view = RequestSession(manager, conn, stored_id)
+    assert view.new is False
+    view["a"] = [1]
+    _commit(conn)
+    view = RequestSession(manager, conn, stored_id)
+    view["a"].append(2)
+    view.changed()
+    assert view.written_session() is not None
+    assert RequestSession(manager, connect(memory_db), None).new is True

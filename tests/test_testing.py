@@ -7,6 +7,7 @@ The application here is a small raw WSGI app; the ASGI client is in
 from __future__ import annotations
 
 import json
+from importlib.metadata import entry_points
 
 import pytest
 from ZODB.FileStorage import FileStorage
@@ -16,6 +17,10 @@ from zodbsession.errors import NoActiveRequest, NoUnitOfWork, Redirect, ZodbSess
 from zodbsession.publisher import SessionPublisher
 from zodbsession.registry import current_connection, current_session
 from zodbsession.testing import EPOCH, ManualClock, as_request, as_script, make_client
+
+if "zodbsession" not in {point.name for point in entry_points(group="pytest11")}:
+    pytest.fail("the zodbsession pytest plugin is not registered in this environment: reinstall the "
+                "package (pip install -e .) so that its pytest11 entry point is", pytrace=False)
 
 
 def shop(environ, start_response):
@@ -147,10 +152,10 @@ def test_advancing_the_clock_expires_the_session(zodbsession_client, zodbsession
 
 
 def test_each_client_is_its_own_browser(zodbsession_app, zodbsession_db, zodbsession_manager):
-    first = make_client(zodbsession_app, zodbsession_db, manager=zodbsession_manager)
-    second = make_client(zodbsession_app, zodbsession_db, manager=zodbsession_manager)
-    first.post("/add/apple")
-    assert second.get("/").json()["cart"] == []
+    with make_client(zodbsession_app, zodbsession_db, manager=zodbsession_manager) as first, \
+            make_client(zodbsession_app, zodbsession_db, manager=zodbsession_manager) as second:
+        first.post("/add/apple")
+        assert second.get("/").json()["cart"] == []
 
 
 def test_make_client_uses_an_already_wrapped_app_as_it_is(zodbsession_db, zodbsession_manager):

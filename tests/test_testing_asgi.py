@@ -7,10 +7,15 @@ fixtures as the WSGI client; the helpers reach the same server-side session.
 from __future__ import annotations
 
 import json
+from importlib.metadata import entry_points
 
 import pytest
 
 from zodbsession.testing import ASGIClient, make_client
+
+if "zodbsession" not in {point.name for point in entry_points(group="pytest11")}:
+    pytest.fail("the zodbsession pytest plugin is not registered in this environment: reinstall the "
+                "package (pip install -e .) so that its pytest11 entry point is", pytrace=False)
 
 
 async def raw_cart(scope, receive, send):

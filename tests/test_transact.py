@@ -179,3 +179,29 @@ def _write_behind(db: DB, session_id: str) -> None:
         tm.commit()
     finally:
         conn.close()
+
+
+def test_an_abandoned_attempt_aborts_and_runs_its_after_abort_hooks(core, database):
+    """A front door that sees its client go mid-body ends the attempt with the client_gone row."""
+    from zodbsession.registry import after_abort
+
+    ran = []
+
+    async def scenario() -> Ending:
+        attempt = core.attempt(None, where="POST /upload")
+        await asyncio.to_thread(core.open, attempt)
+        core.enter(attempt)
+        try:
+            current_session["half"] = "written"
+            after_abort(ran.append, "aborted")
+            ending = await asyncio.to_thread(core.abandon, attempt)
+        finally:
+            core.leave()
+            await asyncio.to_thread(core.close, attempt)
+        core.report(ending)
+        return ending
+
+    ending = asyncio.run(scenario())
+    assert (ending.outcome.name, ending.committed, ending.own_answer) == ("client_gone", False, False)
+    assert ran == ["aborted"]
+    assert stored(database) == {}

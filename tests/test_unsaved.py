@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
+from copy import deepcopy
 
 import pytest
 import transaction
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from persistent.list import PersistentList
 from ZODB import DB
 from ZODB.FileStorage import FileStorage
+from ZODB.MappingStorage import MappingStorage
 
 from zodbsession.errors import ConfigError, UnsavedSessionChanges, UnstorableSessionValue
 from zodbsession.manager import SessionManager
@@ -312,5 +316,53 @@ def test_a_read_request_keeps_the_session_in_the_cache(manager, tmp_path, load_c
         counter.active = True
         client.get("/")
         assert counter.by_class["Session"] == 0
+    finally:
+        database.close()
+
+
+# -- a property: settle names exactly the keys whose value changed in place -------------------
+
+leaves = st.one_of(st.integers(-5, 5), st.text(max_size=3), st.none(), st.booleans())
+values = st.recursive(leaves, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=2), inner, max_size=3)), max_leaves=8)
+
+
+def _mutate(value, pick: int) -> None:
+    """Change *value* (a list or dict, perhaps nested) in place somewhere, if it has room."""
+    containers = []
+
+    def walk(node):
+        if isinstance(node, (list, dict)):
+            containers.append(node)
+            for child in (node if isinstance(node, list) else node.values()):
+                walk(child)
+
+    walk(value)
+    if not containers:
+        return
+    target = containers[pick % len(containers)]
+    if isinstance(target, list):
+        target.append(pick)
+    else:
+        target[f"k{pick}"] = pick
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.dictionaries(st.sampled_from("abcde"), values, min_size=1, max_size=5),
+       picks=st.lists(st.tuples(st.sampled_from("abcde"), st.integers(0, 50)), max_size=4))
+def test_settle_names_exactly_the_keys_changed_in_place(data, picks):
+    database = DB(MappingStorage())
+    manager = SessionManager()
+    try:
+        session_id = _stored_id(manager, database, **deepcopy(data))
+        conn = database.open(transaction.TransactionManager())
+        view = RequestSession(manager, conn, session_id)
+        for key, pick in picks:
+            if key in view:
+                _mutate(view[key], pick)
+        expected = sorted(key for key in data if view[key] != data[key])
+        assert view.settle() == expected
+        conn.transaction_manager.abort()
+        conn.close()
     finally:
         database.close()

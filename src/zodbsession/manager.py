@@ -3,10 +3,10 @@
 The manager owns the rules (timeouts, access resolution, the clock) and the
 lifecycle verbs: find, create, rotate, revoke, expire, the classic
 ``save_changes`` / ``forget_changes`` pair, and each session's own expiry
-(``set_expiry`` and its readers, Django's verbs). It keeps no connection of its own:
-every verb works on the connection it is given, or on the one the session was
-loaded through, so one manager serves every thread of a server and any
-maintenance script alike.
+(``set_expiry`` and its readers, Django's verbs). It keeps no connection of
+its own: every verb works on the connection it is given, or on the one the
+session was loaded through, so one manager serves every thread of a server
+and any maintenance script alike.
 """
 
 from __future__ import annotations
@@ -16,39 +16,32 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from itertools import islice
 from typing import Any, Protocol
 
 from ZODB.Connection import Connection
 
-from zodbsession.errors import ConfigError, InvalidUserId, SessionLimitReached
+from zodbsession.errors import ConfigError, SessionLimitReached
 from zodbsession.limits import measure
 from zodbsession.observe import EventKind, Observers, SessionEvent
-from zodbsession.session import ExpiryValue, Session, ids_equal, is_well_formed_id, new_session_id
+from zodbsession.session import (
+    MAX_USER_ID_LENGTH,
+    ExpiryValue,
+    Session,
+    check_user_id,
+    expiry_choice,
+    ids_equal,
+    is_well_formed_id,
+    new_session_id,
+)
 from zodbsession.store import SessionContainer, expiry_slot, get_container
 from zodbsession.unsaved import UNSAVED_POLICIES, UnsavedPolicy
 from zodbsession.work import ATTEMPTS, run_batches
 
 Clock = Callable[[], float]
 
-#: The longest user id ``set_user`` (and so a login) accepts, in characters.
-MAX_USER_ID_LENGTH = 256
-
-
-def check_user_id(user_id: object) -> None:
-    """Refuse a user id that is not a non-empty string of at most ``MAX_USER_ID_LENGTH`` characters.
-
-    It is stored in the session and in the user index: an unbounded one
-    would let a client write records as large as it likes.
-    """
-    if not isinstance(user_id, str) or not user_id:
-        raise InvalidUserId(f"a user id must be a non-empty string, not {type(user_id).__name__} "
-                            f"{str(user_id)[:40]!r}")
-    if len(user_id) > MAX_USER_ID_LENGTH:
-        raise InvalidUserId(f"a user id must be at most {MAX_USER_ID_LENGTH} characters, not "
-                            f"{len(user_id)} (starting {user_id[:20]!r}): map long external "
-                            "identities to a short key of your own")
+__all__ = ["DEFAULT_MANAGER", "MAX_USER_ID_LENGTH", "Clock", "Progress", "SessionManager"]
 
 
 class Progress(Protocol):
@@ -322,7 +315,7 @@ class SessionManager:
         """
         session = _unwrap(session)
         now = self.clock()
-        expiry = _expiry_choice(value, now)
+        expiry = expiry_choice(value, now)
         if expiry == session._expiry:
             return False
         session.changed()  # stores a transient session, filed under its deadline so far
@@ -476,25 +469,6 @@ def _deliver(committed: bool, observers: Observers, events: list[SessionEvent]) 
     if committed:
         for event in events:
             observers.session_event(event)
-
-
-def _expiry_choice(value: ExpiryValue, now: float) -> tuple[str, float] | None:
-    """What ``Session._expiry`` records for a ``set_expiry`` value; refuses nonsense."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return ("at", value.timestamp())
-    if isinstance(value, timedelta):
-        return ("at", now + value.total_seconds())
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0:
-        raise ValueError(f"set_expiry takes None, a number of seconds (0: until the browser closes), "
-                         f"a datetime or a timedelta, not {value!r}")
-    if value == 0:
-        return ("browser", 0.0)
-    return ("idle", float(value))
 
 
 def _unwrap(session: Any) -> Session:

@@ -160,6 +160,14 @@ class RequestSession(MutableMapping[str, Any]):
         """Mark the session changed (after mutating a nested value in place)."""
         self._manager.save_changes(self._zodbsession_unwrap())
 
+    #: Pyramid's name for ``save_changes``.
+    changed = save_changes
+
+    @property
+    def new(self) -> bool:
+        """Pyramid's name for ``is_new``."""
+        return self.is_new
+
     def forget_changes(self) -> None:
         """Abort the request's transaction: this session's changes and all others.
 

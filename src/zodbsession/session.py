@@ -17,14 +17,17 @@ keys (``_f_<queue>``, ``_csrft_``), so they merge and revert like any value.
 from __future__ import annotations
 
 import hmac
+import math
 import re
 import secrets
 from collections.abc import Callable, Iterator, MutableMapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from persistent import Persistent
 from zope.minmax import Maximum
+
+from zodbsession.errors import InvalidUserId
 
 if TYPE_CHECKING:
     from zodbsession.manager import SessionManager
@@ -70,6 +73,44 @@ def ids_equal(a: str, b: str) -> bool:
     return hmac.compare_digest(
         a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass")
     )
+
+
+#: The longest user id ``set_user`` (and so a login) accepts, in characters.
+MAX_USER_ID_LENGTH = 256
+
+
+def check_user_id(user_id: object) -> None:
+    """Refuse a user id that is not a non-empty string of at most ``MAX_USER_ID_LENGTH`` characters.
+
+    It is stored in the session and in the user index: an unbounded one
+    would let a client write records as large as it likes.
+    """
+    if not isinstance(user_id, str) or not user_id:
+        raise InvalidUserId(f"a user id must be a non-empty string, not {type(user_id).__name__} "
+                            f"{str(user_id)[:40]!r}")
+    if len(user_id) > MAX_USER_ID_LENGTH:
+        raise InvalidUserId(f"a user id must be at most {MAX_USER_ID_LENGTH} characters, not "
+                            f"{len(user_id)} (starting {user_id[:20]!r}): map long external "
+                            "identities to a short key of your own")
+
+
+def expiry_choice(value: ExpiryValue, now: float) -> tuple[str, float] | None:
+    """What ``Session._expiry`` records for a ``set_expiry`` value at *now*; ``ValueError`` for nonsense."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return ("at", value.timestamp())
+    if isinstance(value, timedelta):
+        return ("at", now + value.total_seconds())
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"set_expiry takes None, a number of seconds (0: until the browser closes), "
+                         f"a datetime or a timedelta, not {value!r}")
+    if value == 0:
+        return ("browser", 0.0)
+    return ("idle", float(value))
 
 
 class Session(Persistent, MutableMapping[str, Any]):

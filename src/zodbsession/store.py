@@ -16,6 +16,12 @@ The expiry index is deliberately lazy: touching a session does not move its
 entry (that would be a write on every access). The sweep re-checks every due
 entry and re-files the sessions that are still live. Entries whose session
 was removed by other means are dropped when the sweep reaches them.
+
+Its invariant: every stored session has an entry in a slot no later than its
+deadline's, so the sweep never reaches a session late. Use only moves a
+deadline later; a session's own expiry (``SessionManager.set_expiry``) can
+move it earlier, and then files the earlier slot at once. A session may so
+have several entries; each is re-checked when due.
 """
 
 from __future__ import annotations

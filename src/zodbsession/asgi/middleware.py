@@ -22,11 +22,12 @@ a websocket handler gets no session and no transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from persistent import Persistent
@@ -46,7 +47,7 @@ from zodbsession.cookies import CookiePolicy, read_cookie
 from zodbsession.errors import PublishError, RequestBodyTooLarge, SessionBusy
 from zodbsession.locks import MAX_WAITING, WAIT_TIMEOUT, AsyncKeyedLocks
 from zodbsession.manager import SessionManager
-from zodbsession.outcomes import ROWS, Outcome
+from zodbsession.outcomes import CLIENT_GONE, ROWS
 from zodbsession.publisher import MAX_BACKOFF, MAX_REQUEST_BODY
 from zodbsession.registry import SessionRegistry
 from zodbsession.registry import registry as default_registry
@@ -58,13 +59,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
-
-#: How a request whose client went away before the end of its body ends: aborted, no answer.
-CLIENT_GONE = Outcome(
-    "client_gone", "the client disconnected before the end of its body", "abort", False,
-    "none (the client is gone)", "aborted_exception", logging.INFO,
-    message="{where}: the client disconnected before the end of its body; aborted",
-)
 
 
 #: The scope key of what ``run_in_connection`` uses.
@@ -108,8 +102,9 @@ class SessionMiddleware:
     wait in the loop for a connection to come back, so the pool is never
     outgrown.
 
-    Threading: one middleware serves one event loop. The ZODB steps run in
-    *executor* (None: the loop's default, as ``asyncio.to_thread``).
+    Threading: one middleware serves one event loop. The ZODB steps (and
+    ``run_in_connection``) run in *executor*; None gives the middleware a
+    pool of its own, a thread per connection it may have in use.
     ``join_outer_transaction`` exists for keyword compatibility with the
     publisher and must stay False: nothing outside owns an ASGI request's
     transaction.
@@ -142,10 +137,6 @@ class SessionMiddleware:
                              "transaction is always the middleware's own")
         if max_request_body is not None and max_request_body < 0:
             raise ValueError(f"max_request_body must be at least 0 (or None), not {max_request_body}")
-        if max_connections is None:
-            max_connections = db.getPoolSize()
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         self.app = app
         self.db = db
         self.manager = manager if manager is not None else SessionManager()
@@ -154,7 +145,15 @@ class SessionMiddleware:
         self.max_request_body = max_request_body
         self.streaming = streaming
         self.registry = registry
-        self.executor = executor
+        if max_connections is None:
+            max_connections = db.getPoolSize()
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        # A thread per connection in use: the ZODB steps never queue for a
+        # thread, nor compete with the application's own to_thread work.
+        self._own_executor = executor is None
+        self.executor = executor if executor is not None else ThreadPoolExecutor(
+            max_connections, thread_name_prefix="zodbsession-asgi")
         policy = retry if retry is not None else RetryPolicy(retry_attempts, retry_backoff, MAX_BACKOFF)
         self.core = TransactionCore(db, manager=self.manager, retry=policy, commit_veto=commit_veto,
                                     registry=registry)
@@ -165,6 +164,11 @@ class SessionMiddleware:
         #: Attempts waiting for a connection now (all ``max_connections`` are in use).
         self.connections_waiting = 0
         self._ensure_container()
+
+    def close(self) -> None:
+        """Stop the middleware's own thread pool once the server has drained (the db stays open)."""
+        if self._own_executor:
+            self.executor.shutdown(wait=True)
 
     def _ensure_container(self) -> None:
         # Made once here, so that concurrent first requests don't all create it.
@@ -243,49 +247,44 @@ class SessionMiddleware:
         request["zodbsession.connection"] = attempt.connection
         request["zodbsession.attempt"] = attempt.number
         request[RUNNER_KEY] = _ConnectionRunner(self, attempt)
-        replay = ReplayReceive(body, receive, self.max_request_body)
-        head: list[Ending] = []  # streaming: the ending decided at the first chunk
-        response = ResponseBuffer(send, functools.partial(self._commit_head, attempt, head)
-                                  if self.streaming else None)
         core.enter(attempt)
         try:
-            try:
-                await self.app(request, replay, response)
-            except Exception as exc:
-                if head:
-                    if response.streaming:
-                        log.error("%s: the application raised after its response began: its later "
-                                  "changes are discarded, the body is cut short", attempt.where,
-                                  exc_info=exc)
-                    return head[0], self._own_answer(head[0])
-                if isinstance(exc, PublishError):
-                    ending = await self._in_thread(core.finish, attempt, exc.status, exc.headers,
-                                                   raised=exc)
-                    return ending, self._answer(ending, request, _publish_error_messages(exc))
-                ending = await self._in_thread(core.fail, attempt, exc)
-                return ending, self._failure_answer(ending, response)
-            if head:
-                return head[0], self._own_answer(head[0])
-            if replay.client_gone:
-                return await self._abandon(attempt), []
-            if response.status is None:
-                error = RuntimeError("the application returned without sending http.response.start")
-                ending = await self._in_thread(core.fail, attempt, error)
-                return ending, self._own_answer(ending)
-            ending = await self._in_thread(core.finish, attempt, response.status_line, response.headers)
-            return ending, self._answer(ending, request, response.messages)
+            return await self._run_app(attempt, ReplayReceive(body, receive, self.max_request_body), send)
         finally:
             core.leave()
             await self._in_thread(core.close, attempt)
 
-    async def _abandon(self, attempt: Attempt) -> Ending:
-        """End an attempt whose client went away mid-body: abort, whatever it answered."""
-        await self._in_thread(_abort, attempt)
-        ending = Ending(CLIENT_GONE)
-        # The core's own log line and after-abort hooks, for a row it has no error for.
-        self.core._log(ending, attempt)
-        self.core._run_hooks(attempt, "after_abort")
-        return ending
+    async def _run_app(self, attempt: Attempt, replay: ReplayReceive,
+                       send: Send) -> tuple[Ending, list[Message]]:
+        """Run the application in the open attempt and end the attempt by what it did."""
+        core, request = self.core, attempt.request
+        head: list[Ending] = []  # streaming: the ending decided at the first chunk
+        response = ResponseBuffer(send, functools.partial(self._commit_head, attempt, head)
+                                  if self.streaming else None)
+        try:
+            await self.app(request, replay, response)
+        except Exception as raised:
+            exc = _only_error(raised)
+            if head:
+                if response.streaming:
+                    log.error("%s: the application raised after its response began: its later "
+                              "changes are discarded, the body is cut short", attempt.where, exc_info=exc)
+                return head[0], self._own_answer(head[0])
+            if isinstance(exc, PublishError):
+                ending = await self._in_thread(core.finish, attempt, exc.status, exc.headers, raised=exc)
+                return ending, self._answer(ending, request, _publish_error_messages(exc))
+            ending = await self._in_thread(core.fail, attempt, exc)
+            return ending, self._failure_answer(ending, response)
+        if head:
+            return head[0], self._own_answer(head[0])
+        if replay.client_gone:  # aborted, whatever the application answered
+            return await self._in_thread(core.abandon, attempt, CLIENT_GONE), []
+        if response.status is None:
+            error = RuntimeError("the application returned without sending http.response.start")
+            ending = await self._in_thread(core.fail, attempt, error)
+            return ending, self._own_answer(ending)
+        ending = await self._in_thread(core.finish, attempt, response.status_line, response.headers)
+        return ending, self._answer(ending, request, response.messages)
 
     async def _commit_head(self, attempt: Attempt, head: list[Ending], response: ResponseBuffer) -> bool:
         """Streaming: decide the transaction at the first chunk, before the head goes out.
@@ -355,10 +354,22 @@ class SessionMiddleware:
     # -- threads ------------------------------------------------------------------
 
     async def _in_thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` in the executor, in a copy of this task's context."""
+        """Run ``fn(*args, **kwargs)`` in the executor, in a copy of this task's context.
+
+        A cancelled task (a server's shutdown) still waits for the step to
+        end before it goes on: a thread cannot be stopped, and the next step
+        (closing the connection) must not use the connection beside it.
+        """
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        return await loop.run_in_executor(self.executor, functools.partial(context.run, fn, *args, **kwargs))
+        future = loop.run_in_executor(self.executor, functools.partial(context.run, fn, *args, **kwargs))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([future])
+            raise
 
 
 class _ConnectionRunner:
@@ -389,8 +400,15 @@ def _call_loaded(fn: Callable[..., T], connection: Any, *args: Any) -> T:
     return result
 
 
-def _abort(attempt: Attempt) -> None:
-    attempt.tm.abort()
+def _only_error(error: Exception) -> Exception:
+    """The one error inside an exception group of one (a task group's), else *error* itself.
+
+    So that a conflict raised inside an application's task group is still
+    seen as the conflict it is, and retried.
+    """
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def _check_length(scope: dict[str, Any], max_request_body: int | None) -> None:

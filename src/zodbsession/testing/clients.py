@@ -77,6 +77,15 @@ class SessionClient:
         self.cookie = cookie
         self.cookies: dict[str, str] = {}  # {name -> value}: one host, one path
 
+    def close(self) -> None:
+        """Release what the client holds (the ASGI client's event loop); also at ``with``'s end."""
+
+    def __enter__(self) -> SessionClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- requests -------------------------------------------------------------
 
     def request(self, method: str, path: str, *, body: bytes | str = b"", json: Any = None,
