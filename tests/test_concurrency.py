@@ -6,9 +6,10 @@ both, commit one, then the other. Where a sweep has to be interrupted between
 its reads and its commit, a transaction synchronizer on the sweep's manager
 commits the other transaction at the sweep's ``beforeCompletion``.
 
-What must hold: touches merge, creations merge, data changes conflict (never
-last-writer-wins), a sweep or a revoke racing a data change conflicts, and a
-sweep never deletes a session touched meanwhile.
+What must hold: touches merge, creations merge, changes to one data key
+conflict (never last-writer-wins) while changes to different keys merge, a
+sweep or a revoke racing a data change conflicts, and a sweep never deletes a
+session touched meanwhile.
 """
 
 from __future__ import annotations
@@ -137,18 +138,35 @@ def test_concurrent_data_changes_conflict_and_first_change_survives(
 def test_data_change_conflicts_with_concurrent_touch_and_data_change(
     db, connect, clock, stored
 ):
-    """A touch plus a data change on each side still conflicts on the data."""
+    """A touch plus a change of one key on each side still conflicts on the data."""
     early, late = _managers(clock, 100, 200)
     conn_a, s_a = _read(connect, db, early, stored)
     conn_b, s_b = _read(connect, db, late, stored)
     s_a["a"] = "from A"
-    s_b["b"] = "from B"
+    s_b["a"] = "from B"
     conn_a.transaction_manager.commit()
     with pytest.raises(ConflictError):
         conn_b.transaction_manager.commit()
     conn_b.transaction_manager.abort()
 
     assert get_container(connect(db)).get(stored).data() == {"a": "from A"}
+
+
+def test_touches_and_changes_to_different_keys_on_each_side_all_survive(
+    db, connect, clock, stored
+):
+    """The session record merges by key (``zodbsession.merge``), the access time to the later."""
+    early, late = _managers(clock, 100, 200)
+    conn_a, s_a = _read(connect, db, early, stored)
+    conn_b, s_b = _read(connect, db, late, stored)
+    s_a["a"] = "from A"
+    s_b["b"] = "from B"
+    conn_a.transaction_manager.commit()
+    conn_b.transaction_manager.commit()
+
+    survivor = get_container(connect(db)).get(stored)
+    assert survivor.data() == {"a": "from A", "b": "from B"}
+    assert survivor.last_access == clock() + 200
 
 
 # -- (4) the expiry race ----------------------------------------------------------------

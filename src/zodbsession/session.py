@@ -192,6 +192,18 @@ class Session(Persistent, MutableMapping[str, Any]):
     __ne__ = object.__ne__
     __hash__ = object.__hash__
 
+    def _p_resolveConflict(self, old_state: Any, committed_state: Any, new_state: Any) -> dict[str, Any]:
+        """Merge two concurrent writes of this session, or raise ``ConflictError``.
+
+        ZODB calls it (on the ZEO server, with ZEO) when a commit finds the
+        session changed since it was read. Changes to different data keys
+        both survive; everything else conflicts (the same key, the id, the
+        owner, the expiry, a removal). The rules are ``zodbsession.merge``'s.
+        """
+        from zodbsession.merge import merge_session_state
+
+        return merge_session_state(old_state, committed_state, new_state)
+
     # -- per-session expiry (Django's verbs) --------------------------------
     #
     # The rules (the clock, the default timeouts, the expiry index) belong to
