@@ -324,3 +324,14 @@ def test_run_in_connection_calls_of_one_request_never_overlap(database):
     assert sent_by(SessionMiddleware(app, database))[0]["status"] == 200
     assert overlapped == [False]
     assert second_in.is_set()
+
+
+def test_a_bad_first_cookie_does_not_hide_the_live_session_behind_it(database):
+    manager = SessionManager()
+    app = SessionMiddleware(outcome_app, database, manager=manager)
+    _, headers, _ = call(app, "/write")
+    live = headers[b"set-cookie"].decode().split(";")[0].split("=", 1)[1]
+    # Two cookie headers, as HTTP/2 sends them: an unknown id first, then the live one.
+    assert call(app, "/write", f"{'x' * 43}; zodbsession={live}")[0] == 200
+    with database.transaction() as conn:
+        assert manager.get(conn, live)["n"] == 2

@@ -97,7 +97,8 @@ def test_new_session_over_a_cap_of_users_sessions_is_refused_at_its_first_write(
             ids.append(session.id)
         refused = manager.new(conn)
         clock.advance(100)
-        with pytest.raises(SessionLimitReached, match="3 sessions are stored and max_sessions is 3") as caught:
+        refusal = "3 sessions are stored and max_sessions is 3"
+        with pytest.raises(SessionLimitReached, match=refusal) as caught:
             refused["n"] = 99
         # Honest: the earliest stored session's deadline, within one expiry slot.
         assert manager.idle_timeout - 100 <= caught.value.retry_after <= manager.idle_timeout - 100 + 10

@@ -87,14 +87,19 @@ from zodbsession.outcomes import VETOED
 from zodbsession.registry import SessionRegistry
 from zodbsession.registry import registry as default_registry
 from zodbsession.replay import attempt_environ, check_length, replayable_body
-from zodbsession.response import Headers, Response, StreamAfterCommit
+from zodbsession.response import Response, StreamAfterCommit
 from zodbsession.retry import RetryPolicy
-from zodbsession.transact import IDLE_MANAGERS, Attempt, Ending, TransactionCore, default_commit_veto
+from zodbsession.transact import (
+    IDLE_MANAGERS,
+    Attempt,
+    CommitVeto,
+    Ending,
+    TransactionCore,
+    default_commit_veto,
+)
 
 StartResponse = Callable[..., Callable[[bytes], Any]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-#: ``commit_veto(environ, status, headers) -> True`` to abort instead of commit.
-CommitVeto = Callable[[dict[str, Any], str, Headers], bool]
 
 #: The longest back-off between two attempts, in seconds, however many are allowed:
 #: the doubling would otherwise hold a request for seconds at ten attempts.

@@ -45,7 +45,7 @@ from zodbsession.asgi.messages import (
     read_body,
 )
 from zodbsession.asgi.threads import ConnectionRunner, WorkerThreads
-from zodbsession.cookies import CookiePolicy, read_cookie
+from zodbsession.cookies import CookiePolicy, session_cookie_ids
 from zodbsession.errors import PublishError, RequestBodyTooLarge, SessionBusy
 from zodbsession.locks import MAX_WAITING, WAIT_TIMEOUT, AsyncKeyedLocks
 from zodbsession.manager import SessionManager
@@ -54,7 +54,6 @@ from zodbsession.publisher import MAX_BACKOFF, MAX_REQUEST_BODY
 from zodbsession.registry import SessionRegistry
 from zodbsession.registry import registry as default_registry
 from zodbsession.retry import RetryPolicy
-from zodbsession.session import is_well_formed_id
 from zodbsession.transact import Attempt, CommitVeto, Ending, TransactionCore, default_commit_veto
 
 log = logging.getLogger(__name__)
@@ -180,17 +179,19 @@ class SessionMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        cookie_id = read_cookie(_cookie_header(scope), self.cookie.name)
-        if not is_well_formed_id(cookie_id):
-            cookie_id = None
+        # The first well-formed id of our cookie's name that names a live session wins.
+        ids = session_cookie_ids(_cookie_header(scope), self.cookie.name)
+        cookie_id, more_ids = (ids[0], tuple(ids[1:])) if ids else (None, ())
         where = f"{scope.get('method', '')} {scope.get('path', '')}"
         try:
             _check_length(scope, self.max_request_body)
             if self.session_locks is not None and cookie_id:
                 async with self.session_locks.hold(cookie_id):
-                    ending, answer = await self._run_attempts(scope, receive, send, cookie_id, where)
+                    ending, answer = await self._run_attempts(scope, receive, send, cookie_id, where,
+                                                              more_ids)
             else:
-                ending, answer = await self._run_attempts(scope, receive, send, cookie_id, where)
+                ending, answer = await self._run_attempts(scope, receive, send, cookie_id, where,
+                                                          more_ids)
         except (RequestBodyTooLarge, SessionBusy) as exc:
             # A huge body (refused unread, or found while buffering it), a full
             # session queue or a wait past its deadline: before any attempt,
@@ -201,7 +202,8 @@ class SessionMiddleware:
         await _send_all(send, answer)
 
     async def _run_attempts(self, scope: dict[str, Any], receive: Receive, send: Send,
-                            cookie_id: str | None, where: str) -> tuple[Ending, list[Message]]:
+                            cookie_id: str | None, where: str, more_ids: tuple[str, ...] = (),
+                            ) -> tuple[Ending, list[Message]]:
         """Run attempts until one is not to be retried; its ending and the messages still to send."""
         body = await read_body(receive, self.max_replay_bytes, self.max_request_body)
         if body.disconnected:
@@ -212,7 +214,7 @@ class SessionMiddleware:
         attempts = self.core.attempts_for(replayable=body.replayable)
         for number in range(1, attempts + 1):
             attempt = self.core.attempt(cookie_id, number=number, attempts=attempts, where=where,
-                                        request=dict(scope))
+                                        request=dict(scope), more_ids=more_ids)
             self.connections_waiting += 1
             try:
                 await self._connections.acquire()

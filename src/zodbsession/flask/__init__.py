@@ -9,15 +9,15 @@ replayed, and the publisher, not Flask, decides and sends the session cookie.
 
 How a Flask request ends, by the publisher's table:
 
-========================================  ===========  ===================================
-what the view (or a hook) did             transaction  answer
-========================================  ===========  ===================================
-returned a response below 500             commit       the response
-``redirect()``, ``abort(4xx)``            commit       the redirect / the 4xx page
-raised ``Redirect`` / ``PublishError``    commit       the error's status, headers, body
-returned a 5xx, or raised (Flask's 500)   abort        Flask's answer
-raised a ``TransientError`` (conflict)    abort, retry the replayed request's answer
-========================================  ===========  ===================================
+========================================  ============  ===================================
+what the view (or a hook) did             transaction   answer
+========================================  ============  ===================================
+returned a response below 500             commit        the response
+``redirect()``, ``abort(4xx)``            commit        the redirect / the 4xx page
+raised ``Redirect`` / ``PublishError``    commit        the error's status, headers, body
+returned a 5xx, or raised (Flask's 500)   abort         Flask's answer
+raised a ``TransientError`` (conflict)    abort, retry  the replayed request's answer
+========================================  ============  ===================================
 
 When Flask propagates exceptions (``PROPAGATE_EXCEPTIONS``, else under
 ``TESTING`` or debug) an exception is raised again past the publisher once it

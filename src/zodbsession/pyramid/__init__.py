@@ -13,14 +13,14 @@ into Pyramid (the include, the session factory, the serializing tween).
 
 What a request's end does to the session, and what the client is told:
 
-================================  ===============================  ==================
+================================  ================================  ======================
 pyramid_tm ends the request with  the session (and the app's data)  ``Set-Cookie``
-================================  ===============================  ==================
+================================  ================================  ======================
 commit                            stored with the app's changes     as the session asks
 abort (exception, doom, veto)     rolled back with them             none: cookie as it was
 a conflict (``TransientError``)   rolled back; pyramid_retry        that of the attempt
                                   replays with a fresh request      that commits
-================================  ===============================  ==================
+================================  ================================  ======================
 
 "As the session asks" is ``RequestSession.cookie_to_send()`` as it stood just
 before the commit: a new id (a stored new session, ``login``, ``rotate``),
