@@ -78,3 +78,16 @@ def test_the_readme_factory_runs_as_written_under_another_wsgi_server(tmp_path: 
     finally:
         waitress.terminate()
         waitress.wait(10)
+
+
+def test_the_readme_asgi_sample_is_the_one_docs_asgi_runs() -> None:
+    """tests/test_asgi_docs.py runs the page's Starlette file; the README shows the same file."""
+    (sample,) = [block for block in re.findall(r"```python\n(.+?)\n```", README, flags=re.DOTALL)
+                 if block.startswith("# app.py")]
+    assert sample in (ROOT / "docs" / "asgi.md").read_text()
+
+
+def test_every_page_the_readme_links_to_exists() -> None:
+    pages = re.findall(r"\]\((docs/[\w.-]+\.md)\)", README)
+    assert len(pages) >= 6
+    assert [page for page in pages if not (ROOT / page).exists()] == []
