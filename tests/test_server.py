@@ -7,7 +7,7 @@ import textwrap
 import threading
 import time
 
-from serverproc import Client, ServerProcess, run_cli
+from serverproc import Client, ServerProcess, free_port, run_cli
 
 
 def test_counter_persists_across_requests_and_restarts(tmp_path, env):
@@ -149,3 +149,77 @@ def test_bad_on_start_hook_exits_2_naming_the_key(tmp_path, env):
     assert result.returncode == 2
     assert "server.on_start" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_app_from_the_current_directory_without_pythonpath(tmp_path, env):
+    """As under gunicorn, ``--app hello:app`` finds ``./hello.py`` with no PYTHONPATH."""
+    (tmp_path / "hello.py").write_text(textwrap.dedent('''
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"hello from cwd"]
+    '''))
+    env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    with ServerProcess(tmp_path, env, "--app", "hello:app") as server:
+        status, _headers, body = Client(server.url).request("GET", "/")
+    assert (status, body) == (200, b"hello from cwd")
+
+
+FACTORY_APP = '''
+import json
+
+created = []
+
+
+def create_app():
+    created.append(1)
+
+    def app(environ, start_response):
+        session = environ["zodbsession.session"]
+        session["n"] = session.get("n", 0) + 1
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"n": session["n"], "factories": len(created)}).encode()]
+
+    return app
+'''
+
+
+def test_factory_is_called_once_and_its_app_has_sessions(tmp_path, env):
+    (tmp_path / "factoryapp.py").write_text(FACTORY_APP)
+    with ServerProcess(tmp_path, env, "--app", "factoryapp:create_app()") as server:
+        client = Client(server.url)
+        assert client.json("GET", "/") == (200, {"n": 1, "factories": 1})
+        assert client.json("GET", "/") == (200, {"n": 2, "factories": 1})
+
+
+def test_uncalled_factory_exits_2_saying_how_to_call_it(tmp_path, env):
+    (tmp_path / "factoryapp.py").write_text(FACTORY_APP)
+    result = run_cli("serve", "--app", "factoryapp:create_app", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "factoryapp:create_app()" in lines[0]
+
+
+def test_host_and_port_options_choose_the_address(tmp_path, env):
+    port = free_port()
+    with ServerProcess(tmp_path, env, "--host", "127.0.0.1", "--port", str(port),
+                       port=port) as server:
+        assert Client(server.url).json("POST", "/api/counter") == (200, {"count": 1})
+    assert f"on http://127.0.0.1:{port}/" in server.log()
+
+
+def test_version_is_the_installed_distribution_s(tmp_path, env):
+    from importlib.metadata import version
+
+    result = run_cli("--version", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"zodbsession {version('zodbsession')}"
+
+
+def test_a_new_database_is_announced_with_its_path(tmp_path, env):
+    with ServerProcess(tmp_path, env) as first:
+        pass
+    with ServerProcess(tmp_path, env) as second:
+        pass
+    assert f"created a new, empty database at {tmp_path}/Data.fs" in first.log()
+    assert "created a new" not in second.log()

@@ -108,24 +108,36 @@ def _when(timestamp: float | None) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=None, package_name="zodbsession", prog_name="zodbsession",
+                      message="%(prog)s %(version)s")
 def main() -> None:
     """Transactional ZODB web sessions: serve them, inspect and maintain them."""
 
 
 @main.command()
 @config_option
-@click.option("--app", "app_spec", default=None, metavar="MODULE:CALLABLE",
-              help="Your WSGI application [default: server.app, else the demo app].")
+@click.option("--app", "app_spec", default=None, metavar="MODULE:APP",
+              help="Your WSGI or ASGI application, module:app or module:factory() to call a "
+                   "factory; the current directory is importable [default: server.app, else "
+                   "the demo app].")
+@click.option("--asgi", is_flag=True, default=None,
+              help="Serve the app as ASGI (on uvicorn) even if its signature does not say so.")
+@click.option("--host", default=None, help="Address to listen on [default: server.host].")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Port to listen on, 0 for any free one [default: server.port].")
 @click.option("--workers", type=int, default=None, metavar="N",
               help="Processes sharing the address; above 1 needs a zeo:// or RelStorage "
                    "URI [default: server.workers].")
 @_one_line_errors
-def serve(config_path: str | None, app_spec: str | None, workers: int | None) -> None:
-    """Serve a WSGI application inside the session publisher."""
+def serve(config_path: str | None, app_spec: str | None, asgi: bool | None, host: str | None,
+          port: int | None, workers: int | None) -> None:
+    """Serve a WSGI or ASGI application inside the session publisher or middleware."""
     from zodbsession.server import serve as run_server
 
-    settings = _settings(config_path, {"server.workers": workers} if workers is not None else None)
-    run_server(settings, app_spec=app_spec, config_name=config_path or _default_config_name())
+    given = {"server.workers": workers, "server.host": host, "server.port": port,
+             "server.asgi": asgi, "server.app": app_spec}
+    settings = _settings(config_path, {k: v for k, v in given.items() if v is not None})
+    run_server(settings, config_name=config_path or _default_config_name())
 
 
 @main.command()

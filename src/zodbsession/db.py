@@ -129,6 +129,12 @@ def _open_storage(uri: str, factory: Any) -> Any:
         ) from None
     except FileNotFoundError as exc:
         raise StorageURIError(f"{uri}: {exc.strerror}: {exc.filename}") from None
+    except PermissionError as exc:
+        # A FileStorage writes its lock, index and temporary files beside the data file.
+        raise StorageURIError(
+            f"{uri}: cannot write {exc.filename or 'beside the file'}: {exc.strerror}; make "
+            f"{os.path.dirname(os.path.abspath(_file_path(uri) or '.'))} writable by this user, or "
+            "point the URI at a directory that can be written") from None
     except ClientDisconnected:
         raise _unavailable(uri) from None
     except Exception as exc:
@@ -241,13 +247,24 @@ def _read_only(uri: str) -> str:
     return uri + ("&" if "?" in uri else "?") + "read_only=1"
 
 
-def _file_path(uri: str) -> str | None:
+def file_path(uri: str) -> str | None:
+    """The FileStorage path a file:// URI names; None for every other URI (and for "")."""
     if not uri.startswith("file://"):
         return None
     return os.path.normpath(uri[len("file://") :].split("?", 1)[0])
 
 
+_file_path = file_path
+
+
 def _make_parent_directory(uri: str) -> None:
     path = _file_path(uri)
-    if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not path:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise StorageURIError(
+            f"{uri}: cannot create the directory {directory}: {exc.strerror or exc}; create it "
+            "(writable by this user) or point the URI at a directory that can be written") from None
