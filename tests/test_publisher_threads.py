@@ -147,7 +147,9 @@ def test_concurrent_clients_lose_no_increment(file_db):
     """8 clients x 50 increments on their own sessions, plus 8 clients x 25 on
     one shared session, all at once: every counter exact, no 5xx."""
     stats = Stats()
-    publisher = SessionPublisher(counter_app(stats), file_db)
+    # Eight clients on one session: up to seven wait behind the one inside, over
+    # the default bound of the session's queue (tests/test_session_queue.py).
+    publisher = SessionPublisher(counter_app(stats), file_db, max_waiting_per_session=7)
     started = time.monotonic()
     with serving(publisher) as port:
         shared = create_session(port)
@@ -173,7 +175,8 @@ def test_same_session_requests_run_one_at_a_time(file_db):
     """With ``serialize_same_session`` (the default) requests carrying one cookie
     never overlap inside the application, even with a slow application."""
     stats = Stats()
-    publisher = SessionPublisher(counter_app(stats, dwell=0.005), file_db)
+    # Six clients: up to five wait, over the default bound of the session's queue.
+    publisher = SessionPublisher(counter_app(stats, dwell=0.005), file_db, max_waiting_per_session=5)
     with serving(publisher) as port:
         shared = create_session(port)
         results = run_clients(port, [(10, shared)] * 6)

@@ -30,7 +30,7 @@ from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ConflictError
 from zodburi.resolvers import ClientStorageURIResolver
 
-from zodbsession.errors import DatabaseLocked, StorageURIError, ZodbSessionError
+from zodbsession.errors import DatabaseLocked, StorageUnavailable, StorageURIError
 
 #: Name of the main database in a multi-database.
 MAIN_DATABASE = "main"
@@ -45,10 +45,6 @@ ZEO_WAIT_TIMEOUT = 10
 
 #: Schemes whose storage lives inside one process: it cannot be shared by several.
 EMBEDDED_SCHEMES = frozenset({"file", "memory", "demo"})
-
-
-class StorageUnavailable(ZodbSessionError, ConnectionError):
-    """The storage server (ZEO) did not answer within the URI's wait_timeout."""
 
 
 def open_db(

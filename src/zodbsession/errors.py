@@ -149,3 +149,44 @@ class StorageWriteFailed(ZodbSessionError):
     Nothing was committed: the storage rolled its file back. The request may
     be retried later (the publisher answers 503 with ``Retry-After``).
     """
+
+
+class StorageUnavailable(ZodbSessionError, ConnectionError):
+    """The storage cannot be reached now: a ZEO server that did not answer within its
+    wait_timeout, or a storage (an SQL server) that refused to open a connection.
+
+    Nothing was done; the request is answered 503 at once rather than retried, since
+    the storage already waited before saying so.
+    """
+
+
+class SessionBusy(ZodbSessionError):
+    """Too many requests already wait for this session's lock, or one waited too long.
+
+    ``retry_after`` is the seconds the client should wait, estimated from how long
+    the requests ahead of it hold the lock. ``timed_out`` tells the two apart: a
+    full queue is answered 429 at once, a wait past its deadline 503.
+    """
+
+    def __init__(self, waiting: int, limit: int, retry_after: int, *, timed_out: bool = False) -> None:
+        self.waiting = waiting
+        self.limit = limit
+        self.retry_after = retry_after
+        self.timed_out = timed_out
+        if timed_out:
+            message = (f"waited too long for this session's lock ({waiting} request(s) ahead): "
+                       "raise publisher.session_wait_timeout, or make the session's requests shorter")
+        else:
+            message = (f"{waiting} request(s) already wait for this session, the limit is {limit}: "
+                       "raise publisher.max_waiting_per_session, or send fewer parallel requests")
+        super().__init__(message)
+
+
+class RequestBodyTooLarge(ZodbSessionError, ValueError):
+    """A request's body is longer than ``max_request_body``: it is answered 413 unread."""
+
+    def __init__(self, size: int | None, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        what = f"{size} bytes" if size is not None else "a chunked body"
+        super().__init__(f"the request's body ({what}) exceeds max_request_body ({limit} bytes)")

@@ -31,6 +31,8 @@ RequestOutcome = Literal[
     "outcome_unknown",  # the commit failed after every vote: 503, not retried
     "storage_error",  # the storage refused the commit (disk full, gone): 503
     "session_limit",  # a new session was refused, the cap being reached: 503
+    "session_busy",  # too many requests waited for one session, or one waited too long: 429/503
+    "body_too_large",  # the request's body was over max_request_body: 413, unread
 ]
 
 

@@ -7,28 +7,46 @@ other data manager in the transaction) change together or not at all. The
 commit happens before the response leaves: a client never sees a success for
 a change that was not committed.
 
-What happens, by outcome (the *commit veto* decides the first three rows;
-the last column is the ``RequestOutcome`` reported to the manager's observers):
+This module is the WSGI adapter only: the transaction, its retries and the
+answer to each way a request can end belong to the request-transaction core
+(``transact``, ``outcomes``, ``retry``), which the ASGI front door shares.
+What happens, by outcome (the table of ``outcomes``, which a test keeps equal
+to the code; the commit veto decides the first three rows, and a failure
+gets the first later row it matches):
 
-=================================================  ============  ==========================  =================
-outcome of one attempt                             transaction   answer                      reported as
-=================================================  ============  ==========================  =================
-application returned, veto says commit             commit        the application's response  committed
-application raised ``PublishError`` (4xx, redir.)  commit        the error's status and body committed
-application returned a 5xx (default veto)          abort         the application's response  aborted_veto
-application raised anything else                   abort         500, logged with traceback  aborted_exception
-the session cannot be stored (too large, a value   abort         500, logged naming the key  aborted_invalid
-that cannot be pickled), checked before the commit
-a new session refused: ``max_sessions`` reached    abort         503 with Retry-After        session_limit
-``TransientError`` (app or commit), attempts left  abort, retry  (next attempt)              (request_retried)
-``TransientError`` on the last attempt             abort         503 with Retry-After        gave_up
-ZEO server unreachable (``ClientDisconnected``),   abort         503 at once, not retried    storage_error
-or the storage cannot be opened (SQL server away)
-the storage failed to write before every vote      abort         503 with Retry-After        storage_error
-(``OSError``: disk full, file too large)
-commit failed after every vote (outcome unknown)   unknown       503, logged, not retried    outcome_unknown
-commit failed before that, not an ``OSError``      abort         500, logged                 aborted_exception
-=================================================  ============  ==========================  =================
+====================  =======  =====  ==================================  ========  =================
+row                   fate     retry  answer                              log       reported as
+====================  =======  =====  ==================================  ========  =================
+committed             commit   no     the application's                   -         committed
+publish_error         commit   no     the error's status and body         -         committed
+vetoed                abort    no     the application's                   WARNING   aborted_veto
+body_too_large        none     no     413, sent before reading it         WARNING   body_too_large
+session_busy          none     no     429 with Retry-After (an estimate)  WARNING   session_busy
+session_wait_timeout  none     no     503 with Retry-After (an estimate)  WARNING   session_busy
+storage_unavailable   abort    no     503 with Retry-After: 5             ERROR     storage_error
+outcome_unknown       unknown  no     503 with Retry-After: 1             ERROR+tb  outcome_unknown
+conflict              abort    yes    (the next attempt's)                WARNING   (request_retried)
+gave_up               abort    no     503 with Retry-After: 1             WARNING   gave_up
+invalid_session       abort    no     500                                 ERROR     aborted_invalid
+session_cap           abort    no     503 with Retry-After: 60            WARNING   session_limit
+storage_write_failed  abort    no     503 with Retry-After: 5             ERROR     storage_error
+app_exception         abort    no     500                                 ERROR+tb  aborted_exception
+====================  =======  =====  ==================================  ========  =================
+
+- ``committed``: the application returned, the veto says commit.
+- ``publish_error``: the application raised ``PublishError`` (4xx, redirect).
+- ``vetoed``: the application answered a 5xx (the default veto).
+- ``body_too_large``: the body is over ``max_request_body``.
+- ``session_busy``: too many requests wait for this session already.
+- ``session_wait_timeout``: the wait for this session's lock passed its deadline.
+- ``storage_unavailable``: ZEO away (``ClientDisconnected``), the storage unopenable.
+- ``outcome_unknown``: the commit failed after every vote.
+- ``conflict``: a retryable error, attempts left.
+- ``gave_up``: a retryable error on the last attempt.
+- ``invalid_session``: the session cannot be stored (too large, unpicklable).
+- ``session_cap``: a new session refused: ``max_sessions`` reached.
+- ``storage_write_failed``: the storage failed to write before every vote (OSError).
+- ``app_exception``: anything else raised, by the application or the commit.
 
 A transaction that nothing joined (no write to any object, no other data
 manager, no commit hook) is aborted rather than committed: the same outcome
@@ -36,73 +54,56 @@ for less work, which is what a read costs.
 
 Retries replay the request with a fresh environ and the buffered body, after
 a short randomized back-off. A body larger than ``max_replay_bytes`` is not
-buffered, and such a request gets one attempt only.
+buffered, and such a request gets one attempt only; one larger than
+``max_request_body`` is answered 413 before it is read (a chunked one when
+it grows past the limit).
 
-``ClientDisconnected`` is a ``TransientError`` but is not retried: ZEO's
-client raises it only after waiting its ``wait_timeout`` for the server to
-come back, so retrying would hold the request ``retry_attempts`` times that
-long. The request gets a 503 after one bounded wait instead.
+With ``serialize_same_session``, at most ``max_waiting_per_session``
+requests wait behind the one holding a session, each for at most
+``session_wait_timeout`` seconds; past either bound a request is answered
+at once (429, or 503 after the wait) with a ``Retry-After`` estimated from
+how long the session's requests take. A waiting request holds a server
+thread, so this bound is what keeps one cookie from taking the whole pool.
 
-Built from: ``commit`` (ending the transaction, telling an unknown outcome
-apart), ``response`` (the buffered response and the stream sent after the
-commit), ``replay`` (the body kept for retries) and ``locks`` (one lock per
-session id).
+Built from: ``transact`` (the core), ``response`` (the buffered response and
+the stream sent after the commit), ``replay`` (the body kept for retries)
+and ``locks`` (one bounded lock per session id).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import random
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import transaction
-from transaction.interfaces import TransientError
-from ZEO.Exceptions import ClientDisconnected
 from ZODB import DB
 
-from zodbsession.commit import abort_quietly, close_when_transaction_ends, commit, nothing_joined
 from zodbsession.cookies import CookiePolicy, read_cookie
-from zodbsession.db import StorageUnavailable
-from zodbsession.errors import (
-    CommitOutcomeUnknown,
-    PublishError,
-    SessionLimitReached,
-    SessionTooLarge,
-    StorageWriteFailed,
-    UnstorableSessionValue,
-)
-from zodbsession.locks import KeyedLocks
+from zodbsession.errors import PublishError, RequestBodyTooLarge, SessionBusy
+from zodbsession.locks import MAX_WAITING, WAIT_TIMEOUT, KeyedLocks
 from zodbsession.manager import SessionManager
-from zodbsession.registry import Scope, SessionRegistry
+from zodbsession.outcomes import VETOED
+from zodbsession.registry import SessionRegistry
 from zodbsession.registry import registry as default_registry
-from zodbsession.replay import attempt_environ, replayable_body
-from zodbsession.request_session import RequestSession
+from zodbsession.replay import attempt_environ, check_length, replayable_body
 from zodbsession.response import Headers, Response, StreamAfterCommit
+from zodbsession.retry import RetryPolicy
 from zodbsession.session import is_well_formed_id
-
-log = logging.getLogger(__name__)
+from zodbsession.transact import IDLE_MANAGERS, Attempt, Ending, TransactionCore, default_commit_veto
 
 StartResponse = Callable[..., Callable[[bytes], Any]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 #: ``commit_veto(environ, status, headers) -> True`` to abort instead of commit.
 CommitVeto = Callable[[dict[str, Any], str, Headers], bool]
 
-
-#: Idle transaction managers a publisher keeps for reuse (about one per server thread).
-IDLE_MANAGERS = 32
-
-
 #: The longest back-off between two attempts, in seconds, however many are allowed:
 #: the doubling would otherwise hold a request for seconds at ten attempts.
 MAX_BACKOFF = 0.5
 
+#: The largest request body accepted, by default: 10 MiB.
+MAX_REQUEST_BODY = 10 << 20
 
-def default_commit_veto(environ: dict[str, Any], status: str, headers: Headers) -> bool:
-    """Abort on a 5xx answer; commit everything else, 4xx and redirects included."""
-    return status.startswith("5")
+__all__ = ["IDLE_MANAGERS", "MAX_BACKOFF", "MAX_REQUEST_BODY", "CommitVeto", "SessionPublisher",
+           "StartResponse", "WSGIApp", "default_commit_veto"]
 
 
 class SessionPublisher:
@@ -110,7 +111,8 @@ class SessionPublisher:
 
     The environ gets ``zodbsession.session`` (a lazy ``RequestSession``),
     ``zodbsession.connection`` and ``zodbsession.attempt`` (1 for the first
-    try); the scoped *registry* holds the same for code that has no environ.
+    try); the scoped *registry* holds the same for code that has no environ,
+    with the attempt's ``data`` and hooks (``zodbsession.registry.after_commit``).
 
     ``streaming=True`` commits as soon as the application has returned its
     iterable and produced its first chunk, and streams the rest afterwards.
@@ -124,6 +126,11 @@ class SessionPublisher:
     the connection on the thread's default transaction manager and neither
     commits, aborts nor retries; the connection goes back to the pool when
     that transaction ends.
+
+    *retry* (a ``RetryPolicy``) replaces *retry_attempts* and
+    *retry_backoff* when given. *max_request_body* (None: no limit) bounds a
+    body in bytes; *max_waiting_per_session* and *session_wait_timeout*
+    (None: unbounded) bound the queue of same-session requests.
 
     Threading: one publisher serves every thread of a server. With
     ``serialize_same_session`` concurrent requests that carry the same
@@ -153,25 +160,36 @@ class SessionPublisher:
         serialize_same_session: bool = True,
         join_outer_transaction: bool = False,
         registry: SessionRegistry = default_registry,
+        retry: RetryPolicy | None = None,
+        max_request_body: int | None = MAX_REQUEST_BODY,
+        max_waiting_per_session: int | None = MAX_WAITING,
+        session_wait_timeout: float | None = WAIT_TIMEOUT,
     ) -> None:
-        if retry_attempts < 1:
-            raise ValueError(f"retry_attempts must be at least 1, not {retry_attempts}")
+        if retry is None:
+            retry = RetryPolicy(retry_attempts, retry_backoff, MAX_BACKOFF)
+        if max_request_body is not None and max_request_body < 0:
+            raise ValueError(f"max_request_body must be at least 0 (or None), not {max_request_body}")
         self.app = app
         self.db = db
         self.manager = manager if manager is not None else SessionManager()
         self.cookie = cookie if cookie is not None else CookiePolicy()
-        self.commit_veto = commit_veto
-        self.retry_attempts = retry_attempts
-        self.retry_backoff = retry_backoff
         self.max_replay_bytes = max_replay_bytes
+        self.max_request_body = max_request_body
         self.streaming = streaming
         self.join_outer_transaction = join_outer_transaction
-        self.registry = registry
-        self._session_locks = KeyedLocks() if serialize_same_session else None
-        # Explicit transaction managers no request holds, for reuse: making
-        # one per request is a measurable part of a read's cost.
-        self._idle_managers: list[transaction.TransactionManager] = []
+        self.core = TransactionCore(db, manager=self.manager, retry=retry, commit_veto=commit_veto,
+                                    registry=registry)
+        self.session_locks = (KeyedLocks(max_waiting_per_session, session_wait_timeout)
+                              if serialize_same_session else None)
         self._ensure_container()
+
+    # The core's parts, under the names the publisher has always had.
+    commit_veto = property(lambda self: self.core.commit_veto)
+    registry = property(lambda self: self.core.registry)
+    retry = property(lambda self: self.core.retry)
+    retry_attempts = property(lambda self: self.core.retry.attempts)
+    retry_backoff = property(lambda self: self.core.retry.backoff)
+    _idle_managers = property(lambda self: self.core.idle_managers)
 
     def _ensure_container(self) -> None:
         # Made once here, so that concurrent first requests don't all create it.
@@ -187,94 +205,68 @@ class SessionPublisher:
         if self.join_outer_transaction:
             response = self._call_joined(environ, cookie_id)
         else:
-            if self._session_locks is not None and cookie_id:
-                with self._session_locks.hold(cookie_id):
-                    response = self._run_with_retries(environ, cookie_id)
-            else:
-                response = self._run_with_retries(environ, cookie_id)
-            observers = self.manager.observers
-            if observers:
-                observers.request_finished(response.outcome, response.attempts,
-                                           response.commit_seconds)
+            response = self._call_owned(environ, cookie_id)
         start_response(response.status, response.headers)
         return response.body
 
-    def _run_with_retries(self, environ: dict[str, Any], cookie_id: str | None) -> Response:
-        body = replayable_body(environ, self.max_replay_bytes)
-        attempts = self.retry_attempts if body is not None else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                response = self._attempt(attempt_environ(environ, body, attempt), cookie_id, attempt)
-            except (ClientDisconnected, StorageUnavailable) as exc:
-                # Not retried: the storage already waited its wait_timeout for
-                # the server before raising; a retry would wait again, for each
-                # attempt. (In the commit's finish it is CommitOutcomeUnknown.)
-                response = _refusal(environ, exc)
-            except TransientError as exc:
-                if attempt < attempts:
-                    ceiling = min(self.retry_backoff * 2 ** (attempt - 1), MAX_BACKOFF)
-                    delay = random.uniform(0, ceiling)
-                    log.warning(
-                        "%s %s: %s on attempt %d of %d, retrying in %.0f ms",
-                        environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
-                        type(exc).__name__, attempt, attempts, delay * 1000,
-                    )
-                    self.manager.observers.request_retried(exc, attempt)
-                    time.sleep(delay)
-                    continue
-                log.warning(
-                    "%s %s: %s on attempt %d of %d, giving up with 503",
-                    environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
-                    type(exc).__name__, attempt, attempts,
-                )
-                response = Response.plain("503 Service Unavailable", "busy, please retry",
-                                          [("Retry-After", "1")], outcome="gave_up")
-            response.attempts = attempt
-            return response
-        raise AssertionError("unreachable: the last attempt returns")
+    def _call_owned(self, environ: dict[str, Any], cookie_id: str | None) -> Response:
+        where = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
+        try:
+            check_length(environ, self.max_request_body)
+            if self.session_locks is not None and cookie_id:
+                with self.session_locks.hold(cookie_id):
+                    ending, response = self._run_with_retries(environ, cookie_id, where)
+            else:
+                ending, response = self._run_with_retries(environ, cookie_id, where)
+        except (RequestBodyTooLarge, SessionBusy) as exc:
+            ending = self.core.refuse(exc, where=where, request=environ)
+            response = None
+        if response is None:
+            response = _own_answer(ending)
+        self.core.report(ending)
+        return response
+
+    def _run_with_retries(self, environ: dict[str, Any], cookie_id: str | None,
+                          where: str) -> tuple[Ending, Response | None]:
+        body = replayable_body(environ, self.max_replay_bytes, self.max_request_body)
+        responses: list[Response | None] = []
+
+        def step(attempt: Attempt) -> Ending:
+            ending, response = self._attempt(attempt_environ(environ, body, attempt.number), attempt)
+            responses.append(response)
+            return ending
+
+        attempts = self.core.attempts_for(replayable=body is not None)
+        ending = self.core.drive(cookie_id, step, attempts=attempts, where=where, request=environ)
+        return ending, responses[-1]
 
     # -- one attempt ----------------------------------------------------------
 
-    def _attempt(self, environ: dict[str, Any], cookie_id: str | None, attempt: int) -> Response:
-        """Run one attempt in a transaction of its own and end it, by the table above.
-
-        A ``TransientError`` is raised for the caller to retry; every other
-        failure is answered here, the transaction aborted.
-        """
-        tm = self._take_manager()
+    def _attempt(self, environ: dict[str, Any], attempt: Attempt) -> tuple[Ending, Response | None]:
+        """Run one attempt and end it, by the table above; the response is None for the row's own answer."""
+        core = self.core
+        attempt.request = environ
         try:
-            connection = self.db.open(transaction_manager=tm)
-        except TransientError:
-            raise
+            core.open(attempt)
         except Exception as exc:
-            # Opening polls the storage (RelStorage asks its SQL server): a
-            # failure here is the storage's, not the application's.
-            raise StorageUnavailable(f"the storage cannot be reached: {exc}") from exc
-        try:
-            tm.begin()
-        except BaseException as exc:
-            # ZEO fault handling: with server_sync, begin() asks the server for
-            # news and raises ClientDisconnected when it is away; the
-            # connection must still go back to the pool.
-            with contextlib.suppress(Exception):  # NoTransaction, or the same outage
-                tm.abort()
-            connection.close()
-            if isinstance(exc, Exception) and not isinstance(exc, TransientError):
-                raise StorageUnavailable(f"the storage cannot be reached: {exc}") from exc
-            raise
-        session = self._enter_scope(environ, connection, cookie_id, attempt)
+            ending = core.fail(attempt, exc)
+            core.close(attempt)
+            return ending, None
+        self._expose(environ, attempt)
+        core.enter(attempt)
         handed_off = False
         response: Response | None = None
         try:
-            response = self._call_app(environ)
-            if self.commit_veto(environ, response.status, response.headers):
-                log.warning("%s %s: aborted: the commit veto refused %s",
-                            environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), response.status)
-                tm.abort()
-                response.outcome = "aborted_veto"
-            else:
-                self._add_cookie_header(response, session, environ)
-                response.commit_seconds = self._commit(tm, session)
+            response, raised = self._call_app(environ)
+            # (A stream that never called it fails later, where its stream gets closed.)
+            if response.status is None and not self.streaming:
+                raise RuntimeError("the application returned without calling start_response")
+            ending = core.finish(attempt, response.status or "", response.headers, raised=raised)
+            if ending.committed:
+                self._add_cookie_header(response, ending.cookie, ending.cookie_max_age, environ)
+            elif ending.outcome is not VETOED:  # a failure: the table's answer, or a retry
+                response.close_app_quietly()
+                return ending, None
             if response.stream is not None:
                 # The rest of the body (a vetoed 5xx page's too) is produced
                 # after the commit or abort, the connection lent until the
@@ -283,101 +275,69 @@ class SessionPublisher:
                 # without it the explicit manager raises NoTransaction mid-body
                 # and the change stays in the pooled connection's cache, for
                 # the next request to see (and maybe commit).
-                tm.begin()
-                response.body = StreamAfterCommit(response, tm, connection, self._give_back)
+                attempt.tm.begin()
+                response.body = StreamAfterCommit(response, lambda: core.close(attempt))
                 handed_off = True
-            return response
-        except TransientError:
-            tm.abort()
-            if response is not None:
-                response.close_app_quietly()
-            raise
+            return ending, response
         except Exception as exc:
-            abort_quietly(tm)
             if response is not None:
                 response.close_app_quietly()
-            return _refusal(environ, exc)
+            return core.fail(attempt, exc), None
         finally:
-            self.registry.clear()
+            core.leave()
             if not handed_off:
-                connection.close()
-                self._give_back(tm)
-
-    def _commit(self, tm: transaction.TransactionManager, session: RequestSession) -> float | None:
-        """Commit the attempt; returns the commit's duration, None when nothing needed one.
-
-        A session written in this request is checked first (picklable, within
-        ``max_session_bytes``), so that a bad value fails here, naming its key,
-        rather than inside the commit.
-        """
-        if nothing_joined(tm.get()):
-            tm.abort()
-            return None
-        written = session.written_session()
-        if written is not None:
-            self.manager.check_storable(written)
-        started = time.perf_counter()
-        commit(tm)
-        return time.perf_counter() - started
-
-    def _take_manager(self) -> transaction.TransactionManager:
-        try:
-            return self._idle_managers.pop()
-        except IndexError:
-            return transaction.TransactionManager(explicit=True)
-
-    def _give_back(self, tm: transaction.TransactionManager) -> None:
-        """Keep *tm* for a later request if it is as good as new: no transaction, no connection."""
-        # list.append and list.pop are atomic: no lock needed between threads.
-        if (getattr(tm, "_txn", True) is None and not tm.registeredSynchs()
-                and len(self._idle_managers) < IDLE_MANAGERS):
-            self._idle_managers.append(tm)
+                core.close(attempt)
 
     # -- what both paths share ------------------------------------------------
 
-    def _enter_scope(self, environ: dict[str, Any], connection: Any, cookie_id: str | None,
-                     attempt: int) -> RequestSession:
-        """Give the request its session and connection, in *environ* and the registry."""
-        session = RequestSession(self.manager, connection, cookie_id)
-        environ["zodbsession.session"] = session
-        environ["zodbsession.connection"] = connection
-        environ["zodbsession.attempt"] = attempt
-        self.registry.set(Scope(connection, session, environ))
-        return session
+    @staticmethod
+    def _expose(environ: dict[str, Any], attempt: Attempt) -> None:
+        """Give the application its session and connection in *environ*."""
+        environ["zodbsession.session"] = attempt.session
+        environ["zodbsession.connection"] = attempt.connection
+        environ["zodbsession.attempt"] = attempt.number
 
-    def _call_app(self, environ: dict[str, Any]) -> Response:
-        """Run the application, collecting its response (or its first chunk, if streaming)."""
+    def _call_app(self, environ: dict[str, Any]) -> tuple[Response, PublishError | None]:
+        """Run the application, collecting its response (or its first chunk, if streaming).
+
+        A ``PublishError`` becomes its own answer, returned with it. The
+        application's iterable is closed here if collecting it failed.
+        """
         response = Response()
         try:
             response.collect(self.app(environ, response.start_response), streaming=self.streaming)
         except PublishError as exc:
-            return Response.plain(exc.status, exc.message, exc.headers)
-        # (A stream that never called it fails later, where its stream gets closed.)
-        if response.status is None and not self.streaming:
-            raise RuntimeError("the application returned without calling start_response")
-        return response
+            return Response.plain(exc.status, exc.message, exc.headers), exc
+        return response, None
 
-    def _add_cookie_header(self, response: Response, session: RequestSession,
+    def _add_cookie_header(self, response: Response, cookie: str | bool | None, max_age: Any,
                            environ: dict[str, Any]) -> None:
         """Add the Set-Cookie the session asks for: its new id, or the cookie's deletion."""
-        cookie = session.cookie_to_send()
         https = environ.get("wsgi.url_scheme") == "https"
         if isinstance(cookie, str):
-            response.headers.append(self.cookie.set_header(cookie, https=https))
+            if max_age is not None:
+                header = self.cookie.set_header(cookie, https=https, max_age=max_age)
+            else:
+                header = self.cookie.set_header(cookie, https=https)
+            response.headers.append(header)
         elif cookie is False:
             response.headers.append(self.cookie.delete_header(https=https))
 
     # -- joining an outer transaction -----------------------------------------
 
     def _call_joined(self, environ: dict[str, Any], cookie_id: str | None) -> Response:
-        connection = self.db.open(transaction_manager=transaction.manager)
-        session = self._enter_scope(environ, connection, cookie_id, 1)
+        core = self.core
+        attempt = core.attempt(cookie_id, request=environ)
+        core.join(attempt)
+        self._expose(environ, attempt)
+        core.enter(attempt)
         try:
-            response = self._call_app(environ)
+            response, _ = self._call_app(environ)
         finally:
-            self.registry.clear()
-            close_when_transaction_ends(connection)
-        self._add_cookie_header(response, session, environ)
+            core.leave()
+            core.close(attempt)
+        cookie, max_age = core.cookie_of(attempt)
+        self._add_cookie_header(response, cookie, max_age, environ)
         if response.stream is not None:
             # Streaming too: send the rest, not just the first chunk; the outer
             # manager, not us, ends the transaction and so the connection.
@@ -385,32 +345,14 @@ class SessionPublisher:
         return response
 
 
-def _refusal(environ: dict[str, Any], exc: Exception) -> Response:
-    """The logged answer to an attempt that failed with *exc* (anything but a retried conflict)."""
-    where = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
-    if isinstance(exc, ClientDisconnected | StorageUnavailable):
-        log.error("%s: the storage server is unreachable (%s); answering 503", where, exc)
-        return Response.plain("503 Service Unavailable", "the session database is unavailable, "
-                              "please retry", [("Retry-After", "5")], outcome="storage_error")
-    if isinstance(exc, CommitOutcomeUnknown):
-        log.error("%s: the storage failed while finishing the commit; its outcome is unknown, "
-                  "so the request is not retried", where, exc_info=exc)
-        return Response.plain("503 Service Unavailable", "the outcome of this request is unknown; "
-                              "check before retrying", [("Retry-After", "1")],
-                              outcome="outcome_unknown")
-    if isinstance(exc, SessionTooLarge | UnstorableSessionValue):
-        log.error("%s: aborted: %s", where, exc)
-        return Response.plain("500 Internal Server Error", "internal server error",
-                              outcome="aborted_invalid")
-    if isinstance(exc, SessionLimitReached):
-        log.warning("%s: aborted: a new session was refused: %s", where, exc)
-        return Response.plain("503 Service Unavailable", "too many sessions, please retry later",
-                              [("Retry-After", "60")], outcome="session_limit")
-    if isinstance(exc, StorageWriteFailed):
-        log.error("%s: aborted: %s; answering 503", where, exc)
-        return Response.plain("503 Service Unavailable", "the session database cannot store "
-                              "changes now, please retry", [("Retry-After", "5")],
-                              outcome="storage_error")
-    log.error("%s: aborted: the request raised", where, exc_info=exc)
-    return Response.plain("500 Internal Server Error", "internal server error",
-                          outcome="aborted_exception")
+def _own_answer(ending: Ending) -> Response:
+    """The short answer the outcome table gives for *ending* (a refusal, an error page)."""
+    status, headers, body = ending.answer()
+    response = Response()
+    response.status = status
+    response.headers = headers
+    response.body = [body]
+    response.outcome = ending.outcome.reported or "committed"
+    response.attempts = ending.attempts
+    return response
+

@@ -18,7 +18,7 @@ import contextlib
 from collections.abc import Callable, Hashable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import transaction
 from transaction.interfaces import NoTransaction
@@ -27,19 +27,77 @@ from ZODB.Connection import Connection
 from zodbsession.errors import NoActiveRequest
 from zodbsession.request_session import RequestSession
 
+#: The kinds of per-transaction hook a scope holds, in the order they may run.
+HookKind = Literal["before_commit", "after_commit", "after_abort"]
+HOOK_KINDS: tuple[HookKind, ...] = ("before_commit", "after_commit", "after_abort")
+
 
 @dataclass
 class Scope:
-    """What one request (or one script's unit of work) sees."""
+    """What one attempt of a request (or one script's unit of work) sees.
+
+    ``data`` is a scratch mapping for this attempt: a retried request gets a
+    new scope, and so an empty ``data`` and no hooks, since the replayed
+    application registers them again. The hooks (``before_commit``,
+    ``after_commit``, ``after_abort``) are run by the request-transaction core
+    (``zodbsession.transact``) once, for the request's final outcome:
+
+    - ``before_commit``: at commit time, before the session is settled and
+      checked; raising refuses the commit, which then ends as if the
+      application had raised (an abort, 500, or a retry for a conflict);
+    - ``after_commit``: only once the transaction really committed (a read
+      whose empty transaction was aborted, as cheaper, counts as committed);
+      one that raises is logged and counted, the request stays committed;
+    - ``after_abort``: once the request's final outcome is an abort; never for
+      an attempt that is retried, nor when the commit's outcome is unknown.
+
+    Both ``after_`` kinds run after the transaction has ended: work in ZODB
+    there needs a transaction (and a connection) of its own.
+
+    With ``outer`` (a publisher joined to an outer transaction) the hooks go
+    to that transaction's own hook lists, since its owner ends it.
+    """
 
     connection: Connection
     session: RequestSession
     environ: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    outer: bool = False
+    # {kind -> [(fn, args, kwargs)]}
+    hooks: dict[str, list[tuple[Callable[..., Any], tuple, dict]]] = field(
+        default_factory=lambda: {kind: [] for kind in HOOK_KINDS}, repr=False)
 
     @property
     def transaction_manager(self) -> transaction.TransactionManager:
         """The transaction manager the connection was opened with."""
         return self.connection.transaction_manager
+
+    def before_commit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Call ``fn(*args, **kwargs)`` when the request commits; raising refuses the commit."""
+        if self.outer:
+            self.transaction_manager.get().addBeforeCommitHook(fn, args, kwargs)
+        else:
+            self.hooks["before_commit"].append((fn, args, kwargs))
+
+    def after_commit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Call ``fn(*args, **kwargs)`` once the request's transaction has committed."""
+        if self.outer:
+            self.transaction_manager.get().addAfterCommitHook(_if_committed, (fn, args, kwargs))
+        else:
+            self.hooks["after_commit"].append((fn, args, kwargs))
+
+    def after_abort(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Call ``fn(*args, **kwargs)`` once the request's final outcome is an abort."""
+        if self.outer:
+            self.transaction_manager.get().addAfterAbortHook(fn, args, kwargs)
+        else:
+            self.hooks["after_abort"].append((fn, args, kwargs))
+
+
+def _if_committed(status: bool, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    # An outer transaction's after-commit hooks run for a failed commit too.
+    if status:
+        fn(*args, **kwargs)
 
 
 class SessionRegistry:
@@ -168,3 +226,18 @@ class _CurrentConnection:
 
 current_session: Any = _CurrentSession()
 current_connection: Any = _CurrentConnection()
+
+
+def before_commit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Run ``fn(*args, **kwargs)`` when the current request commits (``Scope.before_commit``)."""
+    registry().before_commit(fn, *args, **kwargs)
+
+
+def after_commit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Run ``fn(*args, **kwargs)`` once the current request has committed (``Scope.after_commit``)."""
+    registry().after_commit(fn, *args, **kwargs)
+
+
+def after_abort(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Run ``fn(*args, **kwargs)`` once the current request has aborted (``Scope.after_abort``)."""
+    registry().after_abort(fn, *args, **kwargs)

@@ -5,6 +5,7 @@ needs its body a second time. ``replayable_body`` buffers it, up to a limit
 past which the request gets one attempt only (and reads the original stream,
 what was already read put back in front by ``ChainedInput``);
 ``attempt_environ`` gives each attempt its own environ and stream.
+``check_length`` and ``LimitedInput`` hold a body to ``max_request_body``.
 """
 
 from __future__ import annotations
@@ -13,15 +14,35 @@ import io
 import logging
 from typing import Any
 
+from zodbsession.errors import RequestBodyTooLarge
+
 log = logging.getLogger(__name__)
 
 
-def replayable_body(environ: dict[str, Any], max_bytes: int) -> bytes | None:
+def check_length(environ: dict[str, Any], max_request_body: int | None) -> None:
+    """Raise ``RequestBodyTooLarge`` if the declared ``CONTENT_LENGTH`` is over the limit.
+
+    Called before anything is read, so that a huge body is refused unread.
+    """
+    if max_request_body is None:
+        return
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return
+    if length > max_request_body:
+        raise RequestBodyTooLarge(length, max_request_body)
+
+
+def replayable_body(environ: dict[str, Any], max_bytes: int,
+                    max_request_body: int | None = None) -> bytes | None:
     """The request's body, buffered for replay; None if it is over *max_bytes*.
 
     A body that cannot be replayed is left for the one attempt to read:
     ``environ["wsgi.input"]`` is replaced when part of it had to be read to
-    find its size (a chunked body, ``wsgi.input_terminated``).
+    find its size (a chunked body, ``wsgi.input_terminated``). A chunked body
+    longer than *max_request_body* raises ``RequestBodyTooLarge``: here if
+    it shows in what is buffered, else when the application reads past it.
     """
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -36,10 +57,14 @@ def replayable_body(environ: dict[str, Any], max_bytes: int) -> bytes | None:
         return None
     if length > 0:
         return stream.read(length)
-    head = stream.read(max_bytes + 1)
+    limit = max_request_body
+    head = stream.read((max_bytes if limit is None else min(max_bytes, limit)) + 1)
+    if limit is not None and len(head) > limit:
+        raise RequestBodyTooLarge(None, limit)
     if len(head) <= max_bytes:
         return head
-    environ["wsgi.input"] = ChainedInput(head, stream)
+    rest = stream if limit is None else LimitedInput(stream, limit - len(head), limit)
+    environ["wsgi.input"] = ChainedInput(head, rest)
     log.info("%s %s: chunked body exceeds max_replay_bytes (%d); not retryable",
              environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), max_bytes)
     return None
@@ -77,3 +102,30 @@ class ChainedInput(io.RawIOBase):
         if line.endswith(b"\n") or (size >= 0 and len(line) >= size):
             return line
         return line + self._rest.readline(-1 if size < 0 else size - len(line))
+
+
+class LimitedInput(io.RawIOBase):
+    """A body stream that raises ``RequestBodyTooLarge`` once more than *left* bytes are read from it."""
+
+    def __init__(self, stream: Any, left: int, limit: int) -> None:
+        self._stream = stream
+        self._left = left
+        self._limit = limit
+
+    def readable(self) -> bool:
+        return True
+
+    def _checked(self, data: bytes) -> bytes:
+        self._left -= len(data)
+        if self._left < 0:
+            raise RequestBodyTooLarge(None, self._limit)
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        # One byte more than is allowed tells a body at the limit from one over it.
+        wanted = self._left + 1 if size < 0 else min(size, self._left + 1)
+        return self._checked(self._stream.read(wanted))
+
+    def readline(self, size: int = -1) -> bytes:
+        wanted = self._left + 1 if size < 0 else min(size, self._left + 1)
+        return self._checked(self._stream.readline(wanted))

@@ -14,9 +14,6 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import transaction
-
-from zodbsession.commit import abort_quietly
 from zodbsession.observe import RequestOutcome
 
 log = logging.getLogger(__name__)
@@ -102,22 +99,18 @@ class Response:
 
 
 class StreamAfterCommit:
-    """The rest of a streamed body; returns the connection when the server closes it.
+    """The rest of a streamed body; calls *on_close* when the server closes it.
 
-    With no *tm* an outer transaction owns the connection and ends it;
-    otherwise whatever the rest of the body changes is aborted on close, the
-    connection closed and *tm* handed to *give_back*.
+    *on_close* is the core's ``close`` of the attempt: it aborts whatever the
+    rest of the body changed and gives the connection back. Without it an
+    outer transaction owns the connection and ends it.
     """
 
-    def __init__(self, response: Response, tm: transaction.TransactionManager | None = None,
-                 connection: Any = None,
-                 give_back: Callable[[transaction.TransactionManager], None] | None = None) -> None:
+    def __init__(self, response: Response, on_close: Callable[[], None] | None = None) -> None:
         self._head = list(response.body)
         self._rest = response.stream
         self._response = response
-        self._tm = tm
-        self._connection = connection
-        self._give_back = give_back
+        self._on_close = on_close
 
     def __iter__(self) -> Iterator[bytes]:
         yield from self._head
@@ -129,11 +122,9 @@ class StreamAfterCommit:
             self._response.close_app()
         finally:
             # Anything changed while streaming is discarded, as documented.
-            if self._tm is not None:
-                abort_quietly(self._tm)
-                self._connection.close()
-                if self._give_back is not None:
-                    self._give_back(self._tm)
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close()
 
 
 def close_iterable(app_iter: Any) -> None:
