@@ -1,4 +1,4 @@
-"""How the publisher ends a request's transaction: commit, abort, or leave it to its owner.
+"""How the request-transaction core ends a request's transaction: commit, abort, or leave it to its owner.
 
 ``commit`` tells a failure in the commit's finish phase (some storages may
 have committed: the outcome is unknown) from one before every vote passed
@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 import transaction
+from transaction.interfaces import NoTransaction
 from ZODB.POSException import ConnectionStateError
 
 from zodbsession.errors import CommitOutcomeUnknown, StorageWriteFailed
@@ -89,9 +90,14 @@ def nothing_joined(txn: transaction.Transaction) -> bool:
 
 
 def abort_quietly(tm: transaction.TransactionManager) -> None:
-    """Abort, logging rather than raising a failure: an error is already being handled."""
+    """Abort, logging rather than raising a failure: an error is already being handled.
+
+    An explicit manager with nothing begun has nothing to abort: that is no failure.
+    """
     try:
         tm.abort()
+    except NoTransaction:
+        pass
     except Exception:
         log.exception("aborting the transaction failed")
 

@@ -3,7 +3,9 @@
 Expiry that nobody schedules does not happen (Django's expired rows pile up
 until someone runs ``clearsessions``), so the server ships with it running.
 The sweep commits in small batches on a connection of its own, so requests
-are held up by at most one small commit, and no request ever pays for it.
+are held up by at most one small commit, and no request ever pays for it; a
+batch that conflicts is retried by the one retry policy (``work.WORK_POLICY``),
+and a sweep that fails anyway is tried again at the next interval.
 """
 
 from __future__ import annotations

@@ -246,6 +246,8 @@ class Metrics(Observer):
         self._retries = counter("zodbsession_request_retries", "Attempts replayed after a transient error.")
         self._conflicts = counter("zodbsession_request_conflicts", "Replays after a ConflictError.")
         self._unavailable = counter("zodbsession_responses_503", "Requests answered 503 Service Unavailable.")
+        self._hook_failures = counter("zodbsession_hook_failures",
+                                      "Per-transaction hooks that raised (ignored), by kind.", ["kind"])
         self._commit_seconds = histogram("zodbsession_commit_seconds", "Duration of request commits.",
                                          buckets=COMMIT_BUCKETS)
 
@@ -300,6 +302,9 @@ class Metrics(Observer):
             self._unavailable.inc()
         if commit_seconds is not None:
             self._commit_seconds.observe(commit_seconds)
+
+    def hook_failed(self, kind: str, error: BaseException) -> None:
+        self._hook_failures.labels(kind).inc()
 
     def janitor_ran(self, removed: int, seconds: float) -> None:
         self._janitor_runs.inc()

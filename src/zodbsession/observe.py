@@ -1,12 +1,13 @@
 """What the manager, the publisher and the janitor report as they work.
 
-Three streams, one hub: session events (created, rotated, invalidated,
+Four streams, one hub: session events (created, rotated, invalidated,
 expired, revoked), delivered only once the transaction that caused them has
-committed; the outcome of every request; and every janitor run. Metrics, an
-audit log or an admin page subscribe an ``Observer`` to the manager's
-``observers``. An observer that raises is logged and skipped: it never breaks
-a request or a sweep (Products.Transience's notifications and
-dm.zope.session's events are the precedent).
+committed; the outcome of every request; every janitor run; and every
+per-transaction hook that failed. Metrics, an audit log or an admin page
+subscribe an ``Observer`` to the manager's ``observers``. An observer that
+raises is logged and skipped: it never breaks a request or a sweep
+(Products.Transience's notifications and dm.zope.session's events are the
+precedent).
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class Observer:
     def janitor_ran(self, removed: int, seconds: float) -> None:
         """A janitor sweep finished, removing *removed* sessions."""
 
+    def hook_failed(self, kind: str, error: BaseException) -> None:
+        """A request's ``after_commit`` or ``after_abort`` hook (*kind*) raised; it was ignored."""
+
 
 class Observers(Observer):
     """The hub: passes every report on to each subscribed observer."""
@@ -111,6 +115,9 @@ class Observers(Observer):
 
     def janitor_ran(self, removed: int, seconds: float) -> None:
         self._each("janitor_ran", removed, seconds)
+
+    def hook_failed(self, kind: str, error: BaseException) -> None:
+        self._each("hook_failed", kind, error)
 
     def _each(self, method: str, *args: object) -> None:
         # The tuple is replaced, never mutated, so iterating needs no lock.

@@ -55,7 +55,7 @@ import transaction
 from transaction.interfaces import NoTransaction, TransientError
 from ZODB import DB
 
-from zodbsession.commit import close_when_transaction_ends, commit, nothing_joined
+from zodbsession.commit import abort_quietly, close_when_transaction_ends, commit, nothing_joined
 from zodbsession.errors import StorageUnavailable
 from zodbsession.manager import SessionManager
 from zodbsession.outcomes import COMMITTED, PUBLISH_ERROR, VETOED, Outcome, answer_headers, classify
@@ -312,7 +312,7 @@ class TransactionCore:
         retryable = self.retry.retryable(error, txn)
         row = classify(error, retryable=retryable, last=attempt.last)
         if txn is not None:
-            _abort_quietly(attempt.tm)
+            abort_quietly(attempt.tm)
         ending = Ending(row, error, attempts=attempt.number)
         if row.retry:
             ending.delay = self.retry.delay(attempt.number)
@@ -342,7 +342,7 @@ class TransactionCore:
         tm, attempt.tm = attempt.tm, None
         if connection is not None:
             if self._transaction_of(tm) is not None:
-                _abort_quietly(tm)
+                abort_quietly(tm)
             connection.close()
         if tm is not None:
             self._give_back(tm)
@@ -413,9 +413,7 @@ class TransactionCore:
             except Exception as exc:
                 log.exception("%s: an %s hook (%r) raised; ignored, the request's outcome stands",
                               attempt.where, kind, fn)
-                hook_failed = getattr(self.manager.observers, "hook_failed", None)
-                if hook_failed is not None:
-                    hook_failed(kind, exc)
+                self.manager.observers.hook_failed(kind, exc)
 
     def _log(self, ending: Ending, attempt: Attempt, *, status: str = "") -> None:
         row = ending.outcome
@@ -452,14 +450,4 @@ class TransactionCore:
         if (getattr(tm, "_txn", True) is None and not tm.registeredSynchs()
                 and len(self.idle_managers) < self.max_idle_managers):
             self.idle_managers.append(tm)
-
-
-def _abort_quietly(tm: transaction.TransactionManager) -> None:
-    """Abort, logging rather than raising a failure: an error is already being handled."""
-    try:
-        tm.abort()
-    except NoTransaction:
-        pass
-    except Exception:
-        log.exception("aborting the transaction failed")
 

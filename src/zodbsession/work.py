@@ -3,8 +3,8 @@
 Expiry, the maintenance commands and ``verify`` run beside live requests and
 share one discipline, kept here (internal, not re-exported): a private
 connection with an explicit transaction manager; short transactions retried
-with a random back-off on conflicts; long walks cut by a cursor into batches.
-Retrying every ``TransientError`` includes ZEO's ``ClientDisconnected``, which
+by the one ``RetryPolicy`` (``retry``) on conflicts; long walks cut by a
+cursor into batches. Retrying every ``TransientError`` includes ZEO's ``ClientDisconnected``, which
 the publisher must not retry (an unknown commit outcome could apply twice); it
 is safe here because every unit of work is idempotent (an expired or revoked
 session is simply not found again), so the worst is a count too low.
@@ -13,8 +13,6 @@ session is simply not found again), so the worst is a count too low.
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from functools import partial
@@ -22,11 +20,12 @@ from itertools import islice
 from typing import Any, TypeVar
 
 import transaction
-from transaction.interfaces import NoTransaction, TransientError
+from transaction.interfaces import NoTransaction
 from ZODB import DB
 from ZODB.Connection import Connection
 
 from zodbsession.errors import UncommittedChanges
+from zodbsession.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +36,9 @@ CHUNK_SIZE = 1000
 
 #: Tries of one transaction that conflicts with concurrent requests.
 ATTEMPTS = 5
+
+#: The retry policy of units of work: 20 ms doubling, at most half a second.
+WORK_POLICY = RetryPolicy(ATTEMPTS, backoff=0.02, max_backoff=0.5)
 
 
 @contextmanager
@@ -60,15 +62,19 @@ def in_transaction(
     write: bool,
     attempts: int = ATTEMPTS,
     name: str = "maintenance",
+    retry: RetryPolicy | None = None,
 ) -> T:
     """Run *unit* in a transaction of its own, committed if *write*, else aborted.
 
-    A conflict (any ``TransientError``) is retried after a short random
-    back-off, up to *attempts* tries; anything else, KeyboardInterrupt
-    included, aborts and propagates. *name* says whose work it is in the log
-    and in errors. Changes not yet committed on *conn*'s transaction manager
-    raise ``UncommittedChanges``: beginning would silently discard them.
+    An error the retry policy calls retryable (a ``TransientError``, or one a
+    joined data manager's ``should_retry`` accepts) is retried after its
+    back-off, up to *attempts* tries (*retry*'s own when given); anything
+    else, KeyboardInterrupt included, aborts and propagates. *name* says
+    whose work it is in the log and in errors. Changes not yet committed on
+    *conn*'s transaction manager raise ``UncommittedChanges``: beginning
+    would silently discard them.
     """
+    policy = retry if retry is not None else WORK_POLICY.with_attempts(attempts)
     tm = conn.transaction_manager
     if _holds_changes(tm):
         raise UncommittedChanges(
@@ -86,16 +92,16 @@ def in_transaction(
             else:
                 tm.abort()
             return result
-        except TransientError:
+        except BaseException as exc:
+            # Asked before the abort, which forgets the data managers that joined.
+            retryable = attempt < policy.attempts and policy.retryable(exc, _current(tm))
             _abort_quietly(tm)
-            if attempt >= attempts:
+            if not retryable:
                 raise
-            log.info("%s transaction conflicted (attempt %d), retrying", name, attempt)
-            time.sleep(random.uniform(0, 0.01 * 2**attempt))
+            log.info("%s transaction failed with %s (attempt %d), retrying", name,
+                     type(exc).__name__, attempt)
+            policy.pause(attempt)
             attempt += 1
-        except BaseException:
-            _abort_quietly(tm)
-            raise
 
 
 def keys_after(tree: Any, cursor: Any, count: int, **bounds: Any) -> list[Any]:
@@ -113,6 +119,7 @@ def run_batches(
     write: bool = True,
     attempts: int = ATTEMPTS,
     name: str = "maintenance",
+    retry: RetryPolicy | None = None,
 ) -> int:
     """Run ``step(cursor) -> (done, next_cursor, finished)`` until finished; sum the dones.
 
@@ -125,7 +132,7 @@ def run_batches(
     cursor = None
     while True:
         count, cursor, finished = in_transaction(
-            conn, partial(step, cursor), write=write, attempts=attempts, name=name
+            conn, partial(step, cursor), write=write, attempts=attempts, name=name, retry=retry
         )
         done += count
         if progress is not None:
@@ -149,6 +156,13 @@ def class_name(obj: object) -> str:
 def _abort_quietly(tm: transaction.TransactionManager) -> None:
     with suppress(NoTransaction):  # explicit mode: nothing begun, nothing to abort
         tm.abort()
+
+
+def _current(tm: transaction.TransactionManager) -> Any:
+    try:
+        return tm.get()
+    except NoTransaction:
+        return None
 
 
 def _holds_changes(tm: transaction.TransactionManager) -> bool:

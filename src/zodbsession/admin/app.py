@@ -27,6 +27,7 @@ from zodbsession.admin.sampler import Sampler, rates, recent_rate
 from zodbsession.maintenance import MAINTENANCE_KEY, SessionInfo
 from zodbsession.manager import SessionManager
 from zodbsession.metrics import CONTENT_TYPE_LATEST, Metrics, count_sessions
+from zodbsession.retry import RetryPolicy
 from zodbsession.session import ids_equal
 from zodbsession.work import connection, in_transaction, root_of
 
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: Largest form body read; the admin's forms send a few hundred bytes.
 MAX_FORM_BYTES = 16 * 1024
+
+#: The admin's reads, retried by the one policy but briefly: a page view must not hang.
+READ_RETRY = RetryPolicy(3, backoff=0.01, max_backoff=0.1)
 
 _ID_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _CHALLENGE = ("WWW-Authenticate", 'Bearer realm="zodbsession admin"')
@@ -62,7 +66,7 @@ def find_by_prefix(db: DB, manager: SessionManager, prefix: str, limit: int) -> 
         return infos
 
     with connection(db) as conn:
-        return in_transaction(conn, lambda: read(conn), write=False, name="admin")
+        return in_transaction(conn, lambda: read(conn), write=False, name="admin", retry=READ_RETRY)
 
 
 def last_packs(db: DB) -> dict[str, float | None]:
@@ -80,7 +84,7 @@ def last_packs(db: DB) -> dict[str, float | None]:
         return found
 
     with connection(db) as conn:
-        return in_transaction(conn, lambda: read(conn), write=False, name="admin")
+        return in_transaction(conn, lambda: read(conn), write=False, name="admin", retry=READ_RETRY)
 
 
 @dataclass
