@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 import time
@@ -78,8 +77,6 @@ def test_asgi_app_is_detected_and_served_on_uvicorn(tmp_path, asgi_env):
     assert (tmp_path / "events.log").read_text().split() == ["startup", "shutdown"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("zodbsession.asgi") is None,
-                    reason="the ASGI middleware (branch asgi) is not merged yet")
 def test_asgi_app_counts_in_its_session_across_restarts(tmp_path, asgi_env):
     with ServerProcess(tmp_path, asgi_env) as server:
         client = Client(server.url)
@@ -143,3 +140,31 @@ def test_asgi_workers_share_the_port_on_zeo(tmp_path, asgi_env):
         assert server.process.returncode == 0, server.log()
     assert len(pids) == 2
     assert json.dumps("2 workers")[1:-1] in server.log()
+
+
+STARLETTE_APP = '''
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+
+async def count(request):
+    session = request.scope["zodbsession.session"]
+    session["n"] = session.get("n", 0) + 1
+    return JSONResponse({"n": session["n"]})
+
+
+def create_app():
+    return Starlette(routes=[Route("/count", count, methods=["POST"])])
+'''
+
+
+def test_a_starlette_factory_is_served_with_sessions(tmp_path, env):
+    pytest.importorskip("starlette")
+    (tmp_path / "starletteapp.py").write_text(STARLETTE_APP)
+    with ServerProcess(tmp_path, env, "--app", "starletteapp:create_app()") as server:
+        client = Client(server.url)
+        assert client.json("POST", "/count") == (200, {"n": 1})
+        assert client.json("POST", "/count") == (200, {"n": 2})
+        assert Client(server.url).json("POST", "/count") == (200, {"n": 1})
+    assert "(ASGI)" in server.log()

@@ -93,6 +93,7 @@ def make_publisher(app: WSGIApp, db: DB, settings: Settings,
         max_replay_bytes=options.max_replay_bytes,
         streaming=options.streaming,
         serialize_same_session=options.serialize_same_session,
+        max_request_body=options.max_request_body or None,
     )
 
 
@@ -105,10 +106,7 @@ def front_door(loaded: LoadedApp, db: DB, settings: Settings, manager: SessionMa
 
 def make_middleware(app: Any, db: DB, settings: Settings, manager: SessionManager | None = None) -> Any:
     """``zodbsession.asgi.SessionMiddleware`` around *app*, with the publisher's settings."""
-    try:
-        from zodbsession.asgi import SessionMiddleware
-    except ImportError:  # until the asgi branch is merged: delete this fallback then
-        return _ScopeAdapter(app, db)
+    from zodbsession.asgi import SessionMiddleware
 
     options = settings.publisher
     return SessionMiddleware(
@@ -121,19 +119,8 @@ def make_middleware(app: Any, db: DB, settings: Settings, manager: SessionManage
         max_replay_bytes=options.max_replay_bytes,
         streaming=options.streaming,
         serialize_same_session=options.serialize_same_session,
+        max_request_body=options.max_request_body or None,
     )
-
-
-class _ScopeAdapter:
-    """A stand-in for the ASGI middleware: puts the database in the scope, no sessions."""
-
-    def __init__(self, app: Any, db: DB, **_options: Any) -> None:
-        self.app, self.db = app, db
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            scope = {**scope, "zodbsession.db": self.db}
-        await self.app(scope, receive, send)
 
 
 def serve(settings: Settings, *, app_spec: str | None = None, config_name: str = "defaults",
