@@ -24,11 +24,9 @@ from urllib.parse import parse_qsl, urlencode
 
 import zc.lockfile
 import zodburi
-from ZEO.Exceptions import ClientDisconnected
 from ZODB import DB
 from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ConflictError
-from zodburi.resolvers import ClientStorageURIResolver
 
 from zodbsession.errors import DatabaseLocked, StorageUnavailable, StorageURIError
 
@@ -103,9 +101,11 @@ def _open_one(
             databases.pop(name, None)
             if attempt == OPEN_ATTEMPTS:
                 raise
-        except ClientDisconnected:
+        except Exception as exc:
             storage.close()
-            raise _unavailable(uri) from None
+            if is_client_disconnected(exc):
+                raise _unavailable(uri) from None
+            raise
         except BaseException:
             # Without this, a DB that refuses its options left the storage open,
             # and a FileStorage locked, for the rest of the process.
@@ -131,9 +131,9 @@ def _open_storage(uri: str, factory: Any) -> Any:
             f"{uri}: cannot write {exc.filename or 'beside the file'}: {exc.strerror}; make "
             f"{os.path.dirname(os.path.abspath(_file_path(uri) or '.'))} writable by this user, or "
             "point the URI at a directory that can be written") from None
-    except ClientDisconnected:
-        raise _unavailable(uri) from None
     except Exception as exc:
+        if is_client_disconnected(exc):
+            raise _unavailable(uri) from None
         if is_embedded(uri):
             raise
         # A database server that refuses us (RelStorage: no server, a bad
@@ -184,10 +184,24 @@ def resolve(uri: str) -> tuple[Any, dict[str, Any]]:
         raise StorageURIError(f"{shown}: {exc}") from None
 
 
-class _ZEOResolver(ClientStorageURIResolver):
-    """zodburi's zeo:// resolver, also passing ``server_sync`` (zodburi 3 rejects it)."""
+def _zeo_resolver() -> Any:
+    """zodburi's zeo:// resolver, also passing ``server_sync`` (zodburi 3 rejects it).
 
-    _int_args = (*ClientStorageURIResolver._int_args, "server_sync")
+    Made on first use: zodburi's resolvers import ZEO's client, which a
+    process on a FileStorage never needs.
+    """
+    from zodburi.resolvers import ClientStorageURIResolver
+
+    class _ZEOResolver(ClientStorageURIResolver):  # type: ignore[misc]
+        _int_args = (*ClientStorageURIResolver._int_args, "server_sync")
+
+    return _ZEOResolver()
+
+
+def is_client_disconnected(exc: BaseException) -> bool:
+    """Whether *exc* is ZEO's ``ClientDisconnected``, told by name so that ZEO need not be imported."""
+    return any(f"{k.__module__}.{k.__qualname__}" == "ZEO.Exceptions.ClientDisconnected"
+               for k in type(exc).__mro__)
 
 
 def _resolve_zeo(uri: str) -> tuple[Any, dict[str, Any]]:
@@ -205,7 +219,7 @@ def _resolve_zeo(uri: str) -> tuple[Any, dict[str, Any]]:
                          f"(got {params['wait_timeout']!r})")
     if server_sync not in ("0", "1"):
         raise ValueError(f"server_sync must be 0 or 1 (got {server_sync!r})")
-    factory, _ = _ZEOResolver()(f"{stock}&server_sync={server_sync}")
+    factory, _ = _zeo_resolver()(f"{stock}&server_sync={server_sync}")
     return factory, db_options
 
 

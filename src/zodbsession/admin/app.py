@@ -18,18 +18,16 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from ZODB import DB
-from ZODB.Connection import Connection
 
 from zodbsession import maintenance
 from zodbsession.admin import page
 from zodbsession.admin.access import AdminAccess
 from zodbsession.admin.sampler import Sampler, rates, recent_rate
-from zodbsession.maintenance import MAINTENANCE_KEY, SessionInfo
+from zodbsession.maintenance import SessionInfo
 from zodbsession.manager import SessionManager
 from zodbsession.metrics import CONTENT_TYPE_LATEST, Metrics, count_sessions
 from zodbsession.retry import RetryPolicy
 from zodbsession.session import ids_equal
-from zodbsession.work import connection, in_transaction, root_of
 
 log = logging.getLogger(__name__)
 
@@ -46,45 +44,13 @@ StartResponse = Callable[..., Any]
 
 
 def find_by_prefix(db: DB, manager: SessionManager, prefix: str, limit: int) -> list[SessionInfo]:
-    """The bookkeeping of up to *limit* stored sessions whose id starts with *prefix*.
-
-    A range read of the id tree in one short read-only transaction: it costs
-    *limit* sessions whatever the database holds, and never reads their data.
-    Expired sessions not yet swept are included (``live`` says which).
-    """
-    now = manager.clock()
-
-    def read(conn: Connection) -> list[SessionInfo]:
-        container = manager.container(conn, create=False)
-        infos: list[SessionInfo] = []
-        if container is None:
-            return infos
-        for key in container.sessions.keys(min=prefix):
-            if len(infos) >= limit or not key.startswith(prefix):
-                break
-            infos.append(SessionInfo.of(container.sessions[key], manager, now))
-        return infos
-
-    with connection(db) as conn:
-        return in_transaction(conn, lambda: read(conn), write=False, name="admin", retry=READ_RETRY)
+    """``maintenance.sessions_by_prefix`` with the admin's brief retries."""
+    return maintenance.sessions_by_prefix(db, manager, prefix, limit, retry=READ_RETRY)
 
 
 def last_packs(db: DB) -> dict[str, float | None]:
-    """When ``zodbsession pack`` last packed each database (None: never); two small reads.
-
-    ``maintenance.stats`` has the same figure but also walks the expiry and
-    user indexes, too much for every page view.
-    """
-
-    def read(conn: Connection) -> dict[str, float | None]:
-        found: dict[str, float | None] = {}
-        for name in sorted(db.databases):
-            record = root_of(conn, name).get(MAINTENANCE_KEY)
-            found[name] = record.get("last_pack") if record is not None else None
-        return found
-
-    with connection(db) as conn:
-        return in_transaction(conn, lambda: read(conn), write=False, name="admin", retry=READ_RETRY)
+    """``maintenance.last_packs`` with the admin's brief retries."""
+    return maintenance.last_packs(db, retry=READ_RETRY)
 
 
 @dataclass
