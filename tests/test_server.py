@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import threading
 import time
+
+import pytest
 
 from serverproc import Client, ServerProcess, free_port, run_cli
 
@@ -223,3 +226,52 @@ def test_a_new_database_is_announced_with_its_path(tmp_path, env):
         pass
     assert f"created a new, empty database at {tmp_path}/Data.fs" in first.log()
     assert "created a new" not in second.log()
+
+
+def test_verify_refuses_the_file_a_running_server_holds(tmp_path, env):
+    with ServerProcess(tmp_path, env) as server:
+        Client(server.url).json("POST", "/api/counter")
+        result = run_cli("verify", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "in use by another process" in lines[0] and "verify a copy" in lines[0]
+    after = run_cli("verify", env=env, cwd=tmp_path)  # stopped: verified, and sound
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "the storage is sound" in after.stdout
+
+
+@pytest.mark.parametrize(("setting", "value", "named"), [
+    ("ZODBSESSION_SERVER_HOST", "no-such-host.invalid", "server.host: cannot resolve"),
+    ("ZODBSESSION_ADMIN_HOST", "no-such-host.invalid", "admin.host: cannot resolve"),
+    ("ZODBSESSION_STORAGE_URI", "file://{tmp}/a-file/var/Data.fs", "cannot create the directory"),
+    ("ZODBSESSION_STORAGE_URI", "file:///sys/kernel/Data.fs", "writable"),
+], ids=["server-host", "admin-host", "directory-not-creatable", "directory-read-only"])
+def test_serve_start_up_failures_are_one_line_naming_the_fix(tmp_path, env, setting, value, named):
+    (tmp_path / "a-file").write_text("not a directory")
+    value = value.format(tmp=tmp_path)
+    if value == "file:///sys/kernel/Data.fs" and not os.path.isdir("/sys/kernel"):
+        pytest.skip("no read-only /sys/kernel here")
+    env = {**env, setting: value, "ZODBSESSION_ADMIN_TOKEN": "a-token-long-enough-for-admin",
+           "ZODBSESSION_SERVER_PORT": "0", "ZODBSESSION_ADMIN_PORT": "0"}
+    result = run_cli("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert named in lines[0]
+
+
+def test_read_only_var_directory_is_one_line(tmp_path, env):
+    """As a user without write access (not root), ``var/`` read-only refuses in one line."""
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only directories; the /sys case above stands in")
+    var = tmp_path / "var"
+    var.mkdir()
+    var.chmod(0o555)
+    try:
+        result = run_cli("serve", env={**env, "ZODBSESSION_STORAGE_URI": f"file://{var}/Data.fs"},
+                         cwd=tmp_path)
+    finally:
+        var.chmod(0o755)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -23,6 +23,7 @@ from ZEO.Exceptions import ClientDisconnected
 
 from zodbsession import maintenance
 from zodbsession.config import Settings, load_settings
+from zodbsession.db import file_locks
 from zodbsession.errors import ConfigError, ZodbSessionError
 from zodbsession.manager import SessionManager
 
@@ -326,8 +327,14 @@ def revoke(config_path: str | None, session_id: str | None, user: str | None,
 @config_option
 @_one_line_errors
 def verify(config_path: str | None) -> None:
-    """Check the storage's integrity with ZODB's own checkers."""
-    with _database(config_path, read_only=True) as (db, _manager):
+    """Check the storage's integrity with ZODB's own checkers.
+
+    A FileStorage that a running server holds is refused: stop the server, or
+    verify a copy (see docs/operating.md, "Backups").
+    """
+    settings = load_settings(config_path)
+    with file_locks(settings.storage.uri, settings.storage.sessions_uri), \
+            _database(config_path, read_only=True) as (db, _manager):
         report = maintenance.verify(db)
     for check in report.checks:
         click.echo(f"{check.outcome:<8} {check.database}: {check.name}"

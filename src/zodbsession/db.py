@@ -17,8 +17,10 @@ Both can be set in the URI: ``zeo://host:8100?wait_timeout=5&server_sync=0``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -278,3 +280,30 @@ def _make_parent_directory(uri: str) -> None:
         raise StorageURIError(
             f"{uri}: cannot create the directory {directory}: {exc.strerror or exc}; create it "
             "(writable by this user) or point the URI at a directory that can be written") from None
+
+
+@contextlib.contextmanager
+def file_locks(*uris: str) -> Iterator[None]:
+    """Hold the lock of every FileStorage among *uris* (others are ignored), or refuse.
+
+    A read-only FileStorage takes no lock, so a reader (``verify``) would
+    read a file that a running server keeps appending to and report a torn
+    last transaction as damage. Holding the writers' lock meanwhile makes
+    such a reader refuse a file in use, and keeps a server from opening it
+    until the reader is done. Raises ``DatabaseLocked`` naming the file.
+    """
+    with contextlib.ExitStack() as stack:
+        for uri in uris:
+            path = _file_path(uri) if uri else None
+            if path is None or not os.path.exists(path):
+                continue
+            try:
+                lock = zc.lockfile.LockFile(path + ".lock")
+            except zc.lockfile.LockError:
+                raise DatabaseLocked(
+                    f"{path} is in use by another process (a server or a script holds its lock). "
+                    "Stop that process first, or verify a copy (a backup made with repozo, or the "
+                    "file copied after a pack) or the live database where the ZEO server runs."
+                ) from None
+            stack.callback(lock.close)
+        yield

@@ -283,10 +283,12 @@ def _create_admin_server(admin_app: AdminApp, settings: Settings, sockets: Seque
 def _bound_server(app: Any, key: str, host: str, port: int, options: dict[str, Any]) -> Any:
     """``waitress.create_server`` on *host*:*port*; errors name the settings *key*.host or .port."""
     try:
-        return waitress.create_server(app, host=host, port=port, **options)
-    except socket.gaierror as exc:
+        socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except OSError as exc:  # waitress would say "Invalid host/port specified." only
         raise ConfigError(f"{key}.host", f"cannot resolve {host!r}: {exc.strerror or exc}; use an "
                           "IP address or a name this machine resolves") from None
+    try:
+        return waitress.create_server(app, host=host, port=port, **options)
     except OSError as exc:
         raise ConfigError(f"{key}.port", f"cannot listen on {host}:{port}: "
                           f"{exc.strerror or exc}") from None

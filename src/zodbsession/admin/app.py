@@ -53,6 +53,10 @@ def last_packs(db: DB) -> dict[str, float | None]:
     return maintenance.last_packs(db, retry=READ_RETRY)
 
 
+class BadRequest(Exception):
+    """A request the admin answers 400: a parameter no page of its own would send."""
+
+
 @dataclass
 class _Response:
     status: str
@@ -115,6 +119,8 @@ class AdminApp:
         nonce = secrets.token_urlsafe(16)
         try:
             response = self._handle(environ, nonce)
+        except BadRequest as exc:
+            response = _Response("400 Bad Request", page.error_page("Bad request", str(exc), nonce=nonce))
         except Exception:
             log.exception("admin: %s %s failed", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
             response = _Response("500 Internal Server Error", page.error_page(
@@ -277,8 +283,14 @@ def _redirect(back: str, revoked: int) -> _Response:
 
 
 def _message(request: _Request) -> str:
+    """The note a redirect after a revocation asks for; ``BadRequest`` for a forged count."""
     revoked = request.arg("revoked")
-    return f"Revoked {int(revoked)} session(s)." if revoked.isdigit() else ""
+    if not revoked:
+        return ""
+    if not (revoked.isascii() and revoked.isdigit() and len(revoked) <= 9):
+        raise BadRequest("revoked= must be a count of sessions")
+    return f"Revoked {int(revoked)} session(s)."
+
 
 
 def _quiet_count(db: DB, manager: SessionManager) -> int | None:

@@ -12,7 +12,7 @@ A plain WSGI callable, ``app``, meant to run inside ``SessionPublisher``
 
 Routes: ``GET /``; ``POST /counter``, ``/fail``, ``/login`` (form field
 ``user``), ``/logout``; ``GET /api/session``; ``POST /api/counter``,
-``/api/fail``, ``/api/login`` (JSON ``{"user": ...}``), ``/api/logout``.
+``/api/fail``, ``/api/login`` (JSON ``{"user": ...}`` or a form ``user=...``), ``/api/logout``.
 Reads write nothing: ``GET /api/session`` never creates a session nor sets a
 cookie, and ``GET /`` writes only to remove a flash message it shows.
 Cross-site form posts are left to the cookie's ``SameSite=Lax``.
@@ -96,12 +96,20 @@ def _form(environ: Environ) -> dict[str, list[str]]:
         raise PublishError(f"unreadable form body: {exc}") from None
 
 
+def _is_form(environ: Environ) -> bool:
+    """Whether the body is declared ``application/x-www-form-urlencoded`` (curl -d sends that)."""
+    kind = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+    return kind == "application/x-www-form-urlencoded"
+
+
 def _json_object(environ: Environ) -> dict[str, Any]:
     """The JSON object in the body; 400 for anything else."""
     try:
         value = json.loads(_read_body(environ).decode("utf-8"))
     except ValueError as exc:  # bad UTF-8 or bad JSON
         raise PublishError(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+        raise PublishError("the body is not valid JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise PublishError('the body must be a JSON object such as {"user": "alice"}')
     return value
@@ -221,8 +229,11 @@ def api_fail(environ: Environ) -> Answer:
 
 
 def api_login(environ: Environ) -> Answer:
-    """``POST /api/login`` with ``{"user": ...}``: log in; answers the session."""
-    user = _valid_user(_json_object(environ).get("user"))
+    """``POST /api/login`` with ``{"user": ...}`` or a form ``user=...``: log in; answers the session."""
+    if _is_form(environ):
+        user = _valid_user(_form(environ).get("user", [""])[0])
+    else:
+        user = _valid_user(_json_object(environ).get("user"))
     session = _session(environ)
     session.login(user)
     return _json(_session_view(session))
