@@ -275,3 +275,15 @@ def test_read_only_var_directory_is_one_line(tmp_path, env):
         var.chmod(0o755)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(("trusted", "secure"), [("127.0.0.1", True), ("", False)],
+                         ids=["trusted-proxy", "no-proxy-trusted"])
+def test_secure_auto_follows_x_forwarded_proto_only_from_a_trusted_proxy(tmp_path, env, trusted, secure):
+    env = {**env, "ZODBSESSION_SERVER_TRUSTED_PROXY": trusted}
+    with ServerProcess(tmp_path, env) as server:
+        status, headers, _body = Client(server.url).request(
+            "POST", "/api/counter", b"", headers={"X-Forwarded-Proto": "https"})
+    assert status == 200
+    attributes = [a.strip().lower() for a in headers["Set-Cookie"].split(";")]
+    assert ("secure" in attributes) is secure
