@@ -108,6 +108,20 @@ def _when(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _age(timestamp: float, now: float) -> str:
+    """How far *timestamp* is from *now*, as a person says it: "3 h 2 min ago", "in 25 min"."""
+    seconds = abs(now - timestamp)
+    if seconds < 60:
+        span = f"{seconds:.0f} s"
+    elif seconds < 3600:
+        span = f"{seconds // 60:.0f} min"
+    elif seconds < 86400:
+        span = f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
+    else:
+        span = f"{seconds // 86400:.0f} d {seconds % 86400 // 3600:.0f} h"
+    return f"in {span}" if timestamp > now else f"{span} ago"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version=None, package_name="zodbsession", prog_name="zodbsession",
                       message="%(prog)s %(version)s")
@@ -289,26 +303,38 @@ def show(config_path: str | None, session_id: str, as_json: bool) -> None:
     figures = detail.as_dict()
     if as_json:
         click.echo(json.dumps(figures, indent=2, sort_keys=True, default=str))
-    else:
-        for key, value in figures.items():
-            click.echo(f"{key}: {value}")
+        return
+    now = manager.clock()
+    data = figures.pop("data")
+    for key, value in figures.items():
+        if key in ("created", "last_access", "deadline"):
+            value = f"{_when(value)} ({_age(value, now)})"
+        click.echo(f"{key + ':':<13}{value}")
+    click.echo("data:" if data else "data:        (empty)")
+    for key, shown in data.items():
+        click.echo(f"  {key} = {shown}")  # already a repr: 'hello' for a string, 3 for a number
 
 
 @main.command()
 @config_option
 @click.argument("session_id", required=False)
 @click.option("--user", default=None, help="Revoke every session of this user.")
-@click.option("--all", "revoke_everything", is_flag=True, help="Revoke every session.")
+@click.option("--all", "revoke_everything", is_flag=True,
+              help="Revoke every session (asks first on a terminal).")
+@click.option("--yes", "-y", "assume_yes", is_flag=True, help="Do not ask before --all.")
 @_one_line_errors
 def revoke(config_path: str | None, session_id: str | None, user: str | None,
-           revoke_everything: bool) -> None:
+           revoke_everything: bool, assume_yes: bool) -> None:
     """End one session, all of one user's, or all of them.
 
     Session ids may start with '-': put such an id after '--'
-    (zodbsession revoke -- -Xy3...).
+    (zodbsession revoke -- -Xy3...). On a terminal, --all asks before it
+    logs everybody out; --yes (or no terminal: a script) does not ask.
     """
     if sum(map(bool, (session_id, user, revoke_everything))) != 1:
         raise click.UsageError("give exactly one of SESSION_ID, --user U or --all")
+    if revoke_everything and not assume_yes and sys.stdin.isatty():
+        click.confirm("Revoke every session, logging every user out?", abort=True, err=True)
     with _database(config_path) as (db, manager):
         if session_id:
             if not maintenance.revoke(db, manager, session_id):
