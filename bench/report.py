@@ -165,6 +165,10 @@ def render(results: dict[str, Any]) -> str:
         out += _render_expiry(results["expiry"])
     if results.get("http"):
         out += _render_http(results["http"])
+    if results.get("http_compare"):
+        from bench.http_compare import render as render_http_compare
+
+        out += ["### Over HTTP, side by side (wrk)", "", render_http_compare(results["http_compare"])]
     out += ["### Goals (ratios from this run)", "",
             "| goal | measured | target | verdict |", "| --- | ---: | --- | --- |"]
     for goal in goals(results):

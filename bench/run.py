@@ -30,6 +30,8 @@ if __package__ in (None, ""):
 from bench import report  # noqa: E402 (after the path fix above)
 from bench.compare import CompareConfig, compare  # noqa: E402
 from bench.expiry import expiry  # noqa: E402
+from bench.http_compare import HttpConfig, http_compare  # noqa: E402
+from bench.http_compare import failures as http_compare_failures  # noqa: E402
 from bench.http_load import http_load  # noqa: E402
 from bench.profiling import cpu_only, profile_requests  # noqa: E402
 from bench.scale import scale  # noqa: E402
@@ -37,7 +39,7 @@ from bench.scale import scale  # noqa: E402
 log = logging.getLogger("bench")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("compare", "cpu", "scale", "expiry", "http", "profile")
+SECTIONS = ("compare", "cpu", "scale", "expiry", "http", "http-compare", "profile")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Mode:
     http_clients: int
     http_requests_per_client: int
     http_seconds: float
+    http_compare: HttpConfig
     profile_requests: int
 
 
@@ -66,6 +69,7 @@ MODES = {
         scale=CompareConfig(sessions=0, clients=16, requests=300, rounds=3, warmup=100),
         expiry_total=100_000, expiry_small=1_000, expiry_large=10_000,
         http_clients=16, http_requests_per_client=100, http_seconds=3.0,
+        http_compare=HttpConfig(rounds=1, seconds=1),
         profile_requests=500,
     ),
     # The published figures.
@@ -76,6 +80,7 @@ MODES = {
         scale=CompareConfig(sessions=0, clients=16, requests=2_000, rounds=9, warmup=500),
         expiry_total=1_000_000, expiry_small=10_000, expiry_large=100_000,
         http_clients=16, http_requests_per_client=5_000, http_seconds=30.0,
+        http_compare=HttpConfig(rounds=3, seconds=8),
         profile_requests=5_000,
     ),
 }
@@ -105,6 +110,8 @@ def run(mode_name: str, sections: tuple[str, ...], command: str) -> dict[str, An
             elif section == "http":
                 results["http"] = http_load(directory, mode.http_clients,
                                             mode.http_requests_per_client, mode.http_seconds)
+            elif section == "http-compare":
+                results["http_compare"] = http_compare(mode.http_compare, directory)
             elif section == "profile":
                 results["profile"] = profile_requests(mode.compare.sessions, mode.compare.clients,
                                                       mode.profile_requests)
@@ -119,6 +126,7 @@ def correctness_failures(results: dict[str, Any]) -> list[str]:
     for name, entry in results.get("compare", {}).get("contenders", {}).items():
         if entry.get("counters_match") is False:
             failures.append(f"{name}: a counter differs from its acknowledged writes")
+    failures += http_compare_failures(results.get("http_compare", {}))
     http = results.get("http")
     if http and (http["errors"] or not http["counters_match"]):
         failures.append(f"http: {http['errors']} errors, counters match: {http['counters_match']}")
@@ -134,6 +142,10 @@ def save(results: dict[str, Any], results_dir: Path) -> str:
     (results_dir / f"{mode}.md").write_text(text)
     if "compare" in results:
         report.plot(results, results_dir / f"{mode}.png")
+    if "contenders" in results.get("http_compare", {}):
+        from bench.http_compare import plot as plot_http
+
+        plot_http(results["http_compare"], results_dir / f"{mode}-http.png")
     if profile:
         (results_dir / f"{mode}-profile.txt").write_text(profile)
     return text
@@ -146,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="under a minute, for CI (the default)")
     group.add_argument("--full", action="store_const", const="full", dest="mode",
                        help="the published figures (S up to 1,000,000; about 10 minutes)")
+    group.add_argument("--http", action="store_const", const="http", dest="mode",
+                       help="only the side-by-side run over HTTP with wrk, at the published size")
     parser.add_argument("--only", action="append", choices=SECTIONS, metavar="SECTION",
                         help=f"run only this section (repeatable): {', '.join(SECTIONS)}")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
@@ -160,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     mode = args.mode or "quick"
     sections = tuple(args.only) if args.only else SECTIONS
+    if mode == "http":
+        mode, sections = "full", tuple(args.only or ("http-compare",))
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     started = time.monotonic()
     results = run(mode, sections, command)

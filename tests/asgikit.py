@@ -13,17 +13,33 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import uvicorn
 
-#: Seconds a test waits for the server to start or stop, at most.
+#: Seconds a test waits for the server to start or stop, or for an answer, at most.
 SERVER_WAIT = 10
+
+#: One transport (connection pool) for every test client: making an httpx
+#: client builds an SSL context unless given a transport, which under load
+#: takes longer than the requests themselves. Cookie jars stay per client.
+_TRANSPORT = httpx.HTTPTransport()
+
+
+class _SharedTransport(httpx.BaseTransport):
+    """The shared transport, left open when a client closes."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return _TRANSPORT.handle_request(request)
 
 
 class UvicornThread:
     """One uvicorn server serving *app*; ``url`` is where it listens."""
 
     def __init__(self, app: Any) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only
+        # when the listener says TCP, and without it each response waits ~40 ms
+        # for the client's delayed ACK.
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -60,3 +76,10 @@ def serving(app: Any) -> Iterator[UvicornThread]:
         yield server
     finally:
         server.stop()
+
+
+def http_client(server: UvicornThread, cookie: str | None = None) -> httpx.Client:
+    """An httpx client of *server* with a cookie jar of its own (holding *cookie*, if given)."""
+    cookies = {"zodbsession": cookie} if cookie is not None else None
+    return httpx.Client(base_url=server.url, timeout=SERVER_WAIT, transport=_SharedTransport(),
+                        cookies=cookies)

@@ -28,10 +28,11 @@ from starlette.routing import Route, WebSocketRoute
 from ZODB import DB
 from ZODB.FileStorage import FileStorage
 
-from asgikit import serving
+from asgikit import http_client, serving
 from zodbsession import PublishError, Redirect, SessionManager, current_connection, current_session
 from zodbsession.asgi import SessionMiddleware, run_in_connection
 from zodbsession.observe import Observer
+from zodbsession.registry import after_abort, after_commit
 
 #: Seconds any wait in these tests may take at most (never asserted on: a bound against hangs).
 WAIT = 10
@@ -115,8 +116,10 @@ class Lab:
         self.db = db
         self.gate = Gate()
         self.ran: list[str] = []
+        self.at_gate: list[str] = []
         self.interfered = 0
         self.started = threading.Event()
+        self.stopped = threading.Event()
         routes = [
             Route("/count", self.count, methods=["GET", "POST"]),
             Route("/read", self.read),
@@ -130,7 +133,9 @@ class Lab:
             Route("/slow", self.slow, methods=["POST"]),
             Route("/current", self.current),
             Route("/stream", self.stream),
+            Route("/stream-conflict", self.stream_conflict, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
+            Route("/hooked/{fail}", self.hooked, methods=["POST"]),
             WebSocketRoute("/ws", self.websocket),
         ]
         self.app = Starlette(routes=routes, lifespan=self.lifespan)
@@ -139,6 +144,7 @@ class Lab:
     async def lifespan(self, app):
         self.started.set()
         yield
+        self.stopped.set()
 
     async def count(self, request: Request) -> Response:
         session = request.scope["zodbsession.session"]
@@ -204,6 +210,7 @@ class Lab:
         """Count, then wait at the gate: the request holds its session meanwhile."""
         session = request.scope["zodbsession.session"]
         session["count"] = session.get("count", 0) + 1
+        self.at_gate.append("slow")
         await asyncio.to_thread(self.gate.wait)
         return PlainTextResponse(str(session["count"]))
 
@@ -222,6 +229,29 @@ class Lab:
             yield b"second"
 
         return StreamingResponse(chunks(), media_type="text/plain")
+
+    async def stream_conflict(self, request: Request) -> Response:
+        """As ``conflict``, answered by a stream: the commit at its first chunk conflicts once."""
+        body = await request.body()
+        box = await run_in_connection(_box)
+        attempt = request.scope["zodbsession.attempt"]
+        if attempt == 1:
+            await asyncio.to_thread(self._interfere)
+        box.value = body.decode()
+
+        async def chunks():
+            yield f"attempt {attempt}: ".encode()
+            yield body
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    async def hooked(self, request: Request) -> Response:
+        request.scope["zodbsession.session"]["count"] = 1
+        after_commit(self.ran.append, "committed")
+        after_abort(self.ran.append, "aborted")
+        if request.path_params["fail"] == "yes":
+            raise ValueError("aborts")
+        return PlainTextResponse("hooked")
 
     async def logout(self, request: Request) -> Response:
         request.scope["zodbsession.session"].logout()
@@ -287,8 +317,8 @@ def committed(db: DB, session_id: str | None = None) -> tuple[Any, Any]:
         return box, data
 
 
-def client(server) -> httpx.Client:
-    return httpx.Client(base_url=server.url, timeout=WAIT)
+def client(server, cookie: str | None = None) -> httpx.Client:
+    return http_client(server, cookie)
 
 
 # -- one transaction per request ----------------------------------------------------
@@ -307,7 +337,7 @@ def test_success_commits_and_sets_the_cookie_once(server, database):
 def test_sixteen_clients_on_their_own_sessions_and_eight_on_one_keep_exact_counts(lab, outcomes,
                                                                                   database):
     """24 clients at once: each own session counts its own requests, the shared one all of the 8's."""
-    rounds = 5
+    rounds = 3
     with serving(middleware(lab, outcomes, max_waiting_per_session=8)) as running:
         with client(running) as first:
             first.post("/count")
@@ -319,8 +349,7 @@ def test_sixteen_clients_on_their_own_sessions_and_eight_on_one_keep_exact_count
                 return c.cookies["zodbsession"], answers[-1]
 
         def on_shared() -> list[str]:
-            with httpx.Client(base_url=running.url, timeout=WAIT,
-                              cookies={"zodbsession": shared}) as c:
+            with client(running, shared) as c:
                 return [c.post("/count").text for _ in range(rounds)]
 
         with concurrent.futures.ThreadPoolExecutor(24) as pool:
@@ -387,6 +416,34 @@ def test_current_session_and_connection_work_in_the_task_and_its_threads(server)
         assert c.get("/current").text == "True 1 1"
 
 
+@pytest.mark.parametrize(("fail", "ran"), [("no", ["committed"]), ("yes", ["aborted"])],
+                         ids=["commit", "abort"])
+def test_transaction_hooks_registered_in_the_task_run_for_the_outcome(server, lab, fail, ran):
+    with client(server) as c:
+        c.post(f"/hooked/{fail}")
+    assert lab.ran == ran
+
+
+def test_the_middleware_needs_no_framework_and_no_server():
+    """zodbsession.asgi speaks bare ASGI: it imports no framework, no server, no ZEO."""
+    import ast
+    from pathlib import Path
+
+    import zodbsession.asgi
+
+    imported: set[str] = set()
+    for path in Path(zodbsession.asgi.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    roots = {name.split(".")[0] for name in imported}
+    assert not roots & {"starlette", "fastapi", "uvicorn", "ZEO", "waitress"}
+    ours = {name.split(".")[1] for name in imported if name.startswith("zodbsession.")}
+    assert not ours & {"server", "cli", "workers", "admin", "config", "demo"}
+
+
 # -- conflicts and bodies ------------------------------------------------------------
 
 
@@ -430,7 +487,7 @@ def test_client_gone_mid_body_runs_nothing(server, lab, outcomes, database):
     """Within max_replay_bytes the body is read first: the application never runs."""
     sock = _partial_upload(server, b"x" * 100, 10_000)
     sock.close()
-    assert outcomes.wait_for(1) == [("aborted_exception", 1)]
+    assert outcomes.wait_for(1) == [("client_gone", 1)]
     assert lab.ran == []
     assert committed(database)[0] == 0
 
@@ -441,7 +498,7 @@ def test_client_gone_mid_body_past_the_replay_limit_commits_nothing(lab, outcome
         sock = _partial_upload(running, b"x" * 100, 10_000)
         assert lab.gate.reached.wait(WAIT)
         sock.close()
-        assert outcomes.wait_for(1) == [("aborted_exception", 1)]
+        assert outcomes.wait_for(1) == [("client_gone", 1)]
     assert lab.ran == ["upload", "disconnected"]
     assert committed(database)[0] == 0
     with database.transaction() as conn:
@@ -454,7 +511,7 @@ def test_client_gone_mid_body_past_the_replay_limit_commits_nothing(lab, outcome
 def test_the_loop_serves_other_requests_while_a_commit_is_held(server, lab):
     """A request's commit waits in a worker thread at a gate; meanwhile others are served."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        held = pool.submit(lambda: httpx.post(f"{server.url}/hold", timeout=WAIT))
+        held = pool.submit(lambda: client(server).post("/hold"))
         assert lab.gate.reached.wait(WAIT)
         with client(server) as c:
             answers = [c.post("/count").text for _ in range(5)]
@@ -481,7 +538,7 @@ def test_past_the_waiting_bound_a_request_gets_429_at_once(lab, outcomes, databa
             cookie = c.cookies["zodbsession"]
 
         def slow() -> str:
-            with httpx.Client(base_url=running.url, timeout=WAIT, cookies={"zodbsession": cookie}) as c:
+            with client(running, cookie) as c:
                 return c.post("/slow").text
 
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
@@ -489,7 +546,7 @@ def test_past_the_waiting_bound_a_request_gets_429_at_once(lab, outcomes, databa
             assert lab.gate.reached.wait(WAIT)
             accepted += [pool.submit(slow), pool.submit(slow)]
             _wait_until(lambda: mw.session_locks.waiting(cookie) == 2, "two requests waiting")
-            with httpx.Client(base_url=running.url, timeout=WAIT, cookies={"zodbsession": cookie}) as c:
+            with client(running, cookie) as c:
                 refused = c.post("/slow")
             assert not accepted[0].done()
             lab.gate.opened.set()
@@ -501,6 +558,76 @@ def test_past_the_waiting_bound_a_request_gets_429_at_once(lab, outcomes, databa
     assert ("session_busy", 1) in outcomes.wait_for(5)
 
 
+def test_a_wait_for_the_session_past_its_timeout_gets_503(lab, outcomes, database):
+    with serving(middleware(lab, outcomes, session_wait_timeout=0.2)) as running:
+        with client(running) as c:
+            c.post("/count")
+            cookie = c.cookies["zodbsession"]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            holder = pool.submit(lambda: client(running, cookie).post("/slow").text)
+            assert lab.gate.reached.wait(WAIT)
+            with client(running, cookie) as c:
+                late = c.post("/count")
+            lab.gate.opened.set()
+            assert holder.result(WAIT) == "2"
+    assert late.status_code == 503
+    assert int(late.headers["retry-after"]) >= 1
+    assert committed(database, cookie)[1] == {"count": 2}
+    assert ("session_wait_timeout", 1) in outcomes.wait_for(3)
+
+
+def test_attempts_past_max_connections_wait_in_the_loop_for_one(lab, outcomes):
+    """Four requests, two connections: two run (at the gate), two wait holding nothing."""
+    mw = middleware(lab, outcomes, max_connections=2)
+    with serving(mw) as running, concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = [pool.submit(lambda: client(running).post("/slow").text) for _ in range(4)]
+        _wait_until(lambda: len(lab.at_gate) == 2 and mw.connections_waiting == 2,
+                    "two requests at the gate and two waiting for a connection")
+        assert len(lab.at_gate) == 2
+        lab.gate.opened.set()
+        assert [f.result(WAIT) for f in answers] == ["1"] * 4
+    assert len(lab.at_gate) == 4
+
+
+def test_body_declared_over_max_request_body_gets_413_unread(lab, outcomes):
+    with serving(middleware(lab, outcomes, max_request_body=10)) as running, client(running) as c:
+        response = c.post("/count", content=b"x" * 11)
+    assert response.status_code == 413
+    assert outcomes.wait_for(1) == [("body_too_large", 1)]
+
+
+def test_sixty_four_parallel_slow_requests_on_one_cookie_leave_other_clients_served(lab, outcomes,
+                                                                                      database):
+    """Issue 17 under ASGI: one served, four queued, 59 refused at once; others get through meanwhile."""
+    mw = middleware(lab, outcomes)  # the default bound: four waiting
+    with serving(mw) as running:
+        with client(running) as c:
+            c.post("/count")
+            cookie = c.cookies["zodbsession"]
+
+        def slow() -> tuple[int, str]:
+            with client(running, cookie) as c:
+                response = c.post("/slow")
+                return response.status_code, response.text
+
+        with concurrent.futures.ThreadPoolExecutor(64) as pool:
+            requests = [pool.submit(slow)]
+            assert lab.gate.reached.wait(WAIT)
+            requests += [pool.submit(slow) for _ in range(63)]
+            _wait_until(lambda: sum(f.done() for f in requests) == 59
+                        and mw.session_locks.waiting(cookie) == 4, "59 refused and 4 queued")
+            with client(running) as other:
+                others = [other.post("/count").text for _ in range(3)]
+            assert mw.session_locks.waiting(cookie) == 4  # the backlog is still there
+            lab.gate.opened.set()
+            answers = [f.result(WAIT) for f in requests]
+    assert others == ["1", "2", "3"]
+    accepted = sorted(text for status, text in answers if status == 200)
+    assert accepted == ["2", "3", "4", "5", "6"]
+    assert sorted({status for status, _ in answers}) == [200, 429]
+    assert committed(database, cookie)[1] == {"count": 6}
+
+
 # -- streaming, lifespan, websockets ------------------------------------------------
 
 
@@ -510,14 +637,25 @@ def test_streaming_commits_at_the_first_chunk_and_discards_later_changes(lab, ou
         assert committed(database, c.cookies["zodbsession"])[1] == {"count": 1}
 
 
+def test_streaming_conflict_at_the_first_chunk_is_retried_with_the_body(lab, outcomes, database):
+    with serving(middleware(lab, outcomes, streaming=True)) as running, client(running) as c:
+        response = c.post("/stream-conflict", content=b"streamed")
+    assert response.text == "attempt 2: streamed"
+    assert committed(database)[0] == "streamed"
+    assert outcomes.wait_for(1) == [("committed", 2)]
+
+
 def test_without_streaming_the_whole_response_is_held_for_the_commit(server, database):
     with client(server) as c:
         assert c.get("/stream").text == "first second"
         assert committed(database, c.cookies["zodbsession"])[1] == {"count": 2}
 
 
-def test_lifespan_passes_through(server, lab):
-    assert lab.started.is_set()
+def test_lifespan_passes_through_both_ways(lab, outcomes):
+    with serving(middleware(lab, outcomes)):
+        assert lab.started.is_set()
+        assert not lab.stopped.is_set()
+    assert lab.stopped.is_set()
 
 
 def test_websocket_scope_passes_through_untouched(lab, outcomes):
@@ -539,6 +677,40 @@ def test_websocket_scope_passes_through_untouched(lab, outcomes):
     asyncio.run(mw(scope, receive, send))
     assert seen == [(scope, receive, send)]
     assert "zodbsession.session" not in scope
+
+
+def asgi_call(app: Any, scope: dict[str, Any]) -> list[dict[str, Any]]:
+    """One HTTP request straight into *app*, in a fresh event loop; the messages it sent."""
+    sent: list[dict[str, Any]] = []
+    scope = {"type": "http", "method": "POST", "path": "/count", "headers": [], "scheme": "http",
+             **scope}
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+@pytest.mark.parametrize(("scheme", "secure"), [("https", True), ("http", False)], ids=["https", "http"])
+def test_secure_flag_follows_the_scheme(lab, outcomes, scheme, secure):
+    start = asgi_call(middleware(lab, outcomes), {"scheme": scheme})[0]
+    cookie = dict(start["headers"])[b"set-cookie"].decode()
+    assert ("; Secure" in cookie) is secure
+
+
+def test_several_cookie_headers_are_read_as_one(lab, outcomes, database):
+    """HTTP/2 clients send one cookie header per cookie: the session's is found in any of them."""
+    mw = middleware(lab, outcomes)
+    start = asgi_call(mw, {})[0]
+    session_id = dict(start["headers"])[b"set-cookie"].decode().split(";")[0].split("=", 1)[1]
+    headers = [(b"cookie", b"theme=dark"), (b"cookie", f"zodbsession={session_id}".encode())]
+    sent = asgi_call(mw, {"headers": headers})
+    assert sent[-1]["body"] == b"2"
+    assert committed(database, session_id)[1] == {"count": 2}
 
 
 def test_join_outer_transaction_is_refused(lab):

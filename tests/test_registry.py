@@ -33,6 +33,7 @@ from zodbsession import (
     current_session,
     registry,
 )
+from zodbsession.registry import after_abort, after_commit, before_commit
 from zodbsession.store import ROOT_KEY
 
 TEXT = [("Content-Type", "text/plain")]
@@ -308,3 +309,9 @@ def test_remove_inside_a_script_scope_then_set_again(database):
         mine.remove()
     assert committed_root(database)["app"] == 2
     assert [conn for conn in database.pool.all if conn.opened] == []
+
+
+@pytest.mark.parametrize("hook", [before_commit, after_commit, after_abort], ids=lambda f: f.__name__)
+def test_outside_a_request_registering_a_hook_raises_no_active_request(hook):
+    with pytest.raises(NoActiveRequest, match="no zodbsession scope"):
+        hook(print)

@@ -3,6 +3,12 @@
 Each class also inherits the builtin a caller would naturally catch
 (``KeyError`` for a missing session, ``ValueError`` for bad configuration), so
 code that does not know about zodbsession still handles them sensibly.
+
+One class, one meaning. ``PublishError`` and ``Redirect`` are answers an
+application gives on purpose, and they subclass ``ZodbSessionError`` too: an
+``except ZodbSessionError`` inside the application also catches its own
+``Redirect``. Catch the narrower class you mean, or re-raise ``PublishError``
+first. The front doors catch ``PublishError`` before anything else.
 """
 
 from __future__ import annotations
@@ -161,25 +167,29 @@ class StorageUnavailable(ZodbSessionError, ConnectionError):
 
 
 class SessionBusy(ZodbSessionError):
-    """Too many requests already wait for this session's lock, or one waited too long.
+    """Too many requests already wait for this session's lock: answered 429 at once.
 
-    ``retry_after`` is the seconds the client should wait, estimated from how long
-    the requests ahead of it hold the lock. ``timed_out`` tells the two apart: a
-    full queue is answered 429 at once, a wait past its deadline 503.
+    ``retry_after`` is the seconds the client should wait, estimated from how
+    long the requests ahead of it hold the lock.
     """
 
-    def __init__(self, waiting: int, limit: int, retry_after: int, *, timed_out: bool = False) -> None:
+    def __init__(self, waiting: int, limit: int, retry_after: int) -> None:
         self.waiting = waiting
         self.limit = limit
         self.retry_after = retry_after
-        self.timed_out = timed_out
-        if timed_out:
-            message = (f"waited too long for this session's lock ({waiting} request(s) ahead): "
-                       "raise publisher.session_wait_timeout, or make the session's requests shorter")
-        else:
-            message = (f"{waiting} request(s) already wait for this session, the limit is {limit}: "
-                       "raise publisher.max_waiting_per_session, or send fewer parallel requests")
-        super().__init__(message)
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        return (f"{self.waiting} request(s) already wait for this session, the limit is {self.limit}: "
+                "raise publisher.max_waiting_per_session, or send fewer parallel requests")
+
+
+class SessionWaitTimeout(SessionBusy):
+    """A request waited for its session's lock longer than its deadline: answered 503."""
+
+    def _message(self) -> str:
+        return (f"waited too long for this session's lock ({self.waiting} request(s) ahead): "
+                "raise publisher.session_wait_timeout, or make the session's requests shorter")
 
 
 class RequestBodyTooLarge(ZodbSessionError, ValueError):

@@ -7,8 +7,8 @@ outlived its last holder would be a leak.
 
 The queue behind one key is bounded twice: at most ``max_waiting`` requests
 wait behind the one holding it (past that, ``SessionBusy`` at once: a 429),
-and none waits longer than ``wait_timeout`` seconds (``SessionBusy`` with
-``timed_out``: a 503). A waiting request holds a server thread under WSGI
+and none waits longer than ``wait_timeout`` seconds (``SessionWaitTimeout``,
+a ``SessionBusy``: a 503). A waiting request holds a server thread under WSGI
 (waitress), so the count bound is what keeps one cookie from taking the whole
 pool; under asyncio (``AsyncKeyedLocks``) it holds no thread, and the same
 bound keeps the wait short. Both tell the refused client an honest
@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from zodbsession.errors import SessionBusy
+from zodbsession.errors import SessionBusy, SessionWaitTimeout
 
 #: Requests that may wait behind the one holding a session, by default.
 MAX_WAITING = 4
@@ -82,12 +82,12 @@ class _Bounded:
             if entry[1] == 0:
                 del self._locks[key]
 
-    def _gave_up(self, key: str, entry: list[Any]) -> SessionBusy:
+    def _gave_up(self, key: str, entry: list[Any]) -> SessionWaitTimeout:
         self._leave(key, entry, None)
         with self._guard:
             self.timed_out += 1
             ahead = entry[1]
-        return SessionBusy(ahead, self.max_waiting or 0, self.retry_after(ahead), timed_out=True)
+        return SessionWaitTimeout(ahead, self.max_waiting or 0, self.retry_after(ahead))
 
 
 class KeyedLocks(_Bounded):

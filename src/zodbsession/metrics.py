@@ -64,7 +64,8 @@ COMMIT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
 JANITOR_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0)
 
 #: Outcomes the publisher answers with 503 Service Unavailable.
-UNAVAILABLE_OUTCOMES = frozenset({"gave_up", "outcome_unknown", "storage_error", "session_limit"})
+UNAVAILABLE_OUTCOMES = frozenset({"gave_up", "outcome_unknown", "storage_error", "session_limit",
+                                  "session_wait_timeout"})
 
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 OUTCOMES: tuple[str, ...] = get_args(RequestOutcome)

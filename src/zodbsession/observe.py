@@ -32,8 +32,10 @@ RequestOutcome = Literal[
     "outcome_unknown",  # the commit failed after every vote: 503, not retried
     "storage_error",  # the storage refused the commit (disk full, gone): 503
     "session_limit",  # a new session was refused, the cap being reached: 503
-    "session_busy",  # too many requests waited for one session, or one waited too long: 429/503
+    "session_busy",  # too many requests already waited for this one's session: 429
+    "session_wait_timeout",  # the wait for the session's lock passed its deadline: 503
     "body_too_large",  # the request's body was over max_request_body: 413, unread
+    "client_gone",  # the client disconnected before the end of its body: aborted, no answer
 ]
 
 

@@ -3,38 +3,40 @@
 Every way an attempt can end is one row of ``TABLE``, and the row says
 everything that follows: the transaction's fate, whether the request is
 tried again, the HTTP answer (none of its own: the application's), the log
-level, and the ``RequestOutcome`` reported to the manager's observers. A
-failure is matched against the rows in order, the first match winning; the
-first three rows are decided by the commit veto, not by an error; a fate of
-``none`` means that no transaction was begun. This table
-is generated from ``TABLE`` (``render_table()``), and a test keeps the two
-the same:
+level, and the ``RequestOutcome`` reported to the manager's observers. The
+first four rows are decided by the front door (the commit veto, a
+``PublishError``, a client gone mid-body); a failure gets the first later
+row it matches. A fate of ``none`` means that no transaction was
+begun. The table below is ``render_table()``'s output, and a test keeps it
+equal to ``TABLE``:
 
-====================  =======  =====  ==================================  ========  =================
-row                   fate     retry  answer                              log       reported as
-====================  =======  =====  ==================================  ========  =================
-committed             commit   no     the application's                   -         committed
-publish_error         commit   no     the error's status and body         -         committed
-vetoed                abort    no     the application's                   WARNING   aborted_veto
-body_too_large        none     no     413, sent before reading it         WARNING   body_too_large
-session_busy          none     no     429 with Retry-After (an estimate)  WARNING   session_busy
-session_wait_timeout  none     no     503 with Retry-After (an estimate)  WARNING   session_busy
-storage_unavailable   abort    no     503 with Retry-After: 5             ERROR     storage_error
-outcome_unknown       unknown  no     503 with Retry-After: 1             ERROR+tb  outcome_unknown
-conflict              abort    yes    (the next attempt's)                WARNING   (request_retried)
-gave_up               abort    no     503 with Retry-After: 1             WARNING   gave_up
-invalid_session       abort    no     500                                 ERROR     aborted_invalid
-session_cap           abort    no     503 with Retry-After: 60            WARNING   session_limit
-storage_write_failed  abort    no     503 with Retry-After: 5             ERROR     storage_error
-app_exception         abort    no     500                                 ERROR+tb  aborted_exception
-====================  =======  =====  ==================================  ========  =================
+====================  =======  =====  ========================================  ========  ====================
+row                   fate     retry  answer                                    log       reported as
+====================  =======  =====  ========================================  ========  ====================
+committed             commit   no     the application's                         -         committed
+publish_error         commit   no     the error's status and body               -         committed
+vetoed                abort    no     the application's                         WARNING   aborted_veto
+client_gone           abort    no     none (the client is gone)                 INFO      client_gone
+body_too_large        abort    no     413 (unread, if its length was declared)  WARNING   body_too_large
+session_wait_timeout  none     no     503 with Retry-After (an estimate)        WARNING   session_wait_timeout
+session_busy          none     no     429 with Retry-After (an estimate)        WARNING   session_busy
+storage_unavailable   abort    no     503 with Retry-After: 5                   ERROR     storage_error
+outcome_unknown       unknown  no     503 with Retry-After: 1                   ERROR+tb  outcome_unknown
+conflict              abort    yes    (the next attempt's)                      WARNING   (request_retried)
+gave_up               abort    no     503 with Retry-After: 1                   WARNING   gave_up
+invalid_session       abort    no     500                                       ERROR     aborted_invalid
+session_cap           abort    no     503 with Retry-After: 60                  WARNING   session_limit
+storage_write_failed  abort    no     503 with Retry-After: 5                   ERROR     storage_error
+app_exception         abort    no     500                                       ERROR+tb  aborted_exception
+====================  =======  =====  ========================================  ========  ====================
 
 - ``committed``: the application returned, the veto says commit.
 - ``publish_error``: the application raised ``PublishError`` (4xx, redirect).
 - ``vetoed``: the application answered a 5xx (the default veto).
+- ``client_gone``: the client disconnected before the end of its body.
 - ``body_too_large``: the body is over ``max_request_body``.
-- ``session_busy``: too many requests wait for this session already.
 - ``session_wait_timeout``: the wait for this session's lock passed its deadline.
+- ``session_busy``: too many requests wait for this session already.
 - ``storage_unavailable``: ZEO away (``ClientDisconnected``), the storage unopenable.
 - ``outcome_unknown``: the commit failed after every vote.
 - ``conflict``: a retryable error, attempts left.
@@ -62,6 +64,7 @@ from zodbsession.errors import (
     SessionBusy,
     SessionLimitReached,
     SessionTooLarge,
+    SessionWaitTimeout,
     StorageUnavailable,
     StorageWriteFailed,
     UnstorableSessionValue,
@@ -69,7 +72,7 @@ from zodbsession.errors import (
 from zodbsession.observe import RequestOutcome
 
 Fate = Literal["commit", "abort", "unknown", "none"]
-Match = Literal["veto", "error", "retryable", "last_retryable", "busy", "wait_timeout"]
+Match = Literal["decided", "error", "retryable", "last_retryable"]
 
 #: Errors known by the dotted name of a class in their MRO (so that ZEO need not be imported).
 CLIENT_DISCONNECTED = "ZEO.Exceptions.ClientDisconnected"
@@ -83,7 +86,8 @@ class Outcome:
     ``status``, ``headers`` and ``body`` make a short text/plain answer (a
     ``Retry-After`` the error carries, ``retry_after``, replaces the row's).
     ``errors`` are the classes (or dotted class names) a failure must be an
-    instance of for the row to match; ``match`` says what else decides it.
+    instance of for the row to match; ``match`` says what else decides it
+    (``decided``: the front door picks the row, no error matches it).
     """
 
     name: str
@@ -119,27 +123,30 @@ def _plain(status: str, body: str, retry_after: str | None = None) -> dict:
 #: Every row, in matching order: a failure gets the first row it matches.
 TABLE: tuple[Outcome, ...] = (
     Outcome("committed", "the application returned, the veto says commit", "commit", False,
-            "the application's", "committed", match="veto"),
+            "the application's", "committed", match="decided"),
     Outcome("publish_error", "the application raised ``PublishError`` (4xx, redirect)", "commit", False,
-            "the error's status and body", "committed", match="veto"),
+            "the error's status and body", "committed", match="decided"),
     Outcome("vetoed", "the application answered a 5xx (the default veto)", "abort", False,
-            "the application's", "aborted_veto", logging.WARNING, match="veto",
+            "the application's", "aborted_veto", logging.WARNING, match="decided",
             message="{where}: aborted: the commit veto refused {status}"),
-    Outcome("body_too_large", "the body is over ``max_request_body``", "none", False,
-            "413, sent before reading it", "body_too_large", logging.WARNING,
+    Outcome("client_gone", "the client disconnected before the end of its body", "abort", False,
+            "none (the client is gone)", "client_gone", logging.INFO, match="decided",
+            message="{where}: the client disconnected before the end of its body; aborted"),
+    Outcome("body_too_large", "the body is over ``max_request_body``", "abort", False,
+            "413 (unread, if its length was declared)", "body_too_large", logging.WARNING,
             **_plain("413 Content Too Large", "the request's body is too large"),
             errors=(RequestBodyTooLarge,),
             message="{where}: refused with 413: {error}"),
+    Outcome("session_wait_timeout", "the wait for this session's lock passed its deadline", "none", False,
+            "503 with Retry-After (an estimate)", "session_wait_timeout", logging.WARNING,
+            **_plain("503 Service Unavailable", "this session is busy, please retry", "1"),
+            errors=(SessionWaitTimeout,),
+            message="{where}: refused with 503: {error}"),
     Outcome("session_busy", "too many requests wait for this session already", "none", False,
             "429 with Retry-After (an estimate)", "session_busy", logging.WARNING,
             **_plain("429 Too Many Requests", "too many requests for this session at once, "
-                     "please retry", "1"), match="busy",
+                     "please retry", "1"), errors=(SessionBusy,),
             message="{where}: refused with 429: {error}"),
-    Outcome("session_wait_timeout", "the wait for this session's lock passed its deadline", "none", False,
-            "503 with Retry-After (an estimate)", "session_busy", logging.WARNING,
-            **_plain("503 Service Unavailable", "this session is busy, please retry", "1"),
-            match="wait_timeout",
-            message="{where}: refused with 503: {error}"),
     Outcome("storage_unavailable", "ZEO away (``ClientDisconnected``), the storage unopenable", "abort",
             False, "503 with Retry-After: 5", "storage_error", logging.ERROR,
             **_plain("503 Service Unavailable", "the session database is unavailable, please retry", "5"),
@@ -186,6 +193,7 @@ ROWS: dict[str, Outcome] = {row.name: row for row in TABLE}
 COMMITTED = ROWS["committed"]
 PUBLISH_ERROR = ROWS["publish_error"]
 VETOED = ROWS["vetoed"]
+CLIENT_GONE = ROWS["client_gone"]
 
 
 def _is_instance(error: BaseException, kinds: tuple[type[BaseException] | str, ...]) -> bool:
@@ -210,9 +218,6 @@ def classify(error: BaseException, *, retryable: bool, last: bool) -> Outcome:
     for row in TABLE:
         if row.match == "error":
             if _is_instance(error, row.errors):
-                return row
-        elif row.match in ("busy", "wait_timeout"):
-            if isinstance(error, SessionBusy) and error.timed_out == (row.match == "wait_timeout"):
                 return row
         elif row.match == "retryable":
             if retryable and not last:

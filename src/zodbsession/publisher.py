@@ -14,31 +14,33 @@ What happens, by outcome (the table of ``outcomes``, which a test keeps equal
 to the code; the commit veto decides the first three rows, and a failure
 gets the first later row it matches):
 
-====================  =======  =====  ==================================  ========  =================
-row                   fate     retry  answer                              log       reported as
-====================  =======  =====  ==================================  ========  =================
-committed             commit   no     the application's                   -         committed
-publish_error         commit   no     the error's status and body         -         committed
-vetoed                abort    no     the application's                   WARNING   aborted_veto
-body_too_large        none     no     413, sent before reading it         WARNING   body_too_large
-session_busy          none     no     429 with Retry-After (an estimate)  WARNING   session_busy
-session_wait_timeout  none     no     503 with Retry-After (an estimate)  WARNING   session_busy
-storage_unavailable   abort    no     503 with Retry-After: 5             ERROR     storage_error
-outcome_unknown       unknown  no     503 with Retry-After: 1             ERROR+tb  outcome_unknown
-conflict              abort    yes    (the next attempt's)                WARNING   (request_retried)
-gave_up               abort    no     503 with Retry-After: 1             WARNING   gave_up
-invalid_session       abort    no     500                                 ERROR     aborted_invalid
-session_cap           abort    no     503 with Retry-After: 60            WARNING   session_limit
-storage_write_failed  abort    no     503 with Retry-After: 5             ERROR     storage_error
-app_exception         abort    no     500                                 ERROR+tb  aborted_exception
-====================  =======  =====  ==================================  ========  =================
+====================  =======  =====  ========================================  ========  ====================
+row                   fate     retry  answer                                    log       reported as
+====================  =======  =====  ========================================  ========  ====================
+committed             commit   no     the application's                         -         committed
+publish_error         commit   no     the error's status and body               -         committed
+vetoed                abort    no     the application's                         WARNING   aborted_veto
+client_gone           abort    no     none (the client is gone)                 INFO      client_gone
+body_too_large        abort    no     413 (unread, if its length was declared)  WARNING   body_too_large
+session_wait_timeout  none     no     503 with Retry-After (an estimate)        WARNING   session_wait_timeout
+session_busy          none     no     429 with Retry-After (an estimate)        WARNING   session_busy
+storage_unavailable   abort    no     503 with Retry-After: 5                   ERROR     storage_error
+outcome_unknown       unknown  no     503 with Retry-After: 1                   ERROR+tb  outcome_unknown
+conflict              abort    yes    (the next attempt's)                      WARNING   (request_retried)
+gave_up               abort    no     503 with Retry-After: 1                   WARNING   gave_up
+invalid_session       abort    no     500                                       ERROR     aborted_invalid
+session_cap           abort    no     503 with Retry-After: 60                  WARNING   session_limit
+storage_write_failed  abort    no     503 with Retry-After: 5                   ERROR     storage_error
+app_exception         abort    no     500                                       ERROR+tb  aborted_exception
+====================  =======  =====  ========================================  ========  ====================
 
 - ``committed``: the application returned, the veto says commit.
 - ``publish_error``: the application raised ``PublishError`` (4xx, redirect).
 - ``vetoed``: the application answered a 5xx (the default veto).
+- ``client_gone``: the client disconnected before the end of its body.
 - ``body_too_large``: the body is over ``max_request_body``.
-- ``session_busy``: too many requests wait for this session already.
 - ``session_wait_timeout``: the wait for this session's lock passed its deadline.
+- ``session_busy``: too many requests wait for this session already.
 - ``storage_unavailable``: ZEO away (``ClientDisconnected``), the storage unopenable.
 - ``outcome_unknown``: the commit failed after every vote.
 - ``conflict``: a retryable error, attempts left.
@@ -213,11 +215,13 @@ class SessionPublisher:
         where = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
         try:
             check_length(environ, self.max_request_body)
+            # Read before the session's lock is taken: a slow upload must not hold it.
+            body = replayable_body(environ, self.max_replay_bytes, self.max_request_body)
             if self.session_locks is not None and cookie_id:
                 with self.session_locks.hold(cookie_id):
-                    ending, response = self._run_with_retries(environ, cookie_id, where)
+                    ending, response = self._run_with_retries(environ, cookie_id, where, body)
             else:
-                ending, response = self._run_with_retries(environ, cookie_id, where)
+                ending, response = self._run_with_retries(environ, cookie_id, where, body)
         except (RequestBodyTooLarge, SessionBusy) as exc:
             ending = self.core.refuse(exc, where=where, request=environ)
             response = None
@@ -226,9 +230,9 @@ class SessionPublisher:
         self.core.report(ending)
         return response
 
-    def _run_with_retries(self, environ: dict[str, Any], cookie_id: str | None,
-                          where: str) -> tuple[Ending, Response | None]:
-        body = replayable_body(environ, self.max_replay_bytes, self.max_request_body)
+    def _run_with_retries(self, environ: dict[str, Any], cookie_id: str | None, where: str,
+                          body: bytes | None) -> tuple[Ending, Response | None]:
+        """Attempt the request until it does not ask for a retry; *body* None: not replayable."""
         responses: list[Response | None] = []
 
         def step(attempt: Attempt) -> Ending:
@@ -347,12 +351,4 @@ class SessionPublisher:
 
 def _own_answer(ending: Ending) -> Response:
     """The short answer the outcome table gives for *ending* (a refusal, an error page)."""
-    status, headers, body = ending.answer()
-    response = Response()
-    response.status = status
-    response.headers = headers
-    response.body = [body]
-    response.outcome = ending.outcome.reported or "committed"
-    response.attempts = ending.attempts
-    return response
-
+    return Response.of(*ending.answer())

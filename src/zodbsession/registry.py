@@ -55,7 +55,9 @@ class Scope:
     there needs a transaction (and a connection) of its own.
 
     With ``outer`` (a publisher joined to an outer transaction) the hooks go
-    to that transaction's own hook lists, since its owner ends it.
+    to that transaction's own hook lists, since its owner ends it. A scope
+    set by hand (``registry.set``, a script's) runs no hooks: nothing ends
+    it but ``remove``, which aborts.
     """
 
     connection: Connection

@@ -14,19 +14,13 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from zodbsession.observe import RequestOutcome
-
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, str]]
 
 
 class Response:
-    """The status, headers and body an application produced for one attempt.
-
-    Also how the request ended, for the observers: ``outcome``, the
-    ``attempts`` made and the ``commit_seconds`` of a commit that ran.
-    """
+    """The status, headers and body an application produced for one attempt."""
 
     def __init__(self) -> None:
         self.status: str | None = None
@@ -34,23 +28,22 @@ class Response:
         self.body: Any = []
         self.stream: Iterator[bytes] | None = None
         self._app_iter: Iterable[bytes] | None = None
-        self.outcome: RequestOutcome = "committed"
-        self.attempts = 1
-        self.commit_seconds: float | None = None
 
     @classmethod
-    def plain(cls, status: str, text: str, headers: Iterable[tuple[str, str]] = (), *,
-              outcome: RequestOutcome = "committed", attempts: int = 1) -> Response:
-        """A short text/plain answer the publisher makes itself (an error, a refusal)."""
+    def of(cls, status: str, headers: Iterable[tuple[str, str]], body: bytes) -> Response:
+        """A complete answer the front door makes itself (the outcome table's own)."""
         response = cls()
-        body = text.encode("utf-8")
         response.status = status
-        response.headers = [("Content-Type", "text/plain; charset=utf-8"),
-                            ("Content-Length", str(len(body))), *headers]
+        response.headers = list(headers)
         response.body = [body]
-        response.outcome = outcome
-        response.attempts = attempts
         return response
+
+    @classmethod
+    def plain(cls, status: str, text: str, headers: Iterable[tuple[str, str]] = ()) -> Response:
+        """A short text/plain answer (a ``PublishError``'s)."""
+        body = text.encode("utf-8")
+        return cls.of(status, [("Content-Type", "text/plain; charset=utf-8"),
+                               ("Content-Length", str(len(body))), *headers], body)
 
     def start_response(self, status: str, headers: Headers, exc_info: Any = None) -> Callable:
         """The ``start_response`` the application is given."""

@@ -10,29 +10,12 @@ pause, and the report to the manager's observers. It knows nothing of HTTP
 framing, cookies' syntax or bodies: a front door turns an ``Ending`` into its
 protocol's answer.
 
-One request, as a front door drives it (``drive`` does this for threads)::
-
-    attempts = core.attempts_for(replayable=body is not None)
-    for number in range(1, attempts + 1):
-        attempt = core.attempt(cookie_id, number=number, attempts=attempts, where="GET /")
-        try:
-            core.open(attempt)            # ZODB I/O: may run in a worker thread
-        except Exception as exc:
-            ending = core.fail(attempt, exc)
-        else:
-            core.enter(attempt)           # in the context the application runs in
-            try:
-                status, headers = run_the_application(attempt.session, attempt.connection)
-                ending = core.finish(attempt, status, headers)   # ZODB I/O
-            except Exception as exc:
-                ending = core.fail(attempt, exc)                 # ZODB I/O (the abort)
-            finally:
-                core.leave()
-                core.close(attempt)       # ZODB I/O
-        if not ending.retry:
-            break
-        core.retry.pause(number)          # or: await asyncio.sleep(ending.delay)
-    core.report(ending)
+One request, as a front door drives it: ``attempts_for``; then per attempt
+``attempt`` (no I/O), ``open``, ``enter``, the application, ``finish`` (or
+``fail`` if it raised), ``leave``, ``close``; retry while ``Ending.retry``,
+pausing ``Ending.delay``; and ``report`` once at the end. ``drive`` is that
+loop for threads; docs/core.md shows it for asyncio, and
+tests/test_transact.py runs it.
 
 The ZODB steps (``open``, ``finish``, ``fail``, ``close``) block on the
 storage and may run in a worker thread (``asyncio.to_thread``), each as one
@@ -48,17 +31,24 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import transaction
 from transaction.interfaces import NoTransaction, TransientError
 from ZODB import DB
 
+from zodbsession.attempt import Attempt, Ending, Headers
 from zodbsession.commit import abort_quietly, close_when_transaction_ends, commit, nothing_joined
 from zodbsession.errors import StorageUnavailable
 from zodbsession.manager import SessionManager
-from zodbsession.outcomes import COMMITTED, PUBLISH_ERROR, VETOED, Outcome, answer_headers, classify
+from zodbsession.outcomes import (
+    CLIENT_GONE,
+    COMMITTED,
+    PUBLISH_ERROR,
+    VETOED,
+    Outcome,
+    classify,
+)
 from zodbsession.registry import Scope, SessionRegistry
 from zodbsession.registry import registry as default_registry
 from zodbsession.request_session import RequestSession
@@ -66,7 +56,6 @@ from zodbsession.retry import DEFAULT_POLICY, RetryPolicy
 
 log = logging.getLogger(__name__)
 
-Headers = list[tuple[str, str]]
 #: ``commit_veto(request, status, headers) -> True`` to abort instead of commit; *request*
 #: is what the front door gave ``attempt()`` (the WSGI environ, the ASGI scope).
 CommitVeto = Callable[[Any, str, Headers], bool]
@@ -78,83 +67,6 @@ IDLE_MANAGERS = 32
 def default_commit_veto(request: Any, status: str, headers: Headers) -> bool:
     """Abort on a 5xx answer; commit everything else, 4xx and redirects included."""
     return status.startswith("5")
-
-
-class Attempt:
-    """One attempt of one request: its number, and once opened its manager, connection and scope.
-
-    Threading: belongs to the one request it was made for; its steps may run
-    in different threads one after another, never at once.
-    """
-
-    __slots__ = ("number", "attempts", "cookie_id", "where", "request", "tm", "connection",
-                 "session", "scope", "joined")
-
-    def __init__(self, cookie_id: str | None, number: int, attempts: int, where: str,
-                 request: Any) -> None:
-        self.number = number
-        self.attempts = attempts
-        self.cookie_id = cookie_id
-        self.where = where
-        self.request = request
-        self.tm: transaction.TransactionManager | None = None
-        self.connection: Any = None
-        self.session: RequestSession | None = None
-        self.scope: Scope | None = None
-        self.joined = False
-
-    @property
-    def last(self) -> bool:
-        """Whether no attempt follows this one, whatever happens."""
-        return self.number >= self.attempts
-
-    @property
-    def data(self) -> dict[str, Any]:
-        """This attempt's scratch mapping (``Scope.data``)."""
-        if self.scope is None:
-            raise RuntimeError("the attempt is not open: it has no scope yet")
-        return self.scope.data
-
-
-@dataclass
-class Ending:
-    """How an attempt ended: its row of the outcome table, and what the front door needs.
-
-    ``cookie`` is what the client's cookie must become (a new id, False to
-    delete it, None to leave it), ``cookie_max_age`` what to pass the cookie
-    policy for it; both are set only for a commit. ``delay`` is the pause
-    before the next attempt when ``retry``.
-    """
-
-    outcome: Outcome
-    error: BaseException | None = None
-    commit_seconds: float | None = None
-    cookie: str | bool | None = None
-    cookie_max_age: Any = None
-    delay: float = 0.0
-    attempts: int = 1
-
-    @property
-    def retry(self) -> bool:
-        """Whether the request is to be tried again."""
-        return self.outcome.retry
-
-    @property
-    def committed(self) -> bool:
-        """Whether the request's transaction committed (or, changing nothing, needed no commit)."""
-        return self.outcome.fate == "commit"
-
-    @property
-    def own_answer(self) -> bool:
-        """Whether the front door sends the row's answer rather than the application's."""
-        return self.outcome.status is not None
-
-    def answer(self) -> tuple[str, Headers, bytes]:
-        """The row's own answer: status, headers and body (a refusal, an error page)."""
-        row = self.outcome
-        if row.status is None:
-            raise ValueError(f"the {row.name} outcome sends the application's answer, not its own")
-        return row.status, answer_headers(row, self.error), row.body.encode("utf-8")
 
 
 class TransactionCore:
@@ -267,11 +179,12 @@ class TransactionCore:
         try:
             if self.commit_veto(attempt.request, status, headers):
                 tm.abort()
-                ending = Ending(VETOED)
+                ending = Ending(VETOED, attempts=attempt.number)
                 self._log(ending, attempt, status=status)
                 self._run_hooks(attempt, "after_abort")
                 return ending
-            ending = Ending(PUBLISH_ERROR if raised is not None else COMMITTED, raised)
+            ending = Ending(PUBLISH_ERROR if raised is not None else COMMITTED, raised,
+                            attempts=attempt.number)
             for fn, args, kwargs in attempt.scope.hooks["before_commit"]:
                 fn(*args, **kwargs)
             session = attempt.session
@@ -320,6 +233,20 @@ class TransactionCore:
         if row.retry:
             self.manager.observers.request_retried(error, attempt.number)
         elif txn is not None and row.fate != "unknown":
+            self._run_hooks(attempt, "after_abort")
+        return ending
+
+    def abandon(self, attempt: Attempt, outcome: Outcome = CLIENT_GONE) -> Ending:
+        """End the attempt by a row the front door decided (a client gone mid-body): abort, log, hooks.
+
+        ZODB I/O (the abort): a worker thread under asyncio. The
+        ``after_abort`` hooks run, as for any final abort.
+        """
+        if self._transaction(attempt) is not None:
+            abort_quietly(attempt.tm)
+        ending = Ending(outcome, attempts=attempt.number)
+        self._log(ending, attempt)
+        if outcome.fate == "abort":
             self._run_hooks(attempt, "after_abort")
         return ending
 
@@ -451,3 +378,7 @@ class TransactionCore:
                 and len(self.idle_managers) < self.max_idle_managers):
             self.idle_managers.append(tm)
 
+
+
+__all__ = ["IDLE_MANAGERS", "Attempt", "CommitVeto", "Ending", "Headers", "TransactionCore",
+           "default_commit_veto"]

@@ -28,7 +28,8 @@ async def run_in_connection(fn: Callable[..., T], /, *args: Any,
     ``root()`` lookup, a BTree search) blocks that thread, not the event
     loop, and *fn*'s changes are part of the request's transaction. Objects
     already loaded may be read and changed in the loop directly; *fn* may
-    return them. Await each call before the next (calls on one request run
+    return them (a persistent object it returns is loaded, in that thread,
+    before it comes back; its subobjects are not). Await each call before the next (calls on one request run
     one at a time, never two threads on one connection), and do not touch
     the request's persistent objects in the loop while a call runs.
     ``current_session`` and ``current_connection`` work inside *fn*.

@@ -175,7 +175,8 @@ class ResponseBuffer:
         for index, message in enumerate(self.messages):
             if message["type"] == "http.response.start":
                 # A copy: the application may keep and reuse its message.
-                headers = [*message.get("headers", ()), (name.encode("latin-1"), value.encode("latin-1"))]
+                header = (name.lower().encode("latin-1"), value.encode("latin-1"))  # ASGI: lowercase
+                headers = [*message.get("headers", ()), header]
                 self.messages[index] = {**message, "headers": headers}
                 return
         raise RuntimeError("no http.response.start to add a header to")

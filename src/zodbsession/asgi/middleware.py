@@ -22,13 +22,15 @@ a websocket handler gets no session and no transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from persistent import Persistent
 from ZODB import DB
 
 from zodbsession.asgi.messages import (
@@ -45,7 +47,7 @@ from zodbsession.cookies import CookiePolicy, read_cookie
 from zodbsession.errors import PublishError, RequestBodyTooLarge, SessionBusy
 from zodbsession.locks import MAX_WAITING, WAIT_TIMEOUT, AsyncKeyedLocks
 from zodbsession.manager import SessionManager
-from zodbsession.outcomes import ROWS, Outcome
+from zodbsession.outcomes import CLIENT_GONE, ROWS
 from zodbsession.publisher import MAX_BACKOFF, MAX_REQUEST_BODY
 from zodbsession.registry import SessionRegistry
 from zodbsession.registry import registry as default_registry
@@ -57,13 +59,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
-
-#: How a request whose client went away before the end of its body ends: aborted, no answer.
-CLIENT_GONE = Outcome(
-    "client_gone", "the client disconnected before the end of its body", "abort", False,
-    "none (the client is gone)", "aborted_exception", logging.INFO,
-    message="{where}: the client disconnected before the end of its body; aborted",
-)
 
 
 #: The scope key of what ``run_in_connection`` uses.
@@ -101,8 +96,15 @@ class SessionMiddleware:
     ``Retry-After``), none longer than ``session_wait_timeout`` seconds (503).
     Waiting holds no thread.
 
-    Threading: one middleware serves one event loop. The ZODB steps run in
-    *executor* (None: the loop's default, as ``asyncio.to_thread``).
+    An event loop takes any number of requests at once, but each attempt
+    holds a ZODB connection (and its cache): at most ``max_connections``
+    attempts run at a time (None: the database's ``pool_size``), the others
+    wait in the loop for a connection to come back, so the pool is never
+    outgrown.
+
+    Threading: one middleware serves one event loop. The ZODB steps (and
+    ``run_in_connection``) run in *executor*; None gives the middleware a
+    pool of its own, a thread per connection it may have in use.
     ``join_outer_transaction`` exists for keyword compatibility with the
     publisher and must stay False: nothing outside owns an ASGI request's
     transaction.
@@ -127,6 +129,7 @@ class SessionMiddleware:
         max_request_body: int | None = MAX_REQUEST_BODY,
         max_waiting_per_session: int | None = MAX_WAITING,
         session_wait_timeout: float | None = WAIT_TIMEOUT,
+        max_connections: int | None = None,
         executor: Executor | None = None,
     ) -> None:
         if join_outer_transaction:
@@ -142,13 +145,30 @@ class SessionMiddleware:
         self.max_request_body = max_request_body
         self.streaming = streaming
         self.registry = registry
-        self.executor = executor
+        if max_connections is None:
+            max_connections = db.getPoolSize()
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        # A thread per connection in use: the ZODB steps never queue for a
+        # thread, nor compete with the application's own to_thread work.
+        self._own_executor = executor is None
+        self.executor = executor if executor is not None else ThreadPoolExecutor(
+            max_connections, thread_name_prefix="zodbsession-asgi")
         policy = retry if retry is not None else RetryPolicy(retry_attempts, retry_backoff, MAX_BACKOFF)
         self.core = TransactionCore(db, manager=self.manager, retry=policy, commit_veto=commit_veto,
                                     registry=registry)
         self.session_locks = (AsyncKeyedLocks(max_waiting_per_session, session_wait_timeout)
                               if serialize_same_session else None)
+        self.max_connections = max_connections
+        self._connections = asyncio.Semaphore(max_connections)
+        #: Attempts waiting for a connection now (all ``max_connections`` are in use).
+        self.connections_waiting = 0
         self._ensure_container()
+
+    def close(self) -> None:
+        """Stop the middleware's own thread pool once the server has drained (the db stays open)."""
+        if self._own_executor:
+            self.executor.shutdown(wait=True)
 
     def _ensure_container(self) -> None:
         # Made once here, so that concurrent first requests don't all create it.
@@ -194,7 +214,15 @@ class SessionMiddleware:
         for number in range(1, attempts + 1):
             attempt = self.core.attempt(cookie_id, number=number, attempts=attempts, where=where,
                                         request=dict(scope))
-            ending, answer = await self._attempt(attempt, body, receive, send)
+            self.connections_waiting += 1
+            try:
+                await self._connections.acquire()
+            finally:
+                self.connections_waiting -= 1
+            try:
+                ending, answer = await self._attempt(attempt, body, receive, send)
+            finally:
+                self._connections.release()
             ending.attempts = number
             if not ending.retry:
                 return ending, answer
@@ -211,55 +239,58 @@ class SessionMiddleware:
         try:
             await self._in_thread(core.open, attempt, preload=True)
         except Exception as exc:
-            return await self._in_thread(core.fail, attempt, exc), []
+            ending = core.fail(attempt, exc)  # nothing begun: no I/O
+            await self._in_thread(core.close, attempt)
+            return ending, []
         request = attempt.request
         request["zodbsession.session"] = attempt.session
         request["zodbsession.connection"] = attempt.connection
         request["zodbsession.attempt"] = attempt.number
         request[RUNNER_KEY] = _ConnectionRunner(self, attempt)
-        replay = ReplayReceive(body, receive, self.max_request_body)
+        core.enter(attempt)
+        try:
+            return await self._run_app(attempt, ReplayReceive(body, receive, self.max_request_body), send)
+        finally:
+            core.leave()
+            if attempt.tm is not None or attempt.connection is not None:  # not closed with its ending
+                await self._in_thread(core.close, attempt)
+
+    async def _run_app(self, attempt: Attempt, replay: ReplayReceive,
+                       send: Send) -> tuple[Ending, list[Message]]:
+        """Run the application in the open attempt and end the attempt by what it did."""
+        core, request = self.core, attempt.request
         head: list[Ending] = []  # streaming: the ending decided at the first chunk
         response = ResponseBuffer(send, functools.partial(self._commit_head, attempt, head)
                                   if self.streaming else None)
-        core.enter(attempt)
         try:
-            try:
-                await self.app(request, replay, response)
-            except Exception as exc:
-                if head:
-                    if response.streaming:
-                        log.error("%s: the application raised after its response began: its later "
-                                  "changes are discarded, the body is cut short", attempt.where,
-                                  exc_info=exc)
-                    return head[0], self._own_answer(head[0])
-                if isinstance(exc, PublishError):
-                    ending = await self._in_thread(core.finish, attempt, exc.status, exc.headers,
-                                                   raised=exc)
-                    return ending, self._answer(ending, request, _publish_error_messages(exc))
-                ending = await self._in_thread(core.fail, attempt, exc)
-                return ending, self._failure_answer(ending, response)
+            await self.app(request, replay, response)
+        except Exception as raised:
+            exc = _only_error(raised)
             if head:
+                if response.streaming:
+                    log.error("%s: the application raised after its response began: its later "
+                              "changes are discarded, the body is cut short", attempt.where, exc_info=exc)
                 return head[0], self._own_answer(head[0])
-            if replay.client_gone:
-                return await self._abandon(attempt), []
-            if response.status is None:
-                error = RuntimeError("the application returned without sending http.response.start")
-                ending = await self._in_thread(core.fail, attempt, error)
-                return ending, self._own_answer(ending)
-            ending = await self._in_thread(core.finish, attempt, response.status_line, response.headers)
-            return ending, self._answer(ending, request, response.messages)
-        finally:
-            core.leave()
-            await self._in_thread(core.close, attempt)
+            if isinstance(exc, PublishError):
+                ending = await self._ending(core.finish, attempt, exc.status, exc.headers, raised=exc)
+                return ending, self._answer(ending, request, _publish_error_messages(exc))
+            ending = await self._ending(core.fail, attempt, exc)
+            return ending, self._failure_answer(ending, response)
+        if head:
+            return head[0], self._own_answer(head[0])
+        if replay.client_gone:  # aborted, whatever the application answered
+            return await self._ending(core.abandon, attempt, CLIENT_GONE), []
+        if response.status is None:
+            error = RuntimeError("the application returned without sending http.response.start")
+            ending = await self._ending(core.fail, attempt, error)
+            return ending, self._own_answer(ending)
+        ending = await self._ending(core.finish, attempt, response.status_line, response.headers)
+        return ending, self._answer(ending, request, response.messages)
 
-    async def _abandon(self, attempt: Attempt) -> Ending:
-        """End an attempt whose client went away mid-body: abort, whatever it answered."""
-        await self._in_thread(_abort, attempt)
-        ending = Ending(CLIENT_GONE)
-        # The core's own log line and after-abort hooks, for a row it has no error for.
-        self.core._log(ending, attempt)
-        self.core._run_hooks(attempt, "after_abort")
-        return ending
+    async def _ending(self, step: Callable[..., Ending], attempt: Attempt, *args: Any,
+                      **kwargs: Any) -> Ending:
+        """End the attempt by *step* (``finish``, ``fail``, ``abandon``) and close it, in one thread hop."""
+        return await self._in_thread(_then_close, self.core, step, attempt, *args, **kwargs)
 
     async def _commit_head(self, attempt: Attempt, head: list[Ending], response: ResponseBuffer) -> bool:
         """Streaming: decide the transaction at the first chunk, before the head goes out.
@@ -329,10 +360,22 @@ class SessionMiddleware:
     # -- threads ------------------------------------------------------------------
 
     async def _in_thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` in the executor, in a copy of this task's context."""
+        """Run ``fn(*args, **kwargs)`` in the executor, in a copy of this task's context.
+
+        A cancelled task (a server's shutdown) still waits for the step to
+        end before it goes on: a thread cannot be stopped, and the next step
+        (closing the connection) must not use the connection beside it.
+        """
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        return await loop.run_in_executor(self.executor, functools.partial(context.run, fn, *args, **kwargs))
+        future = loop.run_in_executor(self.executor, functools.partial(context.run, fn, *args, **kwargs))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([future])
+            raise
 
 
 class _ConnectionRunner:
@@ -352,11 +395,35 @@ class _ConnectionRunner:
                                "while the request runs")
         # Two calls at once (asyncio.gather) would use the connection from two threads.
         async with self._lock:
-            return await self._middleware._in_thread(fn, connection, *args)
+            return await self._middleware._in_thread(_call_loaded, fn, connection, *args)
 
 
-def _abort(attempt: Attempt) -> None:
-    attempt.tm.abort()
+def _then_close(core: TransactionCore, step: Callable[..., Ending], attempt: Attempt, *args: Any,
+                **kwargs: Any) -> Ending:
+    """``step(attempt, ...)``, then ``core.close(attempt)``: what a worker thread does at an attempt's end."""
+    try:
+        return step(attempt, *args, **kwargs)
+    finally:
+        core.close(attempt)
+
+
+def _call_loaded(fn: Callable[..., T], connection: Any, *args: Any) -> T:
+    """``fn(connection, *args)``; a persistent object it returns is loaded here, not in the loop."""
+    result = fn(connection, *args)
+    if isinstance(result, Persistent):
+        result._p_activate()
+    return result
+
+
+def _only_error(error: Exception) -> Exception:
+    """The one error inside an exception group of one (a task group's), else *error* itself.
+
+    So that a conflict raised inside an application's task group is still
+    seen as the conflict it is, and retried.
+    """
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def _check_length(scope: dict[str, Any], max_request_body: int | None) -> None:

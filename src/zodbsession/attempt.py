@@ -1,0 +1,97 @@
+"""One attempt of a request at its transaction, and how it ended: ``Attempt`` and ``Ending``.
+
+The request-transaction core (``transact``) makes both; a front door reads
+them: an ``Attempt`` carries what the application is given (session,
+connection, scope), an ``Ending`` the row of the outcome table and what the
+answer needs (the cookie, the table's own answer, the pause before a retry).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import transaction
+
+from zodbsession.outcomes import Outcome, answer_headers
+from zodbsession.registry import Scope
+from zodbsession.request_session import RequestSession
+
+Headers = list[tuple[str, str]]
+
+
+class Attempt:
+    """One attempt of one request: its number, and once opened its manager, connection and scope.
+
+    Threading: belongs to the one request it was made for; its steps may run
+    in different threads one after another, never at once.
+    """
+
+    __slots__ = ("number", "attempts", "cookie_id", "where", "request", "tm", "connection",
+                 "session", "scope", "joined")
+
+    def __init__(self, cookie_id: str | None, number: int, attempts: int, where: str,
+                 request: Any) -> None:
+        self.number = number
+        self.attempts = attempts
+        self.cookie_id = cookie_id
+        self.where = where
+        self.request = request
+        self.tm: transaction.TransactionManager | None = None
+        self.connection: Any = None
+        self.session: RequestSession | None = None
+        self.scope: Scope | None = None
+        self.joined = False
+
+    @property
+    def last(self) -> bool:
+        """Whether no attempt follows this one, whatever happens."""
+        return self.number >= self.attempts
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """This attempt's scratch mapping (``Scope.data``)."""
+        if self.scope is None:
+            raise RuntimeError("the attempt is not open: it has no scope yet")
+        return self.scope.data
+
+
+@dataclass
+class Ending:
+    """How an attempt ended: its row of the outcome table, and what the front door needs.
+
+    ``cookie`` is what the client's cookie must become (a new id, False to
+    delete it, None to leave it), ``cookie_max_age`` what to pass the cookie
+    policy for it; both are set only for a commit. ``delay`` is the pause
+    before the next attempt when ``retry``.
+    """
+
+    outcome: Outcome
+    error: BaseException | None = None
+    commit_seconds: float | None = None
+    cookie: str | bool | None = None
+    cookie_max_age: Any = None
+    delay: float = 0.0
+    attempts: int = 1
+
+    @property
+    def retry(self) -> bool:
+        """Whether the request is to be tried again."""
+        return self.outcome.retry
+
+    @property
+    def committed(self) -> bool:
+        """Whether the request's transaction committed (or, changing nothing, needed no commit)."""
+        return self.outcome.fate == "commit"
+
+    @property
+    def own_answer(self) -> bool:
+        """Whether the front door sends the row's answer rather than the application's."""
+        return self.outcome.status is not None
+
+    def answer(self) -> tuple[str, Headers, bytes]:
+        """The row's own answer: status, headers and body (a refusal, an error page)."""
+        row = self.outcome
+        if row.status is None:
+            raise ValueError(f"the {row.name} outcome sends the application's answer, not its own")
+        return row.status, answer_headers(row, self.error), row.body.encode("utf-8")
