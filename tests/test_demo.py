@@ -311,3 +311,10 @@ def test_deeply_nested_json_answers_400_not_a_traceback(browser):
     response = browser.post("/api/login", b"[" * 60_000, content_type="application/json", status=400)
     assert b"nested too deeply" in response.body
     assert b"Traceback" not in response.body
+
+
+def test_api_login_reads_json_labelled_as_a_form(browser):
+    """``curl -d '{"user": "dora"}'`` labels its JSON body a form: the body decides."""
+    answer = browser.post("/api/login", b'{"user": "dora"}',
+                          content_type="application/x-www-form-urlencoded").json
+    assert answer["user"] == "dora"

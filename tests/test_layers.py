@@ -26,7 +26,7 @@ LAYERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     # The sessions and the request-transaction core: no HTTP, no server, no operator.
     "core": (frozenset({
         "errors", "session", "store", "manager", "limits", "observe", "retry", "outcomes", "commit",
-        "transact", "locks", "registry", "request_session", "work", "periodic", "db", "merge",
+        "transact", "attempt", "locks", "registry", "request_session", "work", "periodic", "db", "merge",
     }), frozenset()),
     # The front doors: HTTP (WSGI, ASGI, the cookie) and the framework adapters on the core.
     "front door": (frozenset({
@@ -35,11 +35,12 @@ LAYERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     # Applications shipped to run behind a front door.
     "application": (frozenset({"demo"}), frozenset({"core", "front door"})),
     # Work on a database beside the requests: expiry, maintenance, checks, metrics.
-    "operations": (frozenset({"maintenance", "verify", "janitor", "metrics"}), frozenset({"core"})),
+    "operations": (frozenset({"maintenance", "verify", "janitor", "lease", "metrics"}), frozenset({"core"})),
     # The admin listener's application.
     "admin": (frozenset({"admin"}), frozenset({"core", "front door", "operations"})),
     # Settings, finding the app, serving it, the ZEO server, the test kit.
-    "server": (frozenset({"apps", "config", "zeo", "workers", "uvicorn_serving", "server", "testing"}),
+    "server": (frozenset({"apps", "config", "zeo", "workers", "uvicorn_serving", "server", "control",
+                          "testing"}),
                frozenset({"core", "front door", "application", "operations", "admin"})),
     "cli": (frozenset({"cli"}), frozenset({"core", "front door", "application", "operations", "admin",
                                             "server"})),

@@ -96,16 +96,26 @@ def _form(environ: Environ) -> dict[str, list[str]]:
         raise PublishError(f"unreadable form body: {exc}") from None
 
 
-def _is_form(environ: Environ) -> bool:
-    """Whether the body is declared ``application/x-www-form-urlencoded`` (curl -d sends that)."""
-    kind = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
-    return kind == "application/x-www-form-urlencoded"
+def _login_fields(environ: Environ) -> dict[str, Any]:
+    """The login body: a JSON object, or form fields (``user=alice``) when it is not one.
 
-
-def _json_object(environ: Environ) -> dict[str, Any]:
-    """The JSON object in the body; 400 for anything else."""
+    The body decides, not the Content-Type: ``curl -d '{"user": "alice"}'``
+    and urllib label a JSON body as a form.
+    """
+    body = _read_body(environ)
+    if body.lstrip()[:1] in (b"{", b"["):
+        return _json_object(body)
     try:
-        value = json.loads(_read_body(environ).decode("utf-8"))
+        form = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
+    except ValueError as exc:  # bad UTF-8 or too many fields
+        raise PublishError(f"unreadable form body: {exc}") from None
+    return {key: values[0] for key, values in form.items()}
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The JSON object in *body*; 400 for anything else."""
+    try:
+        value = json.loads(body.decode("utf-8"))
     except ValueError as exc:  # bad UTF-8 or bad JSON
         raise PublishError(f"the body is not valid JSON: {exc}") from None
     except RecursionError:  # "[[[[..." nested deeper than the parser's stack
@@ -230,10 +240,7 @@ def api_fail(environ: Environ) -> Answer:
 
 def api_login(environ: Environ) -> Answer:
     """``POST /api/login`` with ``{"user": ...}`` or a form ``user=...``: log in; answers the session."""
-    if _is_form(environ):
-        user = _valid_user(_form(environ).get("user", [""])[0])
-    else:
-        user = _valid_user(_json_object(environ).get("user"))
+    user = _valid_user(_login_fields(environ).get("user"))
     session = _session(environ)
     session.login(user)
     return _json(_session_view(session))
