@@ -176,6 +176,7 @@ class AdminSettings:
     host: str = "127.0.0.1"
     port: int = 8081
     token: str = field(default="", repr=False)  # "": the admin listener is off
+    storage_timeout: float = 2.0  # seconds /metrics and the dashboard wait for the storage
 
     @property
     def enabled(self) -> bool:
@@ -184,7 +185,8 @@ class AdminSettings:
 
     def __repr__(self) -> str:
         token = "<set>" if self.token else "''"
-        return f"AdminSettings(host={self.host!r}, port={self.port!r}, token={token})"
+        return (f"AdminSettings(host={self.host!r}, port={self.port!r}, token={token}, "
+                f"storage_timeout={self.storage_timeout!r})")
 
 
 @dataclass(frozen=True)
@@ -475,6 +477,7 @@ def _validate(s: Settings) -> None:
          "must be a logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL"),
         ("admin.host", bool(s.admin.host), "must not be empty"),
         ("admin.port", 0 <= s.admin.port <= 65535, "must be from 0 (any free port) to 65535"),
+        ("admin.storage_timeout", s.admin.storage_timeout > 0, _POSITIVE + " seconds"),
     ]  # fmt: skip
     for key, ok, problem in rules:
         if not ok:

@@ -193,7 +193,7 @@ def serve_app(settings: Settings, loaded: LoadedApp, *, config_name: str = "defa
         if settings.server.on_start:
             # The application's hook: subscribe an audit log, warm a cache...
             resolve(settings.server.on_start, "server.on_start")(db, manager)
-        metrics = Metrics.for_database(db, manager).start()
+        metrics = Metrics.for_database(db, manager, timeout=settings.admin.storage_timeout).start()
         stack.callback(metrics.stop)
         stack.callback(manager.observers.subscribe(metrics))
         wrapped = _make_first_front_door(loaded, db, settings, manager)
@@ -266,7 +266,8 @@ def _make_admin(db: DB, manager: SessionManager, metrics: Metrics, settings: Set
     """The admin application on *metrics*, its chart sampler started."""
     from zodbsession.admin import AdminApp
 
-    return AdminApp(db, manager, metrics, token=settings.admin.token).start()
+    return AdminApp(db, manager, metrics, token=settings.admin.token,
+                    storage_timeout=settings.admin.storage_timeout).start()
 
 
 def _create_admin_server(admin_app: AdminApp, settings: Settings, sockets: Sequence[socket.socket]) -> Any:

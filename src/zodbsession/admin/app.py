@@ -25,7 +25,13 @@ from zodbsession.admin.access import AdminAccess
 from zodbsession.admin.sampler import Sampler, rates, recent_rate
 from zodbsession.maintenance import SessionInfo
 from zodbsession.manager import SessionManager
-from zodbsession.metrics import CONTENT_TYPE_LATEST, Metrics, count_sessions
+from zodbsession.metrics import (
+    CONTENT_TYPE_LATEST,
+    STORAGE_READ_TIMEOUT,
+    BoundedReader,
+    Metrics,
+    count_sessions,
+)
 from zodbsession.retry import RetryPolicy
 from zodbsession.session import ids_equal
 
@@ -84,7 +90,9 @@ class AdminApp:
     (one session's bookkeeping; ``&data=1`` shows its data), ``POST /revoke``
     (``id``), ``POST /revoke-user`` (``user``), ``POST /login`` (``token``),
     ``POST /logout``. An empty *token* raises ``ConfigError`` naming
-    ``admin.token``.
+    ``admin.token``. The dashboard's reads from the storage wait at most
+    *storage_timeout* seconds: a frozen storage leaves the page answering,
+    saying so, with this server's own counters.
 
     Threading: one instance serves every thread of a server. ``start`` and
     ``stop`` run the chart sampler's thread (without it, page views sample).
@@ -92,10 +100,15 @@ class AdminApp:
 
     def __init__(self, db: DB, manager: SessionManager, metrics: Metrics, *, token: str,
                  sampler: Sampler | None = None, search_limit: int = 50,
-                 login_lifetime: float = 12 * 3600.0) -> None:
+                 login_lifetime: float = 12 * 3600.0,
+                 storage_timeout: float = STORAGE_READ_TIMEOUT) -> None:
         self.access = AdminAccess(token, lifetime=login_lifetime)
         self.db = db
         self.manager = manager
+        # The dashboard's own reads, bounded like the scrape's: a frozen storage costs one thread each.
+        self.storage_timeout = storage_timeout
+        self._read_packs = BoundedReader(lambda: last_packs(db), storage_timeout)
+        self._read_count = BoundedReader(lambda: count_sessions(db, manager), storage_timeout)
         self.metrics = metrics
         self.sampler = sampler if sampler is not None else Sampler(metrics)
         self.search_limit = search_limit
@@ -105,6 +118,16 @@ class AdminApp:
             ("POST", "/revoke"): self._revoke, ("POST", "/revoke-user"): self._revoke_user,
             ("POST", "/logout"): self._logout,
         }
+
+    def _quiet(self, read: BoundedReader) -> Any:
+        """*read()* from the storage, waiting at most ``storage_timeout``; None when it fails."""
+        try:
+            return read()
+        except TimeoutError:
+            log.warning("admin: the storage did not answer within %g s", self.storage_timeout)
+        except Exception:
+            log.warning("admin: reading from the storage failed", exc_info=True)
+        return None
 
     def start(self) -> AdminApp:
         """Start sampling for the charts."""
@@ -190,8 +213,13 @@ class AdminApp:
         self.sampler.take_if_due()
         samples = self.sampler.samples()
         snapshot = self.metrics.snapshot()
-        if snapshot["live_sessions"] is None:  # metrics made without a reader: count here
-            snapshot["live_sessions"] = _quiet_count(self.db, self.manager)
+        if snapshot["storage_reachable"] is None:  # metrics made without readers: count here
+            snapshot["live_sessions"] = self._quiet(self._read_count)
+        packs = self._quiet(self._read_packs)
+        message = _message(request)
+        if packs is None or snapshot["storage_reachable"] is False:
+            message = (f"The storage did not answer within {self.storage_timeout:g} s: the figures read "
+                       "from it are missing. The counters below are this server's own. " + message)
         charts = [
             page.Chart("Sessions", [("stored", "#0969da", [(s.at, s.live_sessions) for s in samples
                                                            if s.live_sessions is not None])]),
@@ -202,9 +230,9 @@ class AdminApp:
                 ("conflicts", "#cf222e", rates(samples, "conflicts"))]),
         ]
         view = page.Dashboard(
-            snapshot=snapshot, charts=charts, last_pack=last_packs(self.db), csrf=self._csrf(request),
+            snapshot=snapshot, charts=charts, last_pack=packs or {}, csrf=self._csrf(request),
             rates={name: recent_rate(samples, name) for name in ("requests", "conflicts", "retries")},
-            message=_message(request))
+            message=message.strip())
         return _Response("200 OK", page.dashboard_page(view, nonce=request.nonce))
 
     def _metrics(self, request: _Request) -> _Response:
@@ -293,9 +321,4 @@ def _message(request: _Request) -> str:
 
 
 
-def _quiet_count(db: DB, manager: SessionManager) -> int | None:
-    try:
-        return count_sessions(db, manager)
-    except Exception:
-        log.warning("admin: counting the sessions failed", exc_info=True)
-        return None
+
