@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from serverproc import ZODBSESSION, run_cli
+from serverproc import ZODBSESSION, Client, ServerProcess, run_cli
 from zodbsession import SessionManager, open_db
 
 DAY = 86400.0
@@ -192,3 +192,25 @@ def test_revoke_all_with_yes_does_not_ask(tmp_path, populated):
     assert code == 0, output
     assert "Revoke every session" not in output
     assert "revoked 7 session(s)" in output
+
+
+def test_every_maintenance_command_works_against_a_running_server(tmp_path, populated):
+    """With the embedded FileStorage held by ``serve``, the commands go through its control socket."""
+    env, ids = populated
+    env = {**env, "ZODBSESSION_SERVER_THREADS": "2", "ZODBSESSION_STORAGE_POOL_SIZE": "2"}
+    offline = json.loads(cli(env, tmp_path, "stats", "--json").stdout)
+    with ServerProcess(tmp_path, env) as server:
+        assert Client(server.url).json("POST", "/api/counter")[0] == 200  # one more live session
+        live = json.loads(cli(env, tmp_path, "stats", "--json").stdout)
+        assert live["live_sessions"] == offline["live_sessions"] + 1
+        assert len(cli(env, tmp_path, "ls", "--user", "alice").stdout.splitlines()) == 2
+        assert "  n = 3" in cli(env, tmp_path, "show", ids["live"][3]).stdout
+        assert "expired 3 session(s)" in cli(env, tmp_path, "expire").stdout
+        assert "revoked 2 session(s)" in cli(env, tmp_path, "revoke", "--user", "alice").stdout
+        assert cli(env, tmp_path, "revoke", "A" * 43).returncode == 1
+        missing = cli(env, tmp_path, "show", "A" * 43)
+        assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+        assert "packed main" in cli(env, tmp_path, "pack").stdout
+        assert "revoked 3 session(s)" in cli(env, tmp_path, "revoke", "--all", "--yes").stdout
+        assert cli(env, tmp_path, "ls").stdout == ""
+    assert "control command" in server.log()

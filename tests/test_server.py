@@ -117,13 +117,27 @@ def test_unknown_app_exits_2_naming_it(tmp_path, env):
     assert "Traceback" not in result.stderr
 
 
-def test_command_on_a_database_held_by_the_server_says_so(tmp_path, env):
-    with ServerProcess(tmp_path, env):
+def test_command_on_a_database_held_by_another_process_says_so(tmp_path, env):
+    """A process that is not a server (no control socket) holds the file: one line, exit 2."""
+    from ZODB.FileStorage import FileStorage
+
+    storage = FileStorage(str(tmp_path / "Data.fs"))
+    try:
         result = run_cli("stats", env=env, cwd=tmp_path)
+    finally:
+        storage.close()
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "in use by another process" in lines[0]
+
+
+def test_stats_on_a_database_held_by_the_server_asks_the_server(tmp_path, env):
+    with ServerProcess(tmp_path, env) as server:
+        Client(server.url).json("POST", "/api/counter")
+        result = run_cli("stats", "--json", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["stored_sessions"] == 1
 
 
 def test_on_start_hook_lets_the_app_subscribe_to_session_events(tmp_path, env):

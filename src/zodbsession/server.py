@@ -37,6 +37,7 @@ from ZODB.POSException import ConflictError
 
 from zodbsession.apps import LoadedApp, load_app, resolve
 from zodbsession.config import Settings
+from zodbsession.control import ControlListener, socket_path
 from zodbsession.cookies import CookiePolicy
 from zodbsession.db import StorageUnavailable, file_path, redact_uri, zeo_wait_timeout
 from zodbsession.errors import ConfigError
@@ -207,6 +208,10 @@ def serve_app(settings: Settings, loaded: LoadedApp, *, config_name: str = "defa
                 settings.server.host, settings.server.port)], DRAIN_TIMEOUT)
         else:
             server = _create_server(wrapped, settings, sockets)
+        storage_file = file_path(settings.storage.uri)
+        if storage_file is not None:
+            # The maintenance commands reach the file this process holds through it.
+            stack.callback(ControlListener(db, manager, socket_path(storage_file)).start().stop)
         janitor_thread = Janitor(db, manager, interval=settings.janitor.interval if janitor else 0,
                                  batch_size=settings.janitor.batch_size).start()
         stack.callback(janitor_thread.stop)
