@@ -381,3 +381,14 @@ def test_bearer_credential_is_not_a_cookie_value():
     cookie = access.login_cookie(https=False).split(";")[0]
     assert access.credential({"HTTP_COOKIE": cookie, "HTTP_AUTHORIZATION": "Bearer nope"}) is None
     assert access.credential({"HTTP_COOKIE": cookie, "HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}) == BEARER
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "-1", "1e9", "\u0661"], ids=["5000-digits", "negative",
+                                                                             "float", "arabic-digit"])
+def test_a_forged_revoked_count_answers_400(logged_in, value):
+    response = logged_in.get("/", {"revoked": value}, status=400)
+    assert b"Traceback" not in response.body
+
+
+def test_an_honest_revoked_count_is_shown(logged_in):
+    assert "Revoked 3 session(s)." in logged_in.get("/", {"revoked": "3"}).text

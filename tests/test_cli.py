@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 import time
 
 import pytest
 
-from serverproc import run_cli
+from serverproc import ZODBSESSION, Client, ServerProcess, run_cli
 from zodbsession import SessionManager, open_db
 
 DAY = 86400.0
@@ -130,3 +133,84 @@ def test_verify_finds_a_damaged_file_and_exits_1(tmp_path, populated):
     result = cli(env, tmp_path, "verify")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "NOT sound" in result.stdout
+
+
+def test_show_prints_dates_with_ages_and_each_value_as_its_repr_once(tmp_path):
+    uri = f"file://{tmp_path}/Data.fs"
+    db = open_db(uri)
+    try:
+        with db.transaction() as conn:
+            session = SessionManager().new(conn, user_id="alice")
+            session["greeting"] = "hello"
+            session["n"] = 3
+            session_id = session.id
+    finally:
+        db.close()
+    result = cli({"ZODBSESSION_STORAGE_URI": uri}, tmp_path, "show", session_id)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "  greeting = 'hello'" in lines
+    assert "  n = 3" in lines
+    created = next(line for line in lines if line.startswith("created:"))
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(\d+ s ago\)", created), created
+    deadline = next(line for line in lines if line.startswith("deadline:"))
+    assert "(in 29 min)" in deadline or "(in 30 min)" in deadline, deadline
+
+
+def run_on_a_terminal(args: list[str], env: dict[str, str], cwd, answer: bytes) -> tuple[int, str]:
+    """Run ``zodbsession *args`` with a pseudo-terminal as stdin, typing *answer*."""
+    primary, secondary = os.openpty()
+    try:
+        process = subprocess.Popen([ZODBSESSION, *args], stdin=secondary, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=cwd)
+        os.close(secondary)
+        os.write(primary, answer)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        os.close(primary)
+    return process.returncode, output.decode()
+
+
+def test_revoke_all_on_a_terminal_asks_and_no_keeps_everything(tmp_path, populated):
+    env, ids = populated
+    code, output = run_on_a_terminal(["revoke", "--all"], env, tmp_path, b"n\n")
+    assert code == 1, output
+    assert "Revoke every session" in output and "Aborted" in output
+    assert len(cli(env, tmp_path, "ls").stdout.splitlines()) == len(ids["live"])
+
+
+def test_revoke_all_on_a_terminal_revokes_after_yes(tmp_path, populated):
+    env, _ids = populated
+    code, output = run_on_a_terminal(["revoke", "--all"], env, tmp_path, b"y\n")
+    assert code == 0, output
+    assert "revoked 7 session(s)" in output  # every stored session, the unswept expired ones too
+
+
+def test_revoke_all_with_yes_does_not_ask(tmp_path, populated):
+    env, _ids = populated
+    code, output = run_on_a_terminal(["revoke", "--all", "--yes"], env, tmp_path, b"")
+    assert code == 0, output
+    assert "Revoke every session" not in output
+    assert "revoked 7 session(s)" in output
+
+
+def test_every_maintenance_command_works_against_a_running_server(tmp_path, populated):
+    """With the embedded FileStorage held by ``serve``, the commands go through its control socket."""
+    env, ids = populated
+    env = {**env, "ZODBSESSION_SERVER_THREADS": "2", "ZODBSESSION_STORAGE_POOL_SIZE": "2"}
+    offline = json.loads(cli(env, tmp_path, "stats", "--json").stdout)
+    with ServerProcess(tmp_path, env) as server:
+        assert Client(server.url).json("POST", "/api/counter")[0] == 200  # one more live session
+        live = json.loads(cli(env, tmp_path, "stats", "--json").stdout)
+        assert live["live_sessions"] == offline["live_sessions"] + 1
+        assert len(cli(env, tmp_path, "ls", "--user", "alice").stdout.splitlines()) == 2
+        assert "  n = 3" in cli(env, tmp_path, "show", ids["live"][3]).stdout
+        assert "expired 3 session(s)" in cli(env, tmp_path, "expire").stdout
+        assert "revoked 2 session(s)" in cli(env, tmp_path, "revoke", "--user", "alice").stdout
+        assert cli(env, tmp_path, "revoke", "A" * 43).returncode == 1
+        missing = cli(env, tmp_path, "show", "A" * 43)
+        assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+        assert "packed main" in cli(env, tmp_path, "pack").stdout
+        assert "revoked 3 session(s)" in cli(env, tmp_path, "revoke", "--all", "--yes").stdout
+        assert cli(env, tmp_path, "ls").stdout == ""
+    assert "control command" in server.log()

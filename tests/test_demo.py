@@ -298,3 +298,23 @@ def test_body_over_64_kib_answers_413(browser):
                             expect_errors=True)
     assert response.status_int == 413
     assert browser.get("/api/session").json["user"] is None
+
+
+def test_api_login_accepts_a_form_body_too(browser):
+    """``curl -d user=carol`` sends a form: it logs in like the JSON body does."""
+    answer = browser.post("/api/login", {"user": "carol"}).json
+    assert answer["user"] == "carol"
+    assert browser.get("/api/session").json["user"] == "carol"
+
+
+def test_deeply_nested_json_answers_400_not_a_traceback(browser):
+    response = browser.post("/api/login", b"[" * 60_000, content_type="application/json", status=400)
+    assert b"nested too deeply" in response.body
+    assert b"Traceback" not in response.body
+
+
+def test_api_login_reads_json_labelled_as_a_form(browser):
+    """``curl -d '{"user": "dora"}'`` labels its JSON body a form: the body decides."""
+    answer = browser.post("/api/login", b'{"user": "dora"}',
+                          content_type="application/x-www-form-urlencoded").json
+    assert answer["user"] == "dora"

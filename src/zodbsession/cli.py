@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -21,9 +22,10 @@ from typing import Any
 import click
 from ZEO.Exceptions import ClientDisconnected
 
-from zodbsession import maintenance
+from zodbsession import control, maintenance
 from zodbsession.config import Settings, load_settings
-from zodbsession.errors import ConfigError, ZodbSessionError
+from zodbsession.db import file_locks, file_path
+from zodbsession.errors import ConfigError, DatabaseLocked, ZodbSessionError
 from zodbsession.manager import SessionManager
 
 config_option = click.option(
@@ -84,6 +86,61 @@ def _database(config_path: str | None, *, read_only: bool = False
         db.close()
 
 
+class _Backend:
+    """Where a maintenance command runs: on the database, or inside the running server that holds it.
+
+    Either way the results have one shape, the control socket's JSON (the
+    ``as_dict()`` of ``maintenance``'s results), so that a command prints
+    the same whether the server is stopped or running.
+    """
+
+    def __init__(self, db: Any = None, manager: SessionManager | None = None,
+                 socket_path: str | None = None) -> None:
+        self.db, self.manager, self.socket_path = db, manager, socket_path
+
+    @property
+    def live(self) -> bool:
+        """Whether the commands go to a running server."""
+        return self.socket_path is not None
+
+    def run(self, command: str, progress: Callable[[int], None] | None = None, **args: Any) -> Any:
+        """Run *command* with *args* here or in the server; *progress* only counts here."""
+        if self.socket_path is not None:
+            return control.call(self.socket_path, command, **args)
+        args = {key: value for key, value in args.items() if value is not None}
+        if progress is not None and command == "expire":
+            return {"removed": maintenance.expire_sessions(self.db, self.manager, progress=progress,
+                                                           batch_size=args.get("batch_size", 500))}
+        if progress is not None and command == "revoke" and args.get("all"):
+            return {"revoked": maintenance.revoke_all(self.db, self.manager, progress=progress)}
+        return control.COMMANDS[command](self.db, self.manager, args)
+
+
+@contextmanager
+def _backend(config_path: str | None) -> Iterator[_Backend]:
+    """The database opened here, or, when a running server holds its FileStorage, that server.
+
+    The server offers its database on a control socket beside the file
+    (``var/Data.fs.control``, mode 0600); a locked file with no server
+    answering there is the one-line ``DatabaseLocked`` error as before.
+    """
+    opened = False
+    try:
+        with _database(config_path) as (db, manager):
+            opened = True
+            yield _Backend(db, manager)
+            return
+    except DatabaseLocked:
+        if opened:  # raised by the command itself, not by opening
+            raise
+        settings = load_settings(config_path)
+        path = file_path(settings.storage.uri)
+        socket_file = control.socket_path(path) if path else None
+        if socket_file is None or not control.answers(socket_file):
+            raise
+    yield _Backend(socket_path=socket_file)
+
+
 @contextmanager
 def _progress(label: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
     """A progress bar on a terminal, silence elsewhere; yields a done-count callback."""
@@ -107,25 +164,51 @@ def _when(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _age(timestamp: float, now: float) -> str:
+    """How far *timestamp* is from *now*, as a person says it: "3 h 2 min ago", "in 25 min"."""
+    seconds = abs(now - timestamp)
+    if seconds < 60:
+        span = f"{seconds:.0f} s"
+    elif seconds < 3600:
+        span = f"{seconds // 60:.0f} min"
+    elif seconds < 86400:
+        span = f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
+    else:
+        span = f"{seconds // 86400:.0f} d {seconds % 86400 // 3600:.0f} h"
+    return f"in {span}" if timestamp > now else f"{span} ago"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=None, package_name="zodbsession", prog_name="zodbsession",
+                      message="%(prog)s %(version)s")
 def main() -> None:
     """Transactional ZODB web sessions: serve them, inspect and maintain them."""
 
 
 @main.command()
 @config_option
-@click.option("--app", "app_spec", default=None, metavar="MODULE:CALLABLE",
-              help="Your WSGI application [default: server.app, else the demo app].")
+@click.option("--app", "app_spec", default=None, metavar="MODULE:APP",
+              help="Your WSGI or ASGI application, module:app or module:factory() to call a "
+                   "factory; the current directory is importable [default: server.app, else "
+                   "the demo app].")
+@click.option("--asgi", is_flag=True, default=None,
+              help="Serve the app as ASGI (on uvicorn) even if its signature does not say so.")
+@click.option("--host", default=None, help="Address to listen on [default: server.host].")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Port to listen on, 0 for any free one [default: server.port].")
 @click.option("--workers", type=int, default=None, metavar="N",
               help="Processes sharing the address; above 1 needs a zeo:// or RelStorage "
                    "URI [default: server.workers].")
 @_one_line_errors
-def serve(config_path: str | None, app_spec: str | None, workers: int | None) -> None:
-    """Serve a WSGI application inside the session publisher."""
+def serve(config_path: str | None, app_spec: str | None, asgi: bool | None, host: str | None,
+          port: int | None, workers: int | None) -> None:
+    """Serve a WSGI or ASGI application inside the session publisher or middleware."""
     from zodbsession.server import serve as run_server
 
-    settings = _settings(config_path, {"server.workers": workers} if workers is not None else None)
-    run_server(settings, app_spec=app_spec, config_name=config_path or _default_config_name())
+    given = {"server.workers": workers, "server.host": host, "server.port": port,
+             "server.asgi": asgi, "server.app": app_spec}
+    settings = _settings(config_path, {k: v for k, v in given.items() if v is not None})
+    run_server(settings, config_name=config_path or _default_config_name())
 
 
 @main.command()
@@ -151,9 +234,8 @@ def _default_config_name() -> str:
 @_one_line_errors
 def expire(config_path: str | None, batch_size: int | None) -> None:
     """Remove every session whose idle timeout or lifetime has passed."""
-    with _database(config_path) as (db, manager), _progress("expiring") as progress:
-        removed = maintenance.expire_sessions(db, manager, batch_size=batch_size or 500,
-                                              progress=progress)
+    with _backend(config_path) as backend, _progress("expiring") as progress:
+        removed = backend.run("expire", progress, batch_size=batch_size or 500)["removed"]
     click.echo(f"expired {removed} session(s)")
 
 
@@ -166,10 +248,10 @@ def expire(config_path: str | None, batch_size: int | None) -> None:
 @_one_line_errors
 def pack(config_path: str | None, days: float, database: str | None) -> None:
     """Pack a database, dropping old revisions and unreachable objects."""
-    with _database(config_path) as (db, _manager):
-        result = maintenance.pack(db, days=days, database=database)
-    click.echo(f"packed {result.database} ({result.path or result.storage_class}): "
-               f"{result.size_before} -> {result.size_after} bytes in {result.duration:.2f} s")
+    with _backend(config_path) as backend:
+        result = backend.run("pack", days=days, database=database)
+    click.echo(f"packed {result['database']} ({result['path'] or result['storage_class']}): "
+               f"{result['size_before']} -> {result['size_after']} bytes in {result['duration']:.2f} s")
 
 
 @main.command()
@@ -180,32 +262,33 @@ def stats(config_path: str | None, as_json: bool) -> None:
     """Show how many sessions there are, live and expired, the database's size, and the
     running server's counters when PROMETHEUS_MULTIPROC_DIR names its metrics directory.
     """
-    with _database(config_path) as (db, manager):
-        figures = maintenance.stats(db, manager)
-        metrics = _metrics_figures(db, manager)
+    with _backend(config_path) as backend:
+        figures = backend.run("stats")
+        metrics = _metrics_figures(backend, figures)
     if as_json:
-        click.echo(json.dumps({**figures.as_dict(), "metrics": metrics}, indent=2, sort_keys=True))
+        click.echo(json.dumps({**figures, "metrics": metrics}, indent=2, sort_keys=True, default=list))
         return
-    click.echo(f"live sessions     {figures.live_sessions}")
-    click.echo(f"expired sessions  {figures.expired_sessions} (the next sweep removes them)")
-    click.echo(f"stored sessions   {figures.stored_sessions}")
-    click.echo(f"users             {figures.users}")
-    for database in figures.databases:
-        click.echo(f"database {database.name}: {database.storage_class} {database.storage_name}, "
-                   f"{database.size_bytes} bytes, last pack {_when(database.last_pack)}, "
-                   f"{database.cached_objects} cached objects")
+    click.echo(f"live sessions     {figures['live_sessions']}")
+    click.echo(f"expired sessions  {figures['expired_sessions']} (the next sweep removes them)")
+    click.echo(f"stored sessions   {figures['stored_sessions']}")
+    click.echo(f"users             {figures['users']}")
+    for database in figures["databases"]:
+        click.echo(f"database {database['name']}: {database['storage_class']} {database['storage_name']}, "
+                   f"{database['size_bytes']} bytes, last pack {_when(database['last_pack'])}, "
+                   f"{database['cached_objects']} cached objects")
     _echo_counters(metrics)
 
 
-def _metrics_figures(db: Any, manager: SessionManager) -> dict[str, Any]:
+def _metrics_figures(backend: _Backend, stats: dict[str, Any]) -> dict[str, Any]:
     """What ``/metrics`` would show that can be had here: the database's figures, and
     the server's counters from its multiprocess directory when the environment names one.
 
     The shape of ``Metrics.snapshot()``, plus ``multiprocess_dir``; without a
-    directory only the database's figures. Only reads: a ``Metrics`` made here
-    would add files of its own to the server's directory.
+    directory only the database's figures (taken from *stats*: the stored
+    count and the sizes). Only reads: a ``Metrics`` made here would add files
+    of its own to the server's directory.
     """
-    from zodbsession.metrics import MULTIPROC_ENV, combined_snapshot, count_sessions, storage_sizes
+    from zodbsession.metrics import MULTIPROC_ENV, combined_snapshot
 
     directory = os.environ.get(MULTIPROC_ENV) or None
     figures: dict[str, Any] = {"multiprocess_dir": directory}
@@ -214,8 +297,8 @@ def _metrics_figures(db: Any, manager: SessionManager) -> dict[str, Any]:
             raise ConfigError(MULTIPROC_ENV, f"must name the running server's metrics directory, "
                               f"which exists (got {directory!r})")
         figures.update(combined_snapshot(directory))
-    figures["live_sessions"] = count_sessions(db, manager)
-    figures["storage_bytes"] = storage_sizes(db)
+    figures["live_sessions"] = stats["stored_sessions"]
+    figures["storage_bytes"] = {d["name"]: d["size_bytes"] for d in stats["databases"]}
     return figures
 
 
@@ -252,13 +335,18 @@ def _echo_counters(metrics: dict[str, Any]) -> None:
 def list_command(config_path: str | None, user: str | None, limit: int | None,
                  as_json: bool) -> None:
     """List sessions' bookkeeping (never their data)."""
-    with _database(config_path) as (db, manager):
-        for info in maintenance.list_sessions(db, manager, user=user, limit=limit):
+    with _backend(config_path) as backend:
+        if backend.live:
+            infos = backend.run("ls", user=user, limit=limit)
+        else:  # streamed, a chunk at a time, however many there are
+            infos = (i.as_dict() for i in maintenance.list_sessions(backend.db, backend.manager,
+                                                                     user=user, limit=limit))
+        for info in infos:
             if as_json:
-                click.echo(json.dumps(info.as_dict(), sort_keys=True))
+                click.echo(json.dumps(info, sort_keys=True))
             else:
-                click.echo(f"{info.id}  {info.user_id or '-':<16}  last {_when(info.last_access)}"
-                           f"  {'live' if info.live else 'expired'}")
+                click.echo(f"{info['id']}  {info['user_id'] or '-':<16}  last {_when(info['last_access'])}"
+                           f"  {'live' if info['live'] else 'expired'}")
 
 
 @main.command()
@@ -271,42 +359,53 @@ def show(config_path: str | None, session_id: str, as_json: bool) -> None:
 
     Session ids may start with '-': put such an id after '--'.
     """
-    with _database(config_path) as (db, manager):
-        detail = maintenance.show_session(db, manager, session_id)
-    figures = detail.as_dict()
+    with _backend(config_path) as backend:
+        figures = backend.run("show", session_id=session_id)
     if as_json:
         click.echo(json.dumps(figures, indent=2, sort_keys=True, default=str))
-    else:
-        for key, value in figures.items():
-            click.echo(f"{key}: {value}")
+        return
+    now = time.time()
+    data = figures.pop("data")
+    for key, value in figures.items():
+        if key in ("created", "last_access", "deadline"):
+            value = f"{_when(value)} ({_age(value, now)})"
+        click.echo(f"{key + ':':<13}{value}")
+    click.echo("data:" if data else "data:        (empty)")
+    for key, shown in data.items():
+        click.echo(f"  {key} = {shown}")  # already a repr: 'hello' for a string, 3 for a number
 
 
 @main.command()
 @config_option
 @click.argument("session_id", required=False)
 @click.option("--user", default=None, help="Revoke every session of this user.")
-@click.option("--all", "revoke_everything", is_flag=True, help="Revoke every session.")
+@click.option("--all", "revoke_everything", is_flag=True,
+              help="Revoke every session (asks first on a terminal).")
+@click.option("--yes", "-y", "assume_yes", is_flag=True, help="Do not ask before --all.")
 @_one_line_errors
 def revoke(config_path: str | None, session_id: str | None, user: str | None,
-           revoke_everything: bool) -> None:
+           revoke_everything: bool, assume_yes: bool) -> None:
     """End one session, all of one user's, or all of them.
 
     Session ids may start with '-': put such an id after '--'
-    (zodbsession revoke -- -Xy3...).
+    (zodbsession revoke -- -Xy3...). On a terminal, --all asks before it
+    logs everybody out; --yes (or no terminal: a script) does not ask.
     """
     if sum(map(bool, (session_id, user, revoke_everything))) != 1:
         raise click.UsageError("give exactly one of SESSION_ID, --user U or --all")
-    with _database(config_path) as (db, manager):
+    if revoke_everything and not assume_yes and sys.stdin.isatty():
+        click.confirm("Revoke every session, logging every user out?", abort=True, err=True)
+    with _backend(config_path) as backend:
         if session_id:
-            if not maintenance.revoke(db, manager, session_id):
+            if not backend.run("revoke", session_id=session_id)["revoked"]:
                 click.echo(f"zodbsession: no session {session_id}", err=True)
                 sys.exit(1)
             click.echo("revoked 1 session")
         elif user:
-            click.echo(f"revoked {maintenance.revoke_user(db, manager, user)} session(s)")
+            click.echo(f"revoked {backend.run('revoke', user=user)['revoked']} session(s)")
         else:
             with _progress("revoking") as progress:
-                count = maintenance.revoke_all(db, manager, progress=progress)
+                count = backend.run("revoke", progress, all=True)["revoked"]
             click.echo(f"revoked {count} session(s)")
 
 
@@ -314,8 +413,14 @@ def revoke(config_path: str | None, session_id: str | None, user: str | None,
 @config_option
 @_one_line_errors
 def verify(config_path: str | None) -> None:
-    """Check the storage's integrity with ZODB's own checkers."""
-    with _database(config_path, read_only=True) as (db, _manager):
+    """Check the storage's integrity with ZODB's own checkers.
+
+    A FileStorage that a running server holds is refused: stop the server, or
+    verify a copy (see docs/operating.md, "Backups").
+    """
+    settings = load_settings(config_path)
+    with file_locks(settings.storage.uri, settings.storage.sessions_uri), \
+            _database(config_path, read_only=True) as (db, _manager):
         report = maintenance.verify(db)
     for check in report.checks:
         click.echo(f"{check.outcome:<8} {check.database}: {check.name}"

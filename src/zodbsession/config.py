@@ -31,11 +31,11 @@ from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type
 
 from ZODB import DB
 
+from zodbsession.apps import SPEC_PATTERN
 from zodbsession.db import SESSIONS_DATABASE, is_embedded, redact_uri, resolve
 from zodbsession.db import open_db as _open_db
 from zodbsession.errors import ConfigError
 from zodbsession.manager import SessionManager
-from zodbsession.zeo import parse_address
 
 #: The file ``load_settings()`` reads when given no path, relative to the current directory.
 DEFAULT_PATH = Path("conf/zodbsession.toml")
@@ -43,6 +43,28 @@ DEFAULT_PATH = Path("conf/zodbsession.toml")
 ENV_PREFIX = "ZODBSESSION_"
 #: The shortest admin token accepted: 16 random characters are beyond guessing over HTTP.
 MIN_TOKEN_LENGTH = 16
+
+#: ``(host, port)`` for TCP, a path for a Unix socket: what ZEO calls an address.
+Address = tuple[str, int] | str
+
+_HOST_PORT = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\s/\[\]]+)):(?P<port>\d{1,5})")
+
+
+def parse_address(text: str) -> Address:
+    """``"host:port"`` (``"[::1]:8100"`` for IPv6) as a tuple; anything with a ``/`` is a socket path.
+
+    Raises ``ValueError`` saying what an address looks like.
+    """
+    if "/" in text:
+        return text
+    match = _HOST_PORT.fullmatch(text.strip())
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        raise ValueError(
+            "must be host:port (e.g. 127.0.0.1:8100, [::1]:8100, port 1-65535) or a Unix "
+            "socket path containing a '/' (e.g. ./var/zeo.sock)"
+        )
+    return (match["ipv6"] or match["host"], int(match["port"]))
+
 
 SameSite = Literal["Lax", "Strict", "None"]
 Secure = bool | Literal["auto"]
@@ -90,22 +112,37 @@ class PublisherSettings:
     max_replay_bytes: int = 1048576
     streaming: bool = False
     serialize_same_session: bool = True
+    max_request_body: int = 10485760  # bytes; a longer body is answered 413 unread; 0: no limit
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """The bundled waitress server; ``app`` is ``"module:callable"`` or "" for the demo.
+    """The bundled server; ``app`` is ``"module:callable"``, ``"module:factory()"`` or "" for the demo.
 
-    ``workers`` > 1 forks that many processes sharing one listening socket,
-    which needs a storage several processes can open (zeo://, RelStorage).
+    A WSGI application runs on waitress, an ASGI one (detected, or ``asgi =
+    true``) on uvicorn. ``workers`` > 1 forks that many processes sharing one
+    listening socket, which needs a storage several processes can open
+    (zeo://, RelStorage). The limits protect the application's port from
+    clients that hold connections open: ``connection_limit`` connections at
+    once, each closed after ``channel_timeout`` seconds without a byte, with
+    headers of at most ``max_request_header_size`` bytes. ``trusted_proxy``
+    is the address of a reverse proxy whose ``trusted_proxy_headers``
+    (``X-Forwarded-Proto`` by default) are believed, so that ``cookie.secure
+    = "auto"`` sees HTTPS behind a TLS proxy; "" trusts nobody.
     """
 
     host: str = "127.0.0.1"
     port: int = 8080
     threads: int = 8
     app: str = ""
+    asgi: bool = False  # true: serve app as ASGI even where its signature does not tell
     on_start: str = ""  # "module:callable" called with (db, manager) before serving
     workers: int = 1
+    connection_limit: int = 1000
+    channel_timeout: int = 30
+    max_request_header_size: int = 65536
+    trusted_proxy: str = ""  # "": no proxy is trusted; an IP address, or "*" for any
+    trusted_proxy_headers: str = "x-forwarded-proto"  # space-separated
 
 
 @dataclass(frozen=True)
@@ -139,6 +176,7 @@ class AdminSettings:
     host: str = "127.0.0.1"
     port: int = 8081
     token: str = field(default="", repr=False)  # "": the admin listener is off
+    storage_timeout: float = 2.0  # seconds /metrics and the dashboard wait for the storage
 
     @property
     def enabled(self) -> bool:
@@ -147,7 +185,8 @@ class AdminSettings:
 
     def __repr__(self) -> str:
         token = "<set>" if self.token else "''"
-        return f"AdminSettings(host={self.host!r}, port={self.port!r}, token={token})"
+        return (f"AdminSettings(host={self.host!r}, port={self.port!r}, token={token}, "
+                f"storage_timeout={self.storage_timeout!r})")
 
 
 @dataclass(frozen=True)
@@ -379,7 +418,10 @@ def _got(value: Any, source: str, key: str = "") -> str:
 # -- validating -------------------------------------------------------------------
 
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_APP_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_APP_SPEC = re.compile(SPEC_PATTERN)
+_HOOK_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_PROXY_HEADERS = {"x-forwarded-proto", "x-forwarded-for", "x-forwarded-host", "x-forwarded-port",
+                  "x-forwarded-by", "forwarded"}
 _POSITIVE = "must be greater than 0"
 
 
@@ -404,13 +446,25 @@ def _validate(s: Settings) -> None:
         ("publisher.retry_attempts", s.publisher.retry_attempts >= 1, "must be at least 1"),
         ("publisher.retry_backoff", s.publisher.retry_backoff >= 0, "must be at least 0 seconds"),
         ("publisher.max_replay_bytes", s.publisher.max_replay_bytes >= 0, "must be at least 0"),
+        ("publisher.max_request_body", s.publisher.max_request_body >= 0,
+         "must be at least 0 bytes (0: no limit)"),
+        ("server.connection_limit", srv.connection_limit >= 1, "must be at least 1"),
+        ("server.channel_timeout", srv.channel_timeout >= 1, "must be at least 1 second"),
+        ("server.max_request_header_size", srv.max_request_header_size >= 1024,
+         "must be at least 1024 bytes"),
+        ("server.trusted_proxy", not re.search(r"\s", srv.trusted_proxy),
+         "must be one IP address, '*' for any, or empty to trust no proxy"),
+        ("server.trusted_proxy_headers",
+         set(srv.trusted_proxy_headers.lower().split()) <= _PROXY_HEADERS,
+         "must name some of " + ", ".join(sorted(_PROXY_HEADERS)) + ", separated by spaces"),
         ("server.host", bool(srv.host), "must not be empty"),
         ("server.port", 0 <= srv.port <= 65535, "must be from 0 (any free port) to 65535"),
         ("server.threads", srv.threads >= 1, "must be at least 1"),
         ("server.workers", srv.workers >= 1, "must be at least 1"),
         ("server.app", not srv.app or bool(_APP_SPEC.fullmatch(srv.app)),
-         "must be 'module:callable' (e.g. 'myapp.wsgi:application') or empty for the demo"),
-        ("server.on_start", not srv.on_start or bool(_APP_SPEC.fullmatch(srv.on_start)),
+         "must be 'module:callable' (e.g. 'myapp.wsgi:application'), 'module:factory()' "
+         "or empty for the demo"),
+        ("server.on_start", not srv.on_start or bool(_HOOK_SPEC.fullmatch(srv.on_start)),
          "must be 'module:callable' (e.g. 'myapp.audit:subscribe') or empty"),
         ("sessions.max_sessions", ss.max_sessions >= 0, "must be at least 0 (0: no limit)"),
         ("sessions.max_session_bytes", ss.max_session_bytes >= 0, "must be at least 0 (0: no limit)"),
@@ -423,6 +477,7 @@ def _validate(s: Settings) -> None:
          "must be a logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL"),
         ("admin.host", bool(s.admin.host), "must not be empty"),
         ("admin.port", 0 <= s.admin.port <= 65535, "must be from 0 (any free port) to 65535"),
+        ("admin.storage_timeout", s.admin.storage_timeout > 0, _POSITIVE + " seconds"),
     ]  # fmt: skip
     for key, ok, problem in rules:
         if not ok:

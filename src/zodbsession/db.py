@@ -17,18 +17,18 @@ Both can be set in the URI: ``zeo://host:8100?wait_timeout=5&server_sync=0``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import zc.lockfile
 import zodburi
-from ZEO.Exceptions import ClientDisconnected
 from ZODB import DB
 from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ConflictError
-from zodburi.resolvers import ClientStorageURIResolver
 
 from zodbsession.errors import DatabaseLocked, StorageUnavailable, StorageURIError
 
@@ -103,9 +103,11 @@ def _open_one(
             databases.pop(name, None)
             if attempt == OPEN_ATTEMPTS:
                 raise
-        except ClientDisconnected:
+        except Exception as exc:
             storage.close()
-            raise _unavailable(uri) from None
+            if is_client_disconnected(exc):
+                raise _unavailable(uri) from None
+            raise
         except BaseException:
             # Without this, a DB that refuses its options left the storage open,
             # and a FileStorage locked, for the rest of the process.
@@ -125,9 +127,15 @@ def _open_storage(uri: str, factory: Any) -> Any:
         ) from None
     except FileNotFoundError as exc:
         raise StorageURIError(f"{uri}: {exc.strerror}: {exc.filename}") from None
-    except ClientDisconnected:
-        raise _unavailable(uri) from None
+    except PermissionError as exc:
+        # A FileStorage writes its lock, index and temporary files beside the data file.
+        raise StorageURIError(
+            f"{uri}: cannot write {exc.filename or 'beside the file'}: {exc.strerror}; make "
+            f"{os.path.dirname(os.path.abspath(_file_path(uri) or '.'))} writable by this user, or "
+            "point the URI at a directory that can be written") from None
     except Exception as exc:
+        if is_client_disconnected(exc):
+            raise _unavailable(uri) from None
         if is_embedded(uri):
             raise
         # A database server that refuses us (RelStorage: no server, a bad
@@ -178,10 +186,24 @@ def resolve(uri: str) -> tuple[Any, dict[str, Any]]:
         raise StorageURIError(f"{shown}: {exc}") from None
 
 
-class _ZEOResolver(ClientStorageURIResolver):
-    """zodburi's zeo:// resolver, also passing ``server_sync`` (zodburi 3 rejects it)."""
+def _zeo_resolver() -> Any:
+    """zodburi's zeo:// resolver, also passing ``server_sync`` (zodburi 3 rejects it).
 
-    _int_args = (*ClientStorageURIResolver._int_args, "server_sync")
+    Made on first use: zodburi's resolvers import ZEO's client, which a
+    process on a FileStorage never needs.
+    """
+    from zodburi.resolvers import ClientStorageURIResolver
+
+    class _ZEOResolver(ClientStorageURIResolver):  # type: ignore[misc]
+        _int_args = (*ClientStorageURIResolver._int_args, "server_sync")
+
+    return _ZEOResolver()
+
+
+def is_client_disconnected(exc: BaseException) -> bool:
+    """Whether *exc* is ZEO's ``ClientDisconnected``, told by name so that ZEO need not be imported."""
+    return any(f"{k.__module__}.{k.__qualname__}" == "ZEO.Exceptions.ClientDisconnected"
+               for k in type(exc).__mro__)
 
 
 def _resolve_zeo(uri: str) -> tuple[Any, dict[str, Any]]:
@@ -199,7 +221,7 @@ def _resolve_zeo(uri: str) -> tuple[Any, dict[str, Any]]:
                          f"(got {params['wait_timeout']!r})")
     if server_sync not in ("0", "1"):
         raise ValueError(f"server_sync must be 0 or 1 (got {server_sync!r})")
-    factory, _ = _ZEOResolver()(f"{stock}&server_sync={server_sync}")
+    factory, _ = _zeo_resolver()(f"{stock}&server_sync={server_sync}")
     return factory, db_options
 
 
@@ -237,13 +259,51 @@ def _read_only(uri: str) -> str:
     return uri + ("&" if "?" in uri else "?") + "read_only=1"
 
 
-def _file_path(uri: str) -> str | None:
+def file_path(uri: str) -> str | None:
+    """The FileStorage path a file:// URI names; None for every other URI (and for "")."""
     if not uri.startswith("file://"):
         return None
     return os.path.normpath(uri[len("file://") :].split("?", 1)[0])
 
 
+_file_path = file_path
+
+
 def _make_parent_directory(uri: str) -> None:
     path = _file_path(uri)
-    if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not path:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise StorageURIError(
+            f"{uri}: cannot create the directory {directory}: {exc.strerror or exc}; create it "
+            "(writable by this user) or point the URI at a directory that can be written") from None
+
+
+@contextlib.contextmanager
+def file_locks(*uris: str) -> Iterator[None]:
+    """Hold the lock of every FileStorage among *uris* (others are ignored), or refuse.
+
+    A read-only FileStorage takes no lock, so a reader (``verify``) would
+    read a file that a running server keeps appending to and report a torn
+    last transaction as damage. Holding the writers' lock meanwhile makes
+    such a reader refuse a file in use, and keeps a server from opening it
+    until the reader is done. Raises ``DatabaseLocked`` naming the file.
+    """
+    with contextlib.ExitStack() as stack:
+        for uri in uris:
+            path = _file_path(uri) if uri else None
+            if path is None or not os.path.exists(path):
+                continue
+            try:
+                lock = zc.lockfile.LockFile(path + ".lock")
+            except zc.lockfile.LockError:
+                raise DatabaseLocked(
+                    f"{path} is in use by another process (a server or a script holds its lock). "
+                    "Stop that process first, or verify a copy (a backup made with repozo, or the "
+                    "file copied after a pack) or the live database where the ZEO server runs."
+                ) from None
+            stack.callback(lock.close)
+        yield

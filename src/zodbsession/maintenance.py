@@ -35,6 +35,7 @@ from ZODB.FileStorage import FileStorage
 from zodbsession.db import SESSIONS_DATABASE
 from zodbsession.errors import ConfigError, SessionNotFound
 from zodbsession.manager import SessionManager
+from zodbsession.retry import RetryPolicy
 from zodbsession.session import Session, ids_equal, is_well_formed_id
 from zodbsession.store import SessionContainer, expiry_slot
 from zodbsession.verify import Check, VerifyReport, verify
@@ -60,11 +61,13 @@ __all__ = [
     "Stats",
     "VerifyReport",
     "expire_sessions",
+    "last_packs",
     "list_sessions",
     "pack",
     "revoke",
     "revoke_all",
     "revoke_user",
+    "sessions_by_prefix",
     "show_session",
     "stats",
     "verify",
@@ -362,6 +365,46 @@ def show_session(db: DB, manager: SessionManager, session_id: str) -> SessionDet
     if detail is None:
         raise SessionNotFound(f"no stored session has the id {session_id[:8]}...")
     return detail
+
+
+def sessions_by_prefix(db: DB, manager: SessionManager, prefix: str, limit: int, *,
+                       retry: RetryPolicy | None = None) -> list[SessionInfo]:
+    """The bookkeeping of up to *limit* stored sessions whose id starts with *prefix*.
+
+    A range read of the id tree in one short read-only transaction: it costs
+    *limit* sessions whatever the database holds, and never reads their data.
+    Expired sessions not yet swept are included (``live`` says which).
+    *retry* replaces the default retry policy (the admin's is brief).
+    """
+    now = manager.clock()
+
+    def read(conn: Connection) -> list[SessionInfo]:
+        container = manager.container(conn, create=False)
+        infos: list[SessionInfo] = []
+        if container is None:
+            return infos
+        for key in container.sessions.keys(min=prefix):
+            if len(infos) >= limit or not key.startswith(prefix):
+                break
+            infos.append(SessionInfo.of(container.sessions[key], manager, now))
+        return infos
+
+    with connection(db) as conn:
+        return in_transaction(conn, partial(read, conn), write=False, name="admin", retry=retry)
+
+
+def last_packs(db: DB, *, retry: RetryPolicy | None = None) -> dict[str, float | None]:
+    """When ``pack`` last packed each database (None: never), in one small read.
+
+    ``stats`` has the same figure but also walks the expiry and user
+    indexes, too much for every admin page view.
+    """
+
+    def read(conn: Connection) -> dict[str, float | None]:
+        return {name: _last_pack(conn, name) for name in sorted(db.databases)}
+
+    with connection(db) as conn:
+        return in_transaction(conn, partial(read, conn), write=False, name="admin", retry=retry)
 
 
 def stats(db: DB, manager: SessionManager) -> Stats:

@@ -24,8 +24,10 @@ import fcntl
 import glob
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, NamedTuple, get_args
@@ -46,7 +48,8 @@ from zodbsession.observe import EventKind, Observer, RequestOutcome, SessionEven
 from zodbsession.periodic import Periodic
 from zodbsession.work import connection, in_transaction
 
-__all__ = ["COMMIT_BUCKETS", "CONTENT_TYPE_LATEST", "MULTIPROC_ENV", "Metrics", "PoolFigures",
+__all__ = ["COMMIT_BUCKETS", "CONTENT_TYPE_LATEST", "MULTIPROC_ENV", "STORAGE_READ_TIMEOUT", "BoundedReader",
+           "Metrics", "PoolFigures",
            "claim_multiprocess_dir", "clear_multiprocess_dir", "combined_snapshot", "count_sessions",
            "mark_process_dead", "multiprocess_enabled", "pool_figures", "storage_sizes"]
 
@@ -72,6 +75,45 @@ OUTCOMES: tuple[str, ...] = get_args(RequestOutcome)
 
 _LIVE_SESSIONS = "zodbsession_live_sessions"
 _STORAGE_BYTES = "zodbsession_storage_size_bytes"
+_STORAGE_REACHABLE = "zodbsession_storage_reachable"
+
+#: Seconds a scrape or an admin page waits for a figure read from the storage.
+STORAGE_READ_TIMEOUT = 2.0
+
+
+class BoundedReader:
+    """Calls *reader* in a thread of its own and waits for it at most *timeout* seconds.
+
+    A storage that hangs (a ZEO server that is frozen, not gone) would hang
+    every scrape and admin page that reads from it, blinding the monitoring
+    when it is needed most. Past *timeout*, a call raises ``TimeoutError``;
+    the read it started goes on in its thread, and later calls wait for that
+    same read instead of starting others, so a frozen storage costs one
+    thread, not one per scrape. Once the storage answers, reads are fresh.
+
+    Threading: callable from any thread.
+    """
+
+    def __init__(self, reader: Callable[[], Any], timeout: float = STORAGE_READ_TIMEOUT) -> None:
+        self.reader = reader
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._pending: Future[Any] | None = None
+
+    def __call__(self) -> Any:
+        with self._lock:
+            if self._pending is None or self._pending.done():
+                self._pending = Future()
+                threading.Thread(target=self._run, args=(self._pending,), daemon=True,
+                                 name="zodbsession-storage-read").start()
+            pending = self._pending
+        return pending.result(self.timeout)
+
+    def _run(self, future: Future[Any]) -> None:
+        try:
+            future.set_result(self.reader())
+        except BaseException as exc:
+            future.set_exception(exc)
 
 
 class PoolFigures(NamedTuple):
@@ -278,10 +320,16 @@ class Metrics(Observer):
         self._refresher: Periodic | None = None
 
     @classmethod
-    def for_database(cls, db: DB, manager: SessionManager) -> Metrics:
-        """Metrics whose scrape-time figures come from *db* and *manager*'s container."""
-        return cls(live_sessions=lambda: count_sessions(db, manager),
-                   pool=lambda: pool_figures(db), storage_bytes=lambda: storage_sizes(db))
+    def for_database(cls, db: DB, manager: SessionManager, *,
+                     timeout: float = STORAGE_READ_TIMEOUT) -> Metrics:
+        """Metrics whose scrape-time figures come from *db* and *manager*'s container.
+
+        The figures read from the storage wait at most *timeout* seconds
+        (``BoundedReader``); a scrape then reports the storage unreachable.
+        """
+        return cls(live_sessions=BoundedReader(lambda: count_sessions(db, manager), timeout),
+                   pool=lambda: pool_figures(db),
+                   storage_bytes=BoundedReader(lambda: storage_sizes(db), timeout))
 
     # -- Observer -------------------------------------------------------------------
 
@@ -410,11 +458,13 @@ def _shape_snapshot(families: Iterable[Metric]) -> dict[str, Any]:
     in_use, size = by("zodbsession_pool_connections_in_use", "database"), by("zodbsession_pool_size",
                                                                              "database")
     live = one(_LIVE_SESSIONS)
+    reachable = one(_STORAGE_REACHABLE)
     requests = {outcome: int(value) for outcome, value in by("zodbsession_requests_total",
                                                              "outcome").items()}
     return {
         "taken_at": time.time(),
         "live_sessions": None if live is None else int(live),
+        "storage_reachable": None if reachable is None else bool(reachable),
         "sessions": {kind: count(f"zodbsession_sessions_{kind}_total") for kind in EVENT_KINDS},
         "requests": requests,
         "requests_total": sum(requests.values()),
@@ -451,25 +501,35 @@ class _DatabaseCollector:
         return list(self._families(read=True))
 
     def _families(self, *, read: bool) -> Iterator[Metric]:
+        failed = False
         if self._live_sessions is not None:
             live = _quietly(self._live_sessions, "the session count") if read else None
+            failed |= read and live is None
             if live is not None or not read:
                 yield GaugeMetricFamily(_LIVE_SESSIONS, "Sessions stored now (the container's conflict-free "
                                         "count): live ones plus expired ones not yet swept.", value=live)
         if self._storage_bytes is not None:
             sizes = _quietly(self._storage_bytes, "the storage sizes") if read else {}
+            failed |= read and sizes is None
             if sizes is not None:
                 family = GaugeMetricFamily(_STORAGE_BYTES, "Size of each database's storage as it "
                                            "reports it.", labels=["database"])
                 for name, size in sizes.items():
                     family.add_metric([name], size)
                 yield family
+        if self._live_sessions is not None or self._storage_bytes is not None:
+            yield GaugeMetricFamily(_STORAGE_REACHABLE, "1 when this scrape's reads from the storage "
+                                    "answered in time, 0 when one failed or timed out.",
+                                    value=None if not read else (0 if failed else 1))
 
 
 def _quietly(reader: Callable[[], Any], what: str) -> Any:
     """``reader()``, or None after logging: a scrape must not fail with the storage."""
     try:
         return reader()
+    except TimeoutError:
+        log.warning("metrics: reading %s: the storage did not answer in time", what)
+        return None
     except Exception as exc:
         log.warning("metrics: reading %s failed: %s: %s", what, type(exc).__name__, exc)
         return None

@@ -36,13 +36,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from zodbsession.apps import LoadedApp
 from zodbsession.config import Settings
 from zodbsession.db import redact_uri
 from zodbsession.errors import ConfigError, ZodbSessionError
-from zodbsession.publisher import WSGIApp
-from zodbsession.server import DRAIN_TIMEOUT, MULTIPROC_ENV, serve_app
 
 log = logging.getLogger(__name__)
+
+#: How long a shutdown waits for requests in flight before giving up on them.
+DRAIN_TIMEOUT = 30.0
+
+#: prometheus_client's switch to multiprocess mode (``zodbsession.metrics.MULTIPROC_ENV``,
+#: spelt out here because importing that module would import prometheus_client too early).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: How long a stopping supervisor waits for its workers before killing them.
 STOP_TIMEOUT = DRAIN_TIMEOUT + 10.0
@@ -67,7 +73,10 @@ class _Worker:
 
 
 class Supervisor:
-    """Forks ``server.workers`` processes serving *app* on one socket, and keeps them running.
+    """Forks ``server.workers`` processes serving *loaded* on one socket, and keeps them running.
+
+    Each worker calls *worker_main* (``server.serve_app``) with the settings,
+    the application and the sockets; this module never imports the server.
 
     ``run()`` returns once every worker has exited after SIGTERM or Ctrl-C.
     It raises ``ConfigError`` when the address cannot be bound and
@@ -76,12 +85,11 @@ class Supervisor:
     worker that dies is restarted.
     """
 
-    def __init__(self, settings: Settings, app: WSGIApp, *, app_name: str,
-                 config_name: str = "defaults",
-                 worker_main: Callable[..., None] = serve_app) -> None:
+    def __init__(self, settings: Settings, loaded: LoadedApp, *, worker_main: Callable[..., None],
+                 config_name: str = "defaults") -> None:
         self.settings = settings
-        self.app = app
-        self.app_name = app_name
+        self.loaded = loaded
+        self.app_name = loaded.spec
         self.config_name = config_name
         self.worker_main = worker_main
         self.count = settings.server.workers
@@ -270,7 +278,7 @@ class Supervisor:
                 admin_sockets = []
             parent = os.getppid()
             self.worker_main(
-                self.settings, self.app, app_name=self.app_name, config_name=self.config_name,
+                self.settings, self.loaded, config_name=self.config_name,
                 sockets=[self._sock], janitor=index == 0, admin=index == 0,
                 admin_sockets=admin_sockets, label=f"worker {index}: ",
                 parent_pid=parent, on_ready=lambda server: self._tell(f"ready {index}"),
@@ -305,7 +313,8 @@ def bind_socket(host: str, port: int, *, key: str = "server") -> socket.socket:
             host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
-        raise ConfigError(f"{key}.host", f"cannot use {host!r}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{key}.host", f"cannot use {host!r}: {exc.strerror or exc}; use an IP "
+                          "address or a name this machine resolves") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import signal
 import socket
 from collections.abc import Callable
@@ -24,11 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from ZEO.StorageServer import StorageServer
 
+from zodbsession.config import Address, parse_address
 from zodbsession.db import open_file_storage
 from zodbsession.errors import ConfigError
 
 if TYPE_CHECKING:
     from zodbsession.config import Settings
+
+__all__ = ["Address", "client_uri", "describe", "parse_address", "run_zeo", "stop_in_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -39,28 +41,6 @@ SESSIONS_STORAGE = "sessions"
 #: Seconds a client may hold the commit lock (between its vote and its finish)
 #: before the server drops it; without it one stuck client stalls every commit.
 TRANSACTION_TIMEOUT = 30.0
-
-#: ``(host, port)`` for TCP, a path for a Unix socket: what ZEO calls an address.
-Address = tuple[str, int] | str
-
-_HOST_PORT = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\s/\[\]]+)):(?P<port>\d{1,5})")
-
-
-def parse_address(text: str) -> Address:
-    """``"host:port"`` (``"[::1]:8100"`` for IPv6) as a tuple; anything with a ``/`` is a socket path.
-
-    Raises ``ValueError`` saying what an address looks like.
-    """
-    if "/" in text:
-        return text
-    match = _HOST_PORT.fullmatch(text.strip())
-    if match is None or not 1 <= int(match["port"]) <= 65535:
-        raise ValueError(
-            "must be host:port (e.g. 127.0.0.1:8100, [::1]:8100, port 1-65535) or a Unix "
-            "socket path containing a '/' (e.g. ./var/zeo.sock)"
-        )
-    return (match["ipv6"] or match["host"], int(match["port"]))
-
 
 def client_uri(address: Address, storage: str = MAIN_STORAGE) -> str:
     """The zeo:// URI with which a client reaches *storage* at *address*."""

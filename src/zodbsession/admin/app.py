@@ -18,18 +18,22 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from ZODB import DB
-from ZODB.Connection import Connection
 
 from zodbsession import maintenance
 from zodbsession.admin import page
 from zodbsession.admin.access import AdminAccess
 from zodbsession.admin.sampler import Sampler, rates, recent_rate
-from zodbsession.maintenance import MAINTENANCE_KEY, SessionInfo
+from zodbsession.maintenance import SessionInfo
 from zodbsession.manager import SessionManager
-from zodbsession.metrics import CONTENT_TYPE_LATEST, Metrics, count_sessions
+from zodbsession.metrics import (
+    CONTENT_TYPE_LATEST,
+    STORAGE_READ_TIMEOUT,
+    BoundedReader,
+    Metrics,
+    count_sessions,
+)
 from zodbsession.retry import RetryPolicy
 from zodbsession.session import ids_equal
-from zodbsession.work import connection, in_transaction, root_of
 
 log = logging.getLogger(__name__)
 
@@ -46,45 +50,17 @@ StartResponse = Callable[..., Any]
 
 
 def find_by_prefix(db: DB, manager: SessionManager, prefix: str, limit: int) -> list[SessionInfo]:
-    """The bookkeeping of up to *limit* stored sessions whose id starts with *prefix*.
-
-    A range read of the id tree in one short read-only transaction: it costs
-    *limit* sessions whatever the database holds, and never reads their data.
-    Expired sessions not yet swept are included (``live`` says which).
-    """
-    now = manager.clock()
-
-    def read(conn: Connection) -> list[SessionInfo]:
-        container = manager.container(conn, create=False)
-        infos: list[SessionInfo] = []
-        if container is None:
-            return infos
-        for key in container.sessions.keys(min=prefix):
-            if len(infos) >= limit or not key.startswith(prefix):
-                break
-            infos.append(SessionInfo.of(container.sessions[key], manager, now))
-        return infos
-
-    with connection(db) as conn:
-        return in_transaction(conn, lambda: read(conn), write=False, name="admin", retry=READ_RETRY)
+    """``maintenance.sessions_by_prefix`` with the admin's brief retries."""
+    return maintenance.sessions_by_prefix(db, manager, prefix, limit, retry=READ_RETRY)
 
 
 def last_packs(db: DB) -> dict[str, float | None]:
-    """When ``zodbsession pack`` last packed each database (None: never); two small reads.
+    """``maintenance.last_packs`` with the admin's brief retries."""
+    return maintenance.last_packs(db, retry=READ_RETRY)
 
-    ``maintenance.stats`` has the same figure but also walks the expiry and
-    user indexes, too much for every page view.
-    """
 
-    def read(conn: Connection) -> dict[str, float | None]:
-        found: dict[str, float | None] = {}
-        for name in sorted(db.databases):
-            record = root_of(conn, name).get(MAINTENANCE_KEY)
-            found[name] = record.get("last_pack") if record is not None else None
-        return found
-
-    with connection(db) as conn:
-        return in_transaction(conn, lambda: read(conn), write=False, name="admin", retry=READ_RETRY)
+class BadRequest(Exception):
+    """A request the admin answers 400: a parameter no page of its own would send."""
 
 
 @dataclass
@@ -114,7 +90,9 @@ class AdminApp:
     (one session's bookkeeping; ``&data=1`` shows its data), ``POST /revoke``
     (``id``), ``POST /revoke-user`` (``user``), ``POST /login`` (``token``),
     ``POST /logout``. An empty *token* raises ``ConfigError`` naming
-    ``admin.token``.
+    ``admin.token``. The dashboard's reads from the storage wait at most
+    *storage_timeout* seconds: a frozen storage leaves the page answering,
+    saying so, with this server's own counters.
 
     Threading: one instance serves every thread of a server. ``start`` and
     ``stop`` run the chart sampler's thread (without it, page views sample).
@@ -122,10 +100,15 @@ class AdminApp:
 
     def __init__(self, db: DB, manager: SessionManager, metrics: Metrics, *, token: str,
                  sampler: Sampler | None = None, search_limit: int = 50,
-                 login_lifetime: float = 12 * 3600.0) -> None:
+                 login_lifetime: float = 12 * 3600.0,
+                 storage_timeout: float = STORAGE_READ_TIMEOUT) -> None:
         self.access = AdminAccess(token, lifetime=login_lifetime)
         self.db = db
         self.manager = manager
+        # The dashboard's own reads, bounded like the scrape's: a frozen storage costs one thread each.
+        self.storage_timeout = storage_timeout
+        self._read_packs = BoundedReader(lambda: last_packs(db), storage_timeout)
+        self._read_count = BoundedReader(lambda: count_sessions(db, manager), storage_timeout)
         self.metrics = metrics
         self.sampler = sampler if sampler is not None else Sampler(metrics)
         self.search_limit = search_limit
@@ -135,6 +118,16 @@ class AdminApp:
             ("POST", "/revoke"): self._revoke, ("POST", "/revoke-user"): self._revoke_user,
             ("POST", "/logout"): self._logout,
         }
+
+    def _quiet(self, read: BoundedReader) -> Any:
+        """*read()* from the storage, waiting at most ``storage_timeout``; None when it fails."""
+        try:
+            return read()
+        except TimeoutError:
+            log.warning("admin: the storage did not answer within %g s", self.storage_timeout)
+        except Exception:
+            log.warning("admin: reading from the storage failed", exc_info=True)
+        return None
 
     def start(self) -> AdminApp:
         """Start sampling for the charts."""
@@ -149,6 +142,8 @@ class AdminApp:
         nonce = secrets.token_urlsafe(16)
         try:
             response = self._handle(environ, nonce)
+        except BadRequest as exc:
+            response = _Response("400 Bad Request", page.error_page("Bad request", str(exc), nonce=nonce))
         except Exception:
             log.exception("admin: %s %s failed", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
             response = _Response("500 Internal Server Error", page.error_page(
@@ -226,8 +221,13 @@ class AdminApp:
         self.sampler.take_if_due()
         samples = self.sampler.samples()
         snapshot = self.metrics.snapshot()
-        if snapshot["live_sessions"] is None:  # metrics made without a reader: count here
-            snapshot["live_sessions"] = _quiet_count(self.db, self.manager)
+        if snapshot["storage_reachable"] is None:  # metrics made without readers: count here
+            snapshot["live_sessions"] = self._quiet(self._read_count)
+        packs = self._quiet(self._read_packs)
+        message = _message(request)
+        if packs is None or snapshot["storage_reachable"] is False:
+            message = (f"The storage did not answer within {self.storage_timeout:g} s: the figures read "
+                       "from it are missing. The counters below are this server's own. " + message)
         charts = [
             page.Chart("Sessions", [("stored", "#0969da", [(s.at, s.live_sessions) for s in samples
                                                            if s.live_sessions is not None])]),
@@ -238,9 +238,9 @@ class AdminApp:
                 ("conflicts", "#cf222e", rates(samples, "conflicts"))]),
         ]
         view = page.Dashboard(
-            snapshot=snapshot, charts=charts, last_pack=last_packs(self.db), csrf=self._csrf(request),
+            snapshot=snapshot, charts=charts, last_pack=packs or {}, csrf=self._csrf(request),
             rates={name: recent_rate(samples, name) for name in ("requests", "conflicts", "retries")},
-            message=_message(request))
+            message=message.strip())
         return _Response("200 OK", page.dashboard_page(view, nonce=request.nonce))
 
     def _metrics(self, request: _Request) -> _Response:
@@ -319,13 +319,14 @@ def _redirect(back: str, revoked: int) -> _Response:
 
 
 def _message(request: _Request) -> str:
+    """The note a redirect after a revocation asks for; ``BadRequest`` for a forged count."""
     revoked = request.arg("revoked")
-    return f"Revoked {int(revoked)} session(s)." if revoked.isdigit() else ""
+    if not revoked:
+        return ""
+    if not (revoked.isascii() and revoked.isdigit() and len(revoked) <= 9):
+        raise BadRequest("revoked= must be a count of sessions")
+    return f"Revoked {int(revoked)} session(s)."
 
 
-def _quiet_count(db: DB, manager: SessionManager) -> int | None:
-    try:
-        return count_sessions(db, manager)
-    except Exception:
-        log.warning("admin: counting the sessions failed", exc_info=True)
-        return None
+
+

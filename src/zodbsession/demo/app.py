@@ -12,7 +12,7 @@ A plain WSGI callable, ``app``, meant to run inside ``SessionPublisher``
 
 Routes: ``GET /``; ``POST /counter``, ``/fail``, ``/login`` (form field
 ``user``), ``/logout``; ``GET /api/session``; ``POST /api/counter``,
-``/api/fail``, ``/api/login`` (JSON ``{"user": ...}``), ``/api/logout``.
+``/api/fail``, ``/api/login`` (JSON ``{"user": ...}`` or a form ``user=...``), ``/api/logout``.
 Reads write nothing: ``GET /api/session`` never creates a session nor sets a
 cookie, and ``GET /`` writes only to remove a flash message it shows.
 Cross-site form posts are left to the cookie's ``SameSite=Lax``.
@@ -96,12 +96,30 @@ def _form(environ: Environ) -> dict[str, list[str]]:
         raise PublishError(f"unreadable form body: {exc}") from None
 
 
-def _json_object(environ: Environ) -> dict[str, Any]:
-    """The JSON object in the body; 400 for anything else."""
+def _login_fields(environ: Environ) -> dict[str, Any]:
+    """The login body: a JSON object, or form fields (``user=alice``) when it is not one.
+
+    The body decides, not the Content-Type: ``curl -d '{"user": "alice"}'``
+    and urllib label a JSON body as a form.
+    """
+    body = _read_body(environ)
+    if body.lstrip()[:1] in (b"{", b"["):
+        return _json_object(body)
     try:
-        value = json.loads(_read_body(environ).decode("utf-8"))
+        form = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
+    except ValueError as exc:  # bad UTF-8 or too many fields
+        raise PublishError(f"unreadable form body: {exc}") from None
+    return {key: values[0] for key, values in form.items()}
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The JSON object in *body*; 400 for anything else."""
+    try:
+        value = json.loads(body.decode("utf-8"))
     except ValueError as exc:  # bad UTF-8 or bad JSON
         raise PublishError(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+        raise PublishError("the body is not valid JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise PublishError('the body must be a JSON object such as {"user": "alice"}')
     return value
@@ -221,8 +239,8 @@ def api_fail(environ: Environ) -> Answer:
 
 
 def api_login(environ: Environ) -> Answer:
-    """``POST /api/login`` with ``{"user": ...}``: log in; answers the session."""
-    user = _valid_user(_json_object(environ).get("user"))
+    """``POST /api/login`` with ``{"user": ...}`` or a form ``user=...``: log in; answers the session."""
+    user = _valid_user(_login_fields(environ).get("user"))
     session = _session(environ)
     session.login(user)
     return _json(_session_view(session))
