@@ -31,6 +31,7 @@ from ZODB.FileStorage import FileStorage
 from asgikit import http_client, serving
 from zodbsession import PublishError, Redirect, SessionManager, current_connection, current_session
 from zodbsession.asgi import SessionMiddleware, run_in_connection
+from zodbsession.locks import MAX_WAITING
 from zodbsession.observe import Observer
 from zodbsession.registry import after_abort, after_commit
 
@@ -598,8 +599,9 @@ def test_body_declared_over_max_request_body_gets_413_unread(lab, outcomes):
 
 def test_sixty_four_parallel_slow_requests_on_one_cookie_leave_other_clients_served(lab, outcomes,
                                                                                       database):
-    """Issue 17 under ASGI: one served, four queued, 59 refused at once; others get through meanwhile."""
-    mw = middleware(lab, outcomes)  # the default bound: four waiting
+    """Issue 17 under ASGI: one served, MAX_WAITING queued, the rest refused at once; others get through."""
+    mw = middleware(lab, outcomes)  # the default bound: MAX_WAITING waiting
+    refused = 64 - 1 - MAX_WAITING
     with serving(mw) as running:
         with client(running) as c:
             c.post("/count")
@@ -614,18 +616,18 @@ def test_sixty_four_parallel_slow_requests_on_one_cookie_leave_other_clients_ser
             requests = [pool.submit(slow)]
             assert lab.gate.reached.wait(WAIT)
             requests += [pool.submit(slow) for _ in range(63)]
-            _wait_until(lambda: sum(f.done() for f in requests) == 59
-                        and mw.session_locks.waiting(cookie) == 4, "59 refused and 4 queued")
+            _wait_until(lambda: sum(f.done() for f in requests) == refused
+                        and mw.session_locks.waiting(cookie) == MAX_WAITING, "refused and queued")
             with client(running) as other:
                 others = [other.post("/count").text for _ in range(3)]
-            assert mw.session_locks.waiting(cookie) == 4  # the backlog is still there
+            assert mw.session_locks.waiting(cookie) == MAX_WAITING  # the backlog is still there
             lab.gate.opened.set()
             answers = [f.result(WAIT) for f in requests]
     assert others == ["1", "2", "3"]
     accepted = sorted(text for status, text in answers if status == 200)
-    assert accepted == ["2", "3", "4", "5", "6"]
+    assert accepted == [str(n) for n in range(2, 2 + 1 + MAX_WAITING)]
     assert sorted({status for status, _ in answers}) == [200, 429]
-    assert committed(database, cookie)[1] == {"count": 6}
+    assert committed(database, cookie)[1] == {"count": 2 + MAX_WAITING}
 
 
 # -- streaming, lifespan, websockets ------------------------------------------------
