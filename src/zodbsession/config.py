@@ -32,10 +32,12 @@ from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type
 from ZODB import DB
 
 from zodbsession.apps import SPEC_PATTERN
+from zodbsession.cookies import CookiePolicy
 from zodbsession.db import SESSIONS_DATABASE, is_embedded, redact_uri, resolve
 from zodbsession.db import open_db as _open_db
 from zodbsession.errors import ConfigError
 from zodbsession.manager import SessionManager
+from zodbsession.unsaved import UnsavedPolicy
 
 #: The file ``load_settings()`` reads when given no path, relative to the current directory.
 DEFAULT_PATH = Path("conf/zodbsession.toml")
@@ -86,8 +88,9 @@ class SessionsSettings:
     idle_timeout: float = 1800.0
     max_lifetime: float = 28800.0
     access_resolution: float = 60.0
-    max_sessions: int = 0  # 0: no limit
+    max_sessions: int = 0  # 0: no limit; at the cap the least recently used anonymous one is evicted
     max_session_bytes: int = 65536  # 0: no limit
+    unsaved_changes: UnsavedPolicy = "save"  # a nested value changed in place: save, warn or error
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,8 @@ class PublisherSettings:
     streaming: bool = False
     serialize_same_session: bool = True
     max_request_body: int = 10485760  # bytes; a longer body is answered 413 unread; 0: no limit
+    max_waiting_per_session: int = 5  # requests queued behind one session's; past it 429
+    session_wait_timeout: float = 10.0  # seconds a request may wait for its session; past it 503
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,7 @@ class JanitorSettings:
 
     interval: float = 60.0
     batch_size: int = 500
+    lease: float = 0.0  # seconds per grant of the janitor lease; 0: three intervals
 
 
 @dataclass(frozen=True)
@@ -252,6 +258,7 @@ class Settings:
             access_resolution=self.sessions.access_resolution,
             max_sessions=self.sessions.max_sessions,
             max_session_bytes=self.sessions.max_session_bytes,
+            unsaved_changes=self.sessions.unsaved_changes,
             database=SESSIONS_DATABASE if self.storage.sessions_uri else None,
             clock=clock,
         )
@@ -448,6 +455,12 @@ def _validate(s: Settings) -> None:
         ("publisher.max_replay_bytes", s.publisher.max_replay_bytes >= 0, "must be at least 0"),
         ("publisher.max_request_body", s.publisher.max_request_body >= 0,
          "must be at least 0 bytes (0: no limit)"),
+        ("publisher.max_waiting_per_session", s.publisher.max_waiting_per_session >= 0,
+         "must be at least 0"),
+        ("publisher.session_wait_timeout", s.publisher.session_wait_timeout > 0,
+         "must be above 0 seconds"),
+        ("janitor.lease", s.janitor.lease == 0 or s.janitor.lease >= s.janitor.interval,
+         "must be 0 (three intervals) or at least janitor.interval"),
         ("server.connection_limit", srv.connection_limit >= 1, "must be at least 1"),
         ("server.channel_timeout", srv.channel_timeout >= 1, "must be at least 1 second"),
         ("server.max_request_header_size", srv.max_request_header_size >= 1024,
@@ -560,3 +573,17 @@ def _shown(key: str, value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _shown(f"{key}.{k}", v) for k, v in value.items()}
     return value
+
+
+def cookie_policy(settings: Settings) -> CookiePolicy:
+    """The cookie attributes the [cookie] section asks for."""
+    cookie = settings.cookie
+    return CookiePolicy(
+        name=cookie.name,
+        path=cookie.path,
+        domain=cookie.domain or None,
+        secure=cookie.secure,
+        httponly=cookie.httponly,
+        samesite=cookie.samesite,
+        max_age=int(settings.sessions.max_lifetime) if cookie.persistent else None,
+    )

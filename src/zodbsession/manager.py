@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from ZODB.Connection import Connection
 
+import zodbsession.session as session_module
 from zodbsession.errors import ConfigError, SessionLimitReached
 from zodbsession.limits import measure
 from zodbsession.observe import EventKind, Observers, SessionEvent
@@ -523,3 +524,4 @@ def _unwrap(session: Any) -> Session:
 
 #: The manager a session found without one (loaded by hand) answers its expiry questions with.
 DEFAULT_MANAGER = SessionManager()
+session_module.fallback_manager = DEFAULT_MANAGER

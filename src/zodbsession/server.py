@@ -36,12 +36,12 @@ from ZODB import DB
 from ZODB.POSException import ConflictError
 
 from zodbsession.apps import LoadedApp, load_app, resolve
-from zodbsession.config import Settings
+from zodbsession.config import Settings, cookie_policy
 from zodbsession.control import ControlListener, socket_path
-from zodbsession.cookies import CookiePolicy
 from zodbsession.db import StorageUnavailable, file_path, redact_uri, zeo_wait_timeout
 from zodbsession.errors import ConfigError
 from zodbsession.janitor import Janitor
+from zodbsession.lease import Lease
 from zodbsession.manager import SessionManager
 from zodbsession.publisher import SessionPublisher, WSGIApp
 from zodbsession.uvicorn_serving import UvicornListener
@@ -66,20 +66,6 @@ ADMIN_CONNECTION_LIMIT = 50
 ADMIN_CHANNEL_TIMEOUT = 30
 
 
-def cookie_policy(settings: Settings) -> CookiePolicy:
-    """The cookie attributes the [cookie] section asks for."""
-    cookie = settings.cookie
-    return CookiePolicy(
-        name=cookie.name,
-        path=cookie.path,
-        domain=cookie.domain or None,
-        secure=cookie.secure,
-        httponly=cookie.httponly,
-        samesite=cookie.samesite,
-        max_age=int(settings.sessions.max_lifetime) if cookie.persistent else None,
-    )
-
-
 def make_publisher(app: WSGIApp, db: DB, settings: Settings,
                    manager: SessionManager | None = None) -> SessionPublisher:
     """A ``SessionPublisher`` around *app* configured from *settings*."""
@@ -95,6 +81,8 @@ def make_publisher(app: WSGIApp, db: DB, settings: Settings,
         streaming=options.streaming,
         serialize_same_session=options.serialize_same_session,
         max_request_body=options.max_request_body or None,
+        max_waiting_per_session=options.max_waiting_per_session,
+        session_wait_timeout=options.session_wait_timeout,
     )
 
 
@@ -121,6 +109,8 @@ def make_middleware(app: Any, db: DB, settings: Settings, manager: SessionManage
         streaming=options.streaming,
         serialize_same_session=options.serialize_same_session,
         max_request_body=options.max_request_body or None,
+        max_waiting_per_session=options.max_waiting_per_session,
+        session_wait_timeout=options.session_wait_timeout,
     )
 
 
@@ -212,8 +202,11 @@ def serve_app(settings: Settings, loaded: LoadedApp, *, config_name: str = "defa
         if storage_file is not None:
             # The maintenance commands reach the file this process holds through it.
             stack.callback(ControlListener(db, manager, socket_path(storage_file)).start().stop)
-        janitor_thread = Janitor(db, manager, interval=settings.janitor.interval if janitor else 0,
-                                 batch_size=settings.janitor.batch_size).start()
+        interval = settings.janitor.interval if janitor else 0
+        # Servers sharing the database sweep one at a time: whoever holds the lease.
+        lease = Lease(db, manager, period=settings.janitor.lease or 3 * interval) if interval else None
+        janitor_thread = Janitor(db, manager, interval=interval, batch_size=settings.janitor.batch_size,
+                                 lease=lease).start()
         stack.callback(janitor_thread.stop)
         if admin_listener is not None:
             stack.callback(admin_listener.stop)  # after the application's drain

@@ -32,6 +32,10 @@ from zodbsession.errors import InvalidUserId
 if TYPE_CHECKING:
     from zodbsession.manager import SessionManager
 
+#: The manager of sessions loaded some other way than through one; ``manager``
+#: sets it when imported (the session module does not import the manager's).
+fallback_manager: SessionManager | None = None
+
 #: Bytes of randomness in a session id: 256 bits, twice the usual minimum.
 SESSION_ID_BYTES = 32
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}\Z")
@@ -211,11 +215,9 @@ class Session(Persistent, MutableMapping[str, Any]):
     # or to a default manager for a session loaded some other way.
 
     def _manager(self) -> SessionManager:
-        manager = getattr(self, "_v_manager", None)
+        manager = getattr(self, "_v_manager", None) or fallback_manager
         if manager is None:
-            from zodbsession.manager import DEFAULT_MANAGER
-
-            manager = DEFAULT_MANAGER
+            raise RuntimeError("no SessionManager: import zodbsession.manager first")
         return manager
 
     def set_expiry(self, value: ExpiryValue) -> None:

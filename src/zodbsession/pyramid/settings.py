@@ -18,13 +18,12 @@ from transaction.interfaces import NoTransaction
 from ZODB import DB
 from ZODB.Connection import Connection
 
-from zodbsession.config import Settings, _build
+from zodbsession.config import Settings, _build, cookie_policy
 from zodbsession.cookies import CookiePolicy
 from zodbsession.errors import ConfigError
 from zodbsession.janitor import Janitor
 from zodbsession.locks import KeyedLocks
 from zodbsession.manager import SessionManager
-from zodbsession.server import cookie_policy
 
 PREFIX = "zodbsession."
 
