@@ -301,3 +301,23 @@ def test_secure_auto_follows_x_forwarded_proto_only_from_a_trusted_proxy(tmp_pat
     assert status == 200
     attributes = [a.strip().lower() for a in headers["Set-Cookie"].split(";")]
     assert ("secure" in attributes) is secure
+
+
+def test_a_busy_server_does_not_log_a_line_per_queued_request(tmp_path, env):
+    """More connections than threads queue requests; waitress would warn for each one."""
+    with ServerProcess(tmp_path, {**env, "ZODBSESSION_SERVER_THREADS": "1"}) as server:
+        clients = [Client(server.url) for _ in range(8)]
+        answers: list[tuple[int, object]] = []
+
+        def post_ten(client: Client) -> None:
+            answers.extend(client.json("POST", "/api/counter") for _ in range(10))
+
+        threads = [threading.Thread(target=post_ten, args=(c,)) for c in clients]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        log = server.log()
+    assert sorted(answers, key=str) == sorted(((200, {"count": n}) for n in range(1, 11)
+                                               for _ in clients), key=str)
+    assert "Task queue depth" not in log

@@ -359,6 +359,12 @@ def waitress_options(settings: Settings) -> dict[str, Any]:
 
 
 def _create_server(app: Any, settings: Settings, sockets: Sequence[socket.socket]) -> Any:
+    # waitress warns "Task queue depth is N" for every request that finds all
+    # threads busy: with more keep-alive connections than threads that is most
+    # requests, thousands of lines a second, and their formatting took about a
+    # sixth of the throughput of writes under load (docs/benchmarks.md). A queue
+    # is the normal state of a busy server; its cost shows in the request latency.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     options = {**waitress_options(settings), "map": {}}
     if sockets:
         return waitress.create_server(app, sockets=list(sockets), **options)
