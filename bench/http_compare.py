@@ -6,7 +6,9 @@ sessions in a dict, zodbsession (``zodbsession serve --app``, defaults), its
 ASGI front door (``asgi_app``: ``SessionMiddleware`` on uvicorn, one event
 loop, the one contender not on waitress), the
 hand-rolled plain-ZODB floor, Beaker on Redis without and with ``appendfsync
-always`` (redis-server started here, on loopback), and Beaker's file backend.
+always`` (redis-server started here, on loopback), Beaker's file backend, and
+the bare app once more on waitress's stock channels (every other waitress
+contender runs on ``zodbsession.waitress_serving``'s, as ``serve`` does).
 wrk (a C load generator) keeps one connection per thread, each with the
 cookie of its own session, and ``wrk/counter.lua`` checks every answer's
 counter against what that connection saw acknowledged; after each write
@@ -150,6 +152,8 @@ def _contenders(workdir: Path, redis: dict[str, str]) -> list[Contender]:
     serve = [sys.executable, "-m", "bench.http_serve"]
     base = {"PYTHONPATH": str(ROOT)}
     contenders = [Contender("bare", [*serve, "bare"], base)]
+    # The same bare app on waitress's own channels, which poll while a task flushes.
+    stock = Contender("bare-stock-waitress", [*serve, "bare"], base)
     zodbsession = Contender("zodbsession", [*server_command(), "serve", "--app",
                                             "bench.http_apps:zodbsession_counter"],
                             {**base, "ZODBSESSION_STORAGE_URI": f"file://{workdir / 'zs' / 'Data.fs'}"})
@@ -165,12 +169,14 @@ def _contenders(workdir: Path, redis: dict[str, str]) -> list[Contender]:
         contenders.append(Contender(name, [*serve, "beaker_redis"], {**base, "BENCH_REDIS_URL": url}))
     contenders.append(Contender("beaker-file", [*serve, "beaker_file"],
                                 {**base, "BENCH_WORKDIR": str(workdir / "beaker")}))
+    contenders.append(stock)
     for contender in contenders:
         if contender.command[:2] == serve[:2] or contender.name == "zodbsession-asgi":
             contender.command.append(str(contender.port))
         for key in ("BENCH_WORKDIR",):
             if key in contender.env:
                 Path(contender.env[key]).mkdir(parents=True, exist_ok=True)
+    stock.command.append("stock")
     (workdir / "zs").mkdir()
     (workdir / "zs-asgi").mkdir()
     return contenders

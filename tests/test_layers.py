@@ -48,7 +48,8 @@ LAYERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     # The admin listener's application.
     "admin": (frozenset({"admin"}), frozenset({"core", "front door", "operations"})),
     # Serving it: waitress and uvicorn, workers, the ZEO server, the control socket.
-    "server": (frozenset({"zeo", "workers", "uvicorn_serving", "server", "control"}),
+    "server": (frozenset({"zeo", "workers", "waitress_serving", "uvicorn_serving", "server",
+                          "control"}),
                frozenset({"core", "front door", "settings", "application", "operations", "admin"})),
     "cli": (frozenset({"cli"}), frozenset({"core", "front door", "settings", "application", "operations",
                                             "admin", "server"})),

@@ -198,7 +198,7 @@ class ControlListener:
         self._stopping = threading.Event()
 
     def start(self) -> ControlListener:
-        from waitress.server import create_server
+        from zodbsession.waitress_serving import create_server
 
         if os.path.exists(self.path):
             if answers(self.path):

@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import waitress
 from ZEO.Exceptions import ClientDisconnected
 from ZODB import DB
 from ZODB.POSException import ConflictError
@@ -45,6 +44,7 @@ from zodbsession.lease import Lease
 from zodbsession.manager import SessionManager
 from zodbsession.publisher import SessionPublisher, WSGIApp
 from zodbsession.uvicorn_serving import UvicornListener
+from zodbsession.waitress_serving import create_server
 from zodbsession.workers import DRAIN_TIMEOUT, MULTIPROC_ENV, bind_socket
 
 if TYPE_CHECKING:  # both import prometheus_client: at run time, only once its mode is chosen
@@ -264,7 +264,7 @@ def _create_admin_server(admin_app: AdminApp, settings: Settings, sockets: Seque
                                "connection_limit": ADMIN_CONNECTION_LIMIT,
                                "channel_timeout": ADMIN_CHANNEL_TIMEOUT}
     if sockets:
-        return waitress.create_server(admin_app, sockets=list(sockets), **options)
+        return create_server(admin_app, sockets=list(sockets), **options)
     return _bound_server(admin_app, "admin", settings.admin.host, settings.admin.port, options)
 
 
@@ -276,7 +276,7 @@ def _bound_server(app: Any, key: str, host: str, port: int, options: dict[str, A
         raise ConfigError(f"{key}.host", f"cannot resolve {host!r}: {exc.strerror or exc}; use an "
                           "IP address or a name this machine resolves") from None
     try:
-        return waitress.create_server(app, host=host, port=port, **options)
+        return create_server(app, host=host, port=port, **options)
     except OSError as exc:
         raise ConfigError(f"{key}.port", f"cannot listen on {host}:{port}: "
                           f"{exc.strerror or exc}") from None
@@ -367,7 +367,7 @@ def _create_server(app: Any, settings: Settings, sockets: Sequence[socket.socket
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     options = {**waitress_options(settings), "map": {}}
     if sockets:
-        return waitress.create_server(app, sockets=list(sockets), **options)
+        return create_server(app, sockets=list(sockets), **options)
     return _bound_server(app, "server", settings.server.host, settings.server.port, options)
 
 
