@@ -169,11 +169,13 @@ def render(results: dict[str, Any]) -> str:
         from bench.http_compare import render as render_http_compare
 
         out += ["### Over HTTP, side by side (wrk)", "", render_http_compare(results["http_compare"])]
-    out += ["### Goals (ratios from this run)", "",
-            "| goal | measured | target | verdict |", "| --- | ---: | --- | --- |"]
-    for goal in goals(results):
-        out.append(f"| {goal['goal']} | {goal['shown']} | {goal['target']} | {_verdict(goal['met'])} |")
-    out.append("")
+    measured = [goal for goal in goals(results) if goal["met"] is not None]
+    if measured:  # none in a run of only some sections (``--http``)
+        out += ["### Goals (ratios from this run)", "",
+                "| goal | measured | target | verdict |", "| --- | ---: | --- | --- |"]
+        for goal in measured:
+            out.append(f"| {goal['goal']} | {goal['shown']} | {goal['target']} | {_verdict(goal['met'])} |")
+        out.append("")
     return "\n".join(out)
 
 

@@ -133,13 +133,14 @@ def correctness_failures(results: dict[str, Any]) -> list[str]:
     return failures
 
 
-def save(results: dict[str, Any], results_dir: Path) -> str:
-    """Write JSON, Markdown, plot and profile; the Markdown."""
+def save(results: dict[str, Any], results_dir: Path, stem: str | None = None) -> str:
+    """Write JSON, Markdown, plot and profile (named *stem*, by default the mode); the Markdown."""
     mode = results["mode"]
+    stem = stem or mode
     profile = results.pop("profile", None)
-    report.write_json(results, results_dir / f"{mode}.json")
+    report.write_json(results, results_dir / f"{stem}.json")
     text = report.render(results)
-    (results_dir / f"{mode}.md").write_text(text)
+    (results_dir / f"{stem}.md").write_text(text)
     if "compare" in results:
         report.plot(results, results_dir / f"{mode}.png")
     if "contenders" in results.get("http_compare", {}):
@@ -174,13 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     mode = args.mode or "quick"
     sections = tuple(args.only) if args.only else SECTIONS
-    if mode == "http":
-        mode, sections = "full", tuple(args.only or ("http-compare",))
+    stem = None
+    if mode == "http":  # the full run's size, saved beside the full run's results, not over them
+        mode, sections, stem = "full", tuple(args.only or ("http-compare",)), "full-http"
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     started = time.monotonic()
     results = run(mode, sections, command)
     results["seconds"]["total"] = time.monotonic() - started
-    print(save(results, args.results_dir))
+    print(save(results, args.results_dir, stem))
     log.info("whole run: %.1f s; results in %s", results["seconds"]["total"], args.results_dir)
     failures = correctness_failures(results)
     for failure in failures:
