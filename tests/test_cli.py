@@ -11,7 +11,8 @@ import time
 import pytest
 
 from serverproc import ZODBSESSION, Client, ServerProcess, run_cli
-from zodbsession import SessionManager, open_db
+from zodbsession import SessionManager, control, open_db
+from zodbsession.db import SESSIONS_DATABASE
 
 DAY = 86400.0
 
@@ -213,4 +214,48 @@ def test_every_maintenance_command_works_against_a_running_server(tmp_path, popu
         assert "packed main" in cli(env, tmp_path, "pack").stdout
         assert "revoked 3 session(s)" in cli(env, tmp_path, "revoke", "--all", "--yes").stdout
         assert cli(env, tmp_path, "ls").stdout == ""
+    assert "control command" in server.log()
+
+
+@pytest.mark.parametrize("main_uri", ["file://{tmp}/Data.fs", "memory://"],
+                         ids=["main-in-a-file", "main-in-memory"])
+def test_stats_and_ls_reach_a_server_whose_sessions_have_a_file_of_their_own(tmp_path, main_uri):
+    """``storage.sessions_uri`` on a FileStorage of its own: the running server holds that file,
+    and the commands reach it over the control socket beside the first file it holds (the
+    sessions file itself when the main database is in memory), answering as offline."""
+    main_uri = main_uri.format(tmp=tmp_path)
+    sessions_uri = f"file://{tmp_path}/Sessions.fs"
+    db = open_db(main_uri, sessions_uri=sessions_uri)
+    manager = SessionManager(database=SESSIONS_DATABASE)
+    try:
+        with db.transaction() as conn:
+            for n in range(3):
+                manager.new(conn, user_id="alice" if n < 2 else None)["n"] = n
+    finally:
+        for each in set(db.databases.values()):  # a multi-database: close() closes only the main one
+            each.close()
+    env = {"ZODBSESSION_STORAGE_URI": main_uri, "ZODBSESSION_STORAGE_SESSIONS_URI": sessions_uri,
+           "ZODBSESSION_SERVER_THREADS": "2", "ZODBSESSION_STORAGE_POOL_SIZE": "2"}
+    counts = ("live_sessions", "expired_sessions", "stored_sessions", "users")
+    offline = cli(env, tmp_path, "stats", "--json")
+    assert offline.returncode == 0, offline.stderr
+    offline_stats = json.loads(offline.stdout)
+    offline_ls = cli(env, tmp_path, "ls").stdout
+    assert offline_stats["live_sessions"] == 3 and len(offline_ls.splitlines()) == 3
+    first_file = str(tmp_path / ("Data.fs" if main_uri.startswith("file:") else "Sessions.fs"))
+    with ServerProcess(tmp_path, env) as server:
+        # The control listener starts just after the application's port opens.
+        deadline = time.monotonic() + 30
+        while not control.answers(first_file + ".control") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert control.answers(first_file + ".control"), server.log()
+        live_stats = cli(env, tmp_path, "stats", "--json")
+        assert live_stats.returncode == 0, live_stats.stderr
+        live = json.loads(live_stats.stdout)
+        assert {k: live[k] for k in counts} == {k: offline_stats[k] for k in counts}
+        assert [d["name"] for d in live["databases"]] == [d["name"] for d in offline_stats["databases"]]
+        live_ls = cli(env, tmp_path, "ls")
+        assert live_ls.returncode == 0, live_ls.stderr
+        assert live_ls.stdout == offline_ls
+        assert cli(env, tmp_path, "ls", "--user", "alice").stdout.count("alice") == 2
     assert "control command" in server.log()

@@ -20,7 +20,8 @@ from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ConflictError
 
 from zodbsession import maintenance
-from zodbsession.control import ControlError, ControlListener, answers, call, socket_path
+from zodbsession.config import StorageSettings
+from zodbsession.control import ControlError, ControlListener, answers, call, server_socket, socket_path
 from zodbsession.errors import SessionNotFound
 from zodbsession.manager import SessionManager
 
@@ -39,6 +40,19 @@ def served(tmp_path: Path):
     finally:
         listener.stop()
         db.close()
+
+
+@pytest.mark.parametrize("uri, sessions_uri, expected", [
+    ("file://var/Data.fs", "", "var/Data.fs.control"),
+    ("file://var/Data.fs", "file://var/Sessions.fs", "var/Data.fs.control"),
+    ("zeo://localhost:8100", "file://var/Sessions.fs", "var/Sessions.fs.control"),
+    ("memory://", "file://var/Sessions.fs?pack_keep_old=false", "var/Sessions.fs.control"),
+    ("zeo://localhost:8100", "", None),
+    ("memory://", "zeo://localhost:8100?storage=sessions", None),
+], ids=["main-file", "both-files", "zeo-and-file", "memory-and-file", "zeo-only", "no-file"])
+def test_the_server_listens_beside_the_first_file_it_holds(uri, sessions_uri, expected) -> None:
+    """``serve`` and the command line both ask ``server_socket``; the main file comes first."""
+    assert server_socket(StorageSettings(uri=uri, sessions_uri=sessions_uri)) == expected
 
 
 def _make_sessions(db: DB, manager: SessionManager, count: int, user: str | None = None) -> list[str]:

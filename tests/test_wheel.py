@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -32,6 +33,8 @@ def test_built_wheel_installs_into_a_fresh_venv_and_serves(tmp_path: Path) -> No
     _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, ROOT, cwd=tmp_path)
     (wheel,) = wheels.glob("zodbsession-*.whl")
     assert wheel.name.startswith(f"zodbsession-{version('zodbsession')}-")
+    with zipfile.ZipFile(wheel) as archive:  # PEP 561: the marker that says the package is typed
+        assert "zodbsession/py.typed" in archive.namelist()
 
     venv = tmp_path / "venv"
     _run(sys.executable, "-m", "venv", venv, cwd=tmp_path)

@@ -9,7 +9,7 @@ answer needs (the cookie, the table's own answer, the pause before a retry).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import transaction
 
@@ -18,6 +18,14 @@ from zodbsession.registry import Scope
 from zodbsession.request_session import RequestSession
 
 Headers = list[tuple[str, str]]
+
+T = TypeVar("T")
+
+
+def _opened(value: T | None, what: str) -> T:
+    if value is None:
+        raise RuntimeError(f"the attempt is not open: it has no {what} yet")
+    return value
 
 
 class Attempt:
@@ -54,9 +62,25 @@ class Attempt:
     @property
     def data(self) -> dict[str, Any]:
         """This attempt's scratch mapping (``Scope.data``)."""
-        if self.scope is None:
-            raise RuntimeError("the attempt is not open: it has no scope yet")
-        return self.scope.data
+        return self.opened_scope.data
+
+    # The attributes above are None until the core opens the attempt; these
+    # are them once it has, for code that runs only then.
+
+    @property
+    def opened_tm(self) -> transaction.TransactionManager:
+        """``tm`` of an attempt the core opened itself (not joined); RuntimeError before."""
+        return _opened(self.tm, "transaction manager")
+
+    @property
+    def opened_session(self) -> RequestSession:
+        """``session`` of an opened (or joined) attempt; RuntimeError before."""
+        return _opened(self.session, "session")
+
+    @property
+    def opened_scope(self) -> Scope:
+        """``scope`` of an opened (or joined) attempt; RuntimeError before."""
+        return _opened(self.scope, "scope")
 
 
 @dataclass

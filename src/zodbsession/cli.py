@@ -17,16 +17,19 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from ZEO.Exceptions import ClientDisconnected
 
 from zodbsession import control, maintenance
 from zodbsession.config import Settings, load_settings
-from zodbsession.db import file_locks, file_path
+from zodbsession.db import file_locks
 from zodbsession.errors import ConfigError, DatabaseLocked, ZodbSessionError
 from zodbsession.manager import SessionManager
+
+if TYPE_CHECKING:
+    from ZODB import DB
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -86,27 +89,19 @@ def _database(config_path: str | None, *, read_only: bool = False
         db.close()
 
 
-class _Backend:
-    """Where a maintenance command runs: on the database, or inside the running server that holds it.
+class _LocalBackend:
+    """Where a maintenance command runs with the server stopped: on the database, opened here.
 
-    Either way the results have one shape, the control socket's JSON (the
-    ``as_dict()`` of ``maintenance``'s results), so that a command prints
-    the same whether the server is stopped or running.
+    Its results have the shape of ``_LiveBackend``'s, the control socket's
+    JSON (the ``as_dict()`` of ``maintenance``'s results), so that a command
+    prints the same whether the server is stopped or running.
     """
 
-    def __init__(self, db: Any = None, manager: SessionManager | None = None,
-                 socket_path: str | None = None) -> None:
-        self.db, self.manager, self.socket_path = db, manager, socket_path
-
-    @property
-    def live(self) -> bool:
-        """Whether the commands go to a running server."""
-        return self.socket_path is not None
+    def __init__(self, db: DB, manager: SessionManager) -> None:
+        self.db, self.manager = db, manager
 
     def run(self, command: str, progress: Callable[[int], None] | None = None, **args: Any) -> Any:
-        """Run *command* with *args* here or in the server; *progress* only counts here."""
-        if self.socket_path is not None:
-            return control.call(self.socket_path, command, **args)
+        """Run *command* with *args* (None values left out); *progress* counts expire and revoke --all."""
         args = {key: value for key, value in args.items() if value is not None}
         if progress is not None and command == "expire":
             return {"removed": maintenance.expire_sessions(self.db, self.manager, progress=progress,
@@ -114,6 +109,21 @@ class _Backend:
         if progress is not None and command == "revoke" and args.get("all"):
             return {"revoked": maintenance.revoke_all(self.db, self.manager, progress=progress)}
         return control.COMMANDS[command](self.db, self.manager, args)
+
+
+class _LiveBackend:
+    """Where a maintenance command runs while a server holds the database: in that server."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+
+    def run(self, command: str, progress: Callable[[int], None] | None = None, **args: Any) -> Any:
+        """Run *command* with *args* in the server, over its control socket; *progress* is not called."""
+        return control.call(self.socket_path, command, **args)
+
+
+#: Where a maintenance command runs: ``_backend`` picks one.
+_Backend = _LocalBackend | _LiveBackend
 
 
 @contextmanager
@@ -128,17 +138,15 @@ def _backend(config_path: str | None) -> Iterator[_Backend]:
     try:
         with _database(config_path) as (db, manager):
             opened = True
-            yield _Backend(db, manager)
+            yield _LocalBackend(db, manager)
             return
     except DatabaseLocked:
         if opened:  # raised by the command itself, not by opening
             raise
-        settings = load_settings(config_path)
-        path = file_path(settings.storage.uri)
-        socket_file = control.socket_path(path) if path else None
+        socket_file = control.server_socket(load_settings(config_path).storage)
         if socket_file is None or not control.answers(socket_file):
             raise
-    yield _Backend(socket_path=socket_file)
+    yield _LiveBackend(socket_file)
 
 
 @contextmanager
@@ -336,7 +344,7 @@ def list_command(config_path: str | None, user: str | None, limit: int | None,
                  as_json: bool) -> None:
     """List sessions' bookkeeping (never their data)."""
     with _backend(config_path) as backend:
-        if backend.live:
+        if isinstance(backend, _LiveBackend):
             infos = backend.run("ls", user=user, limit=limit)
         else:  # streamed, a chunk at a time, however many there are
             infos = (i.as_dict() for i in maintenance.list_sessions(backend.db, backend.manager,

@@ -248,7 +248,7 @@ class Settings:
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         """``{section: {key: value}}``, the shape of the TOML file (the token included)."""
-        return {s.name: dataclasses.asdict(getattr(self, s.name)) for s in _SECTIONS}
+        return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
 
     def session_manager(self, clock: Callable[[], float] = time.time) -> SessionManager:
         """A ``SessionManager`` with the [sessions] timeouts and limits, on the right database."""
@@ -311,12 +311,16 @@ _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
                "false": False, "no": False, "off": False, "0": False}  # fmt: skip
 
 
-_SECTIONS = tuple(f for f in dataclasses.fields(Settings) if not f.name.startswith("_"))
+# {section name -> its class (the field's default factory)}, in declaration order
+_SECTIONS: dict[str, Callable[..., Any]] = {
+    f.name: f.default_factory for f in dataclasses.fields(Settings)
+    if not f.name.startswith("_") and f.default_factory is not dataclasses.MISSING
+}
 # {"section.key" -> its type hint}, in declaration order
 _TYPES: dict[str, Any] = {
-    f"{s.name}.{name}": hint
-    for s in _SECTIONS
-    for name, hint in get_type_hints(s.default_factory).items()  # type: ignore[arg-type]
+    f"{section}.{name}": hint
+    for section, cls in _SECTIONS.items()
+    for name, hint in get_type_hints(cls).items()
 }
 
 
@@ -364,9 +368,9 @@ def _build(layers: list[tuple[str, Mapping[str, Any], bool]]) -> Settings:
             values[key] = _coerce(key, value, source, is_text and isinstance(value, str))
             sources[key] = source
     sections = {}
-    for s in _SECTIONS:
-        kwargs = {k.partition(".")[2]: v for k, v in values.items() if k.startswith(s.name + ".")}
-        sections[s.name] = s.default_factory(**kwargs)  # type: ignore[misc,operator]
+    for section, cls in _SECTIONS.items():
+        kwargs = {k.partition(".")[2]: v for k, v in values.items() if k.startswith(section + ".")}
+        sections[section] = cls(**kwargs)
     return Settings(**sections, _sources=MappingProxyType(sources))
 
 

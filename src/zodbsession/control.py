@@ -29,13 +29,17 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ZODB import DB
 
 from zodbsession import maintenance
+from zodbsession.db import file_paths
 from zodbsession.errors import SessionNotFound, ZodbSessionError
 from zodbsession.manager import SessionManager
+
+if TYPE_CHECKING:
+    from zodbsession.config import StorageSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,19 @@ class ControlError(ZodbSessionError):
 def socket_path(storage_path: str) -> str:
     """The control socket of the FileStorage at *storage_path*."""
     return os.path.normpath(storage_path) + SOCKET_SUFFIX
+
+
+def server_socket(storage: StorageSettings) -> str | None:
+    """Where a server on *storage* listens for commands; None when it holds no FileStorage.
+
+    A server holds every FileStorage among ``storage.uri`` and
+    ``storage.sessions_uri`` (a command finds any of them locked), and
+    listens beside the first: the main file, else the sessions file (the
+    main database on ZEO or in memory). ``serve`` starts its listener here
+    and the command line looks here, so that the two cannot disagree.
+    """
+    paths = file_paths(storage.uri, storage.sessions_uri)
+    return socket_path(paths[0]) if paths else None
 
 
 # -- the commands -------------------------------------------------------------

@@ -37,6 +37,10 @@ SameSite = Literal["Lax", "Strict", "None"]
 
 CookieHeader = str | bytes | Iterable[str | bytes] | None
 
+#: A session's own ``Max-Age``: whole seconds, ``"session"`` for none (gone
+#: when the browser closes), None for the policy's default.
+MaxAge = int | Literal["session"] | None
+
 # RFC 6265's cookie-name is RFC 2616's token: no CTLs, no separators.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 # What would end an attribute or the header early, in a path or domain.
@@ -153,7 +157,7 @@ class CookiePolicy:
                            "or browsers drop it")
 
     def set_header(self, session_id: str, *, https: bool,
-                   max_age: int | Literal["session"] | None = None) -> tuple[str, str]:
+                   max_age: MaxAge = None) -> tuple[str, str]:
         """The ``Set-Cookie`` header that hands *session_id* to the client.
 
         *max_age* is what this one session asks for (``RequestSession.cookie_max_age``):

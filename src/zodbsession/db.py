@@ -21,7 +21,7 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode
 
 import zc.lockfile
@@ -171,7 +171,7 @@ def resolve(uri: str) -> tuple[Any, dict[str, Any]]:
     try:
         if uri.startswith("zeo://"):
             return _resolve_zeo(uri)
-        return zodburi.resolve_uri(uri)
+        return cast("tuple[Any, dict[str, Any]]", zodburi.resolve_uri(uri))
     except zodburi.NoResolverForScheme:
         scheme = uri.split(":", 1)[0]
         raise StorageURIError(
@@ -269,6 +269,11 @@ def file_path(uri: str) -> str | None:
 _file_path = file_path
 
 
+def file_paths(*uris: str) -> list[str]:
+    """The FileStorage paths among *uris*, in their order (empty URIs and other schemes skipped)."""
+    return [path for path in map(file_path, uris) if path is not None]
+
+
 def _make_parent_directory(uri: str) -> None:
     path = _file_path(uri)
     if not path:
@@ -293,9 +298,8 @@ def file_locks(*uris: str) -> Iterator[None]:
     until the reader is done. Raises ``DatabaseLocked`` naming the file.
     """
     with contextlib.ExitStack() as stack:
-        for uri in uris:
-            path = _file_path(uri) if uri else None
-            if path is None or not os.path.exists(path):
+        for path in file_paths(*uris):
+            if not os.path.exists(path):
                 continue
             try:
                 lock = zc.lockfile.LockFile(path + ".lock")

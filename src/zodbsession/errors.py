@@ -93,7 +93,8 @@ class CommitOutcomeUnknown(ZodbSessionError):
     """
 
 
-class UncommittedChanges(ZodbSessionError, AlreadyInTransaction):
+# transaction ships no types: mypy sees its base class as Any.
+class UncommittedChanges(ZodbSessionError, AlreadyInTransaction):  # type: ignore[misc]
     """Work that commits its own transactions met changes not yet committed.
 
     ``SessionManager.expire`` (and the maintenance functions) begin and

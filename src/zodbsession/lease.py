@@ -50,7 +50,7 @@ class LeaseLost(ZodbSessionError):
     """The janitor lease names another holder now: this server stops sweeping."""
 
 
-class JanitorLease(Persistent):
+class JanitorLease(Persistent):  # type: ignore[misc]  # persistent is untyped
     """The record: who holds the lease, since when, and until when."""
 
     holder = ""

@@ -42,6 +42,8 @@ _local = threading.local()  # one pickler per thread, reused: making one costs a
 
 
 def _pickled_size(obj: Any) -> int:
+    pickler: _RecordPickler
+    buffer: io.BytesIO
     try:
         pickler, buffer = _local.pickler
     except AttributeError:

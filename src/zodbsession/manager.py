@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, overload
 
 from ZODB.Connection import Connection
 
@@ -51,7 +51,7 @@ EVICTION_SCAN = 64
 class Progress(Protocol):
     """What long maintenance work reports to: called with the count done so far."""
 
-    def __call__(self, done: int) -> None: ...
+    def __call__(self, done: int, /) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,14 @@ class SessionManager:
 
     # -- finding and creating ---------------------------------------------
 
+    @overload
+    def container(self, connection: Connection, *, create: Literal[True] = True) -> SessionContainer: ...
+
+    @overload
+    def container(self, connection: Connection, *, create: bool) -> SessionContainer | None: ...
+
     def container(self, connection: Connection, *, create: bool = True) -> SessionContainer | None:
-        """The session container reachable from *connection*."""
+        """The session container reachable from *connection*; None only without *create*."""
         if self.database is not None:
             connection = connection.get_connection(self.database)
         return get_container(connection, create=create)
@@ -143,7 +149,7 @@ class SessionManager:
         """
         if not is_well_formed_id(session_id):
             return None
-        return self._get_well_formed(connection, session_id)  # type: ignore[arg-type]
+        return self._get_well_formed(connection, session_id)
 
     def _get_well_formed(self, connection: Connection, session_id: str) -> Session | None:
         """``get`` for an id already known to be well formed (the publisher checked the cookie)."""
@@ -286,7 +292,7 @@ class SessionManager:
         """End the session with this id; returns whether there was one."""
         container = self.container(connection, create=False)
         session = container.get(session_id) if container is not None else None
-        if session is None:
+        if container is None or session is None:
             return False
         self._remove(container, session, "revoked")
         return True
@@ -385,7 +391,7 @@ class SessionManager:
         expiry = _unwrap(session)._expiry
         return expiry is not None and expiry[0] == "browser"
 
-    def cookie_max_age(self, session: Any) -> int | str | None:
+    def cookie_max_age(self, session: Any) -> int | Literal["session"] | None:
         """What the cookie's ``Max-Age`` must be for *session*'s own expiry.
 
         None: the cookie policy's default (the session has no expiry of its
@@ -394,14 +400,14 @@ class SessionManager:
         session's whole possible lifetime, since the cookie is not sent
         again each time the session is used.
         """
-        session = _unwrap(session)
-        expiry = session._expiry
+        record = _unwrap(session)
+        expiry = record._expiry
         if expiry is None:
             return None
         kind, value = expiry
         if kind == "browser":
             return "session"
-        end = value if kind == "at" else session.created + max(self.max_lifetime, value)
+        end = value if kind == "at" else record.created + max(self.max_lifetime, value)
         return max(1, math.ceil(end - self.clock()))
 
     # -- expiry -----------------------------------------------------------
@@ -518,7 +524,8 @@ def _deliver(committed: bool, observers: Observers, events: list[SessionEvent]) 
 def _unwrap(session: Any) -> Session:
     """The persistent session behind a request's lazy view, or *session* itself."""
     unwrap = getattr(session, "_zodbsession_unwrap", None)
-    return unwrap() if unwrap is not None else session
+    unwrapped: Session = unwrap() if unwrap is not None else session
+    return unwrapped
 
 
 

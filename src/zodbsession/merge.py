@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Hashable, Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 from ZODB.ConflictResolution import PersistentReference
 from ZODB.POSException import ConflictError
@@ -72,8 +72,15 @@ MAX_DEPTH = 100
 #: The attribute of a session's state that holds the application's data.
 DATA = "_data"
 
+class _Missing:
+    """The type of ``MISSING``: compares and hashes by identity."""
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
 #: Stands for a name absent from a state.
-MISSING: Any = type("Missing", (), {"__repr__": lambda self: "<missing>"})()
+MISSING: Final = _Missing()
 
 _ATOMS = frozenset({type(None), bool, int, str, bytes})
 _SEQUENCES = frozenset({list, tuple})
@@ -142,8 +149,8 @@ def _reduced_part(part: Any, depth: int) -> Hashable:
 
 def _fingerprint_of(value: Any, where: str) -> Hashable:
     """``fingerprint``, with an incomparable value turned into the conflict it causes."""
-    if value is MISSING:
-        return MISSING
+    if isinstance(value, _Missing):  # MISSING, the only instance
+        return value
     try:
         return fingerprint(value)
     except Exception as error:  # any failure to compare must conflict, never merge

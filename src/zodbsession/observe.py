@@ -78,6 +78,16 @@ class Observer:
         """A request's ``after_commit`` or ``after_abort`` hook (*kind*) raised; it was ignored."""
 
 
+class _SessionEventCallback(Observer):
+    """An observer of session events only, passing each to one plain function."""
+
+    def __init__(self, callback: Callable[[SessionEvent], None]) -> None:
+        self._callback = callback
+
+    def session_event(self, event: SessionEvent) -> None:
+        self._callback(event)
+
+
 class Observers(Observer):
     """The hub: passes every report on to each subscribed observer."""
 
@@ -98,9 +108,7 @@ class Observers(Observer):
 
     def on_session_event(self, callback: Callable[[SessionEvent], None]) -> Callable[[], None]:
         """Subscribe a plain function to session events only (an audit log, say)."""
-        observer = Observer()
-        observer.session_event = callback  # type: ignore[method-assign]
-        return self.subscribe(observer)
+        return self.subscribe(_SessionEventCallback(callback))
 
     def __bool__(self) -> bool:
         return bool(self._subscribers)

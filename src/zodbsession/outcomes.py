@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypedDict
 
 from zodbsession.errors import (
     CommitOutcomeUnknown,
@@ -115,8 +115,16 @@ class Outcome:
         return logging.getLevelName(self.level) + ("+tb" if self.traceback else "")
 
 
-def _plain(status: str, body: str, retry_after: str | None = None) -> dict:
-    headers = (("Retry-After", retry_after),) if retry_after is not None else ()
+class _PlainAnswer(TypedDict):
+    """The ``Outcome`` fields of a short text/plain answer, spread into a row with ``**``."""
+
+    status: str
+    body: str
+    headers: tuple[tuple[str, str], ...]
+
+
+def _plain(status: str, body: str, retry_after: str | None = None) -> _PlainAnswer:
+    headers: tuple[tuple[str, str], ...] = (("Retry-After", retry_after),) if retry_after is not None else ()
     return {"status": status, "body": body, "headers": headers}
 
 

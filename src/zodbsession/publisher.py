@@ -287,7 +287,7 @@ class SessionPublisher:
                 # without it the explicit manager raises NoTransaction mid-body
                 # and the change stays in the pooled connection's cache, for
                 # the next request to see (and maybe commit).
-                attempt.tm.begin()
+                attempt.opened_tm.begin()
                 response.body = StreamAfterCommit(response, lambda: core.close(attempt))
                 handed_off = True
             return ending, response

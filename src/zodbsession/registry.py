@@ -66,7 +66,7 @@ class Scope:
     data: dict[str, Any] = field(default_factory=dict)
     outer: bool = False
     # {kind -> [(fn, args, kwargs)]}
-    hooks: dict[str, list[tuple[Callable[..., Any], tuple, dict]]] = field(
+    hooks: dict[str, list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]] = field(
         default_factory=lambda: {kind: [] for kind in HOOK_KINDS}, repr=False)
 
     @property
@@ -96,7 +96,8 @@ class Scope:
             self.hooks["after_abort"].append((fn, args, kwargs))
 
 
-def _if_committed(status: bool, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+def _if_committed(status: bool, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+                  ) -> None:
     # An outer transaction's after-commit hooks run for a failed commit too.
     if status:
         fn(*args, **kwargs)

@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from zodbsession.errors import RequestBodyTooLarge
 
 log = logging.getLogger(__name__)
+
+
+class InputStream(Protocol):
+    """What this module reads of a ``wsgi.input`` stream (PEP 3333's input stream)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def readline(self, size: int = -1, /) -> bytes: ...
 
 
 def check_length(environ: dict[str, Any], max_request_body: int | None) -> None:
@@ -48,7 +56,7 @@ def replayable_body(environ: dict[str, Any], max_bytes: int,
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         length = 0
-    stream = environ.get("wsgi.input")
+    stream: InputStream | None = environ.get("wsgi.input")
     if stream is None or (length <= 0 and not environ.get("wsgi.input_terminated")):
         return b""
     if length > max_bytes:
@@ -82,7 +90,7 @@ def attempt_environ(environ: dict[str, Any], body: bytes | None, attempt: int) -
 class ChainedInput(io.RawIOBase):
     """A body stream whose first bytes were already read into *head*."""
 
-    def __init__(self, head: bytes, rest: Any) -> None:
+    def __init__(self, head: bytes, rest: InputStream) -> None:
         self._head = io.BytesIO(head)
         self._rest = rest
 
@@ -97,7 +105,8 @@ class ChainedInput(io.RawIOBase):
             data += self._rest.read(size - len(data))
         return data
 
-    def readline(self, size: int = -1) -> bytes:
+    def readline(self, size: int | None = -1) -> bytes:
+        size = -1 if size is None else size  # io's readline takes None for "no limit"
         line = self._head.readline(size)
         if line.endswith(b"\n") or (size >= 0 and len(line) >= size):
             return line
@@ -107,7 +116,7 @@ class ChainedInput(io.RawIOBase):
 class LimitedInput(io.RawIOBase):
     """A body stream that raises ``RequestBodyTooLarge`` once more than *left* bytes are read from it."""
 
-    def __init__(self, stream: Any, left: int, limit: int) -> None:
+    def __init__(self, stream: InputStream, left: int, limit: int) -> None:
         self._stream = stream
         self._left = left
         self._limit = limit
@@ -126,6 +135,7 @@ class LimitedInput(io.RawIOBase):
         wanted = self._left + 1 if size < 0 else min(size, self._left + 1)
         return self._checked(self._stream.read(wanted))
 
-    def readline(self, size: int = -1) -> bytes:
+    def readline(self, size: int | None = -1) -> bytes:
+        size = -1 if size is None else size  # io's readline takes None for "no limit"
         wanted = self._left + 1 if size < 0 else min(size, self._left + 1)
         return self._checked(self._stream.readline(wanted))

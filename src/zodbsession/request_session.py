@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from transaction.interfaces import NoTransaction
 from ZODB.Connection import Connection
@@ -297,7 +297,7 @@ class RequestSession(MutableMapping[str, Any]):
             return False
         return None
 
-    def cookie_max_age(self) -> int | str | None:
+    def cookie_max_age(self) -> int | Literal["session"] | None:
         """The ``max_age`` to give ``CookiePolicy.set_header`` for the cookie this request sends.
 
         None: the policy's default; ``"session"``: a cookie gone when the

@@ -25,7 +25,9 @@ class Response:
     def __init__(self) -> None:
         self.status: str | None = None
         self.headers: Headers = []
-        self.body: Any = []
+        self._chunks: list[bytes] = []  # what the application has produced so far
+        # What is sent: those chunks, or a ``StreamAfterCommit`` that goes on from them.
+        self.body: Iterable[bytes] = self._chunks
         self.stream: Iterator[bytes] | None = None
         self._app_iter: Iterable[bytes] | None = None
 
@@ -35,7 +37,7 @@ class Response:
         response = cls()
         response.status = status
         response.headers = list(headers)
-        response.body = [body]
+        response._chunks.append(body)
         return response
 
     @classmethod
@@ -45,13 +47,13 @@ class Response:
         return cls.of(status, [("Content-Type", "text/plain; charset=utf-8"),
                                ("Content-Length", str(len(body))), *headers], body)
 
-    def start_response(self, status: str, headers: Headers, exc_info: Any = None) -> Callable:
+    def start_response(self, status: str, headers: Headers, exc_info: Any = None) -> Callable[[bytes], None]:
         """The ``start_response`` the application is given."""
         # Nothing has been sent yet (we buffer), so a second call with
         # exc_info may always replace the first, as PEP 3333 allows.
         self.status = status
         self.headers = list(headers)
-        return self.body.append
+        return self._chunks.append
 
     def collect(self, app_iter: Iterable[bytes], *, streaming: bool) -> None:
         """Read the application's body: all of it, or when *streaming* its first chunk."""
@@ -60,7 +62,7 @@ class Response:
                 self._begin_stream(app_iter)
                 return
             for chunk in app_iter:
-                self.body.append(chunk)
+                self._chunks.append(chunk)
         finally:
             # PEP 3333: the iterable is closed however the request ends;
             # only a stream handed on (begun) is closed later.
@@ -72,7 +74,7 @@ class Response:
         self._app_iter = app_iter
         iterator = iter(app_iter)
         for chunk in iterator:
-            self.body.append(chunk)
+            self._chunks.append(chunk)
             if chunk:
                 break
         self.stream = iterator

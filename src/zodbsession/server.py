@@ -36,9 +36,9 @@ from ZODB.POSException import ConflictError
 
 from zodbsession.apps import LoadedApp, load_app, resolve
 from zodbsession.config import Settings, cookie_policy
-from zodbsession.control import ControlListener, socket_path
-from zodbsession.db import StorageUnavailable, file_path, redact_uri, zeo_wait_timeout
-from zodbsession.errors import ConfigError
+from zodbsession.control import ControlListener, server_socket
+from zodbsession.db import file_paths, redact_uri, zeo_wait_timeout
+from zodbsession.errors import ConfigError, StorageUnavailable
 from zodbsession.janitor import Janitor
 from zodbsession.lease import Lease
 from zodbsession.manager import SessionManager
@@ -187,10 +187,10 @@ def serve_app(settings: Settings, loaded: LoadedApp, *, config_name: str = "defa
                 settings.server.host, settings.server.port)], DRAIN_TIMEOUT)
         else:
             server = _create_server(wrapped, settings, sockets)
-        storage_file = file_path(settings.storage.uri)
-        if storage_file is not None:
-            # The maintenance commands reach the file this process holds through it.
-            stack.callback(ControlListener(db, manager, socket_path(storage_file)).start().stop)
+        control_socket = server_socket(settings.storage)
+        if control_socket is not None:
+            # The maintenance commands reach the files this process holds through it.
+            stack.callback(ControlListener(db, manager, control_socket).start().stop)
         interval = settings.janitor.interval if janitor else 0
         # Servers sharing the database sweep one at a time: whoever holds the lease.
         lease = Lease(db, manager, period=settings.janitor.lease or 3 * interval) if interval else None
@@ -313,8 +313,8 @@ def open_storage(settings: Settings, label: str = "") -> tuple[DB, list[str]]:
     if waits:
         log.info("%sconnecting to the ZEO server (%s): waiting at most %d s", label,
                  redact_uri(settings.storage.uri), max(waits))
-    missing = [path for path in map(file_path, (settings.storage.uri, settings.storage.sessions_uri))
-               if path is not None and not os.path.exists(path)]
+    missing = [path for path in file_paths(settings.storage.uri, settings.storage.sessions_uri)
+               if not os.path.exists(path)]
     try:
         db = settings.open_db()
     except ClientDisconnected:  # lost again between connecting and the first load

@@ -22,7 +22,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from persistent import Persistent
 from zope.minmax import Maximum
@@ -31,6 +31,11 @@ from zodbsession.errors import InvalidUserId
 
 if TYPE_CHECKING:
     from zodbsession.manager import SessionManager
+
+    class _LastAccess(Protocol):
+        """What a session uses of its ``zope.minmax.Maximum`` (which ships no types)."""
+
+        value: float
 
 #: The manager of sessions loaded some other way than through one; ``manager``
 #: sets it when imported (the session module does not import the manager's).
@@ -61,7 +66,7 @@ def new_session_id() -> str:
             return session_id
 
 
-def is_well_formed_id(value: object) -> bool:
+def is_well_formed_id(value: object) -> TypeGuard[str]:
     """Tell whether *value* has the shape of an id we issue.
 
     Anything else (wrong length, other characters, not a string) is rejected
@@ -117,7 +122,7 @@ def expiry_choice(value: ExpiryValue, now: float) -> tuple[str, float] | None:
     return ("idle", float(value))
 
 
-class Session(Persistent, MutableMapping[str, Any]):
+class Session(Persistent, MutableMapping[str, Any]):  # type: ignore[misc]  # persistent is untyped
     """One user's session: bookkeeping plus the application's data mapping.
 
     Use it as a mapping (``session["cart"] = [...]``). Assigning or deleting a
@@ -144,7 +149,7 @@ class Session(Persistent, MutableMapping[str, Any]):
         self.created = created
         self.user_id = user_id
         self._data: dict[str, Any] = {}
-        self._last_access = Maximum(created)
+        self._last_access: _LastAccess = Maximum(created)
         # Called once, on the first write of a transient session, to store it.
         self._v_attach: Callable[[Session], None] | None = None
 

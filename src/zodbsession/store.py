@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Literal, cast, overload
 
 from BTrees.Length import Length
 from BTrees.OOBTree import OOBTree, OOTreeSet
@@ -51,7 +52,7 @@ def expiry_slot(deadline: float) -> int:
     return math.ceil(deadline / EXPIRY_SLOT_SECONDS)
 
 
-class SessionContainer(Persistent):
+class SessionContainer(Persistent):  # type: ignore[misc]  # persistent is untyped
     """Every stored session of one database, with its indexes.
 
     The container only keeps its structures consistent; policy (timeouts,
@@ -65,11 +66,11 @@ class SessionContainer(Persistent):
         self.by_user = OOBTree()  # {user_id -> OOTreeSet(session_id)}
 
     def __len__(self) -> int:
-        return self.count()
+        return cast(int, self.count())
 
     def get(self, session_id: str) -> Session | None:
         """The stored session with this id, live or not, or None."""
-        return self.sessions.get(session_id)
+        return cast("Session | None", self.sessions.get(session_id))
 
     def add(self, session: Session, deadline: float) -> None:
         """Store a new session and index it."""
@@ -140,13 +141,21 @@ class SessionContainer(Persistent):
             del self.by_user[user_id]
 
 
+@overload
+def get_container(connection: Connection, *, create: Literal[True] = True) -> SessionContainer: ...
+
+
+@overload
+def get_container(connection: Connection, *, create: bool) -> SessionContainer | None: ...
+
+
 def get_container(connection: Connection, *, create: bool = True) -> SessionContainer | None:
     """The container in this connection's root, made on first use if *create*.
 
     Creating it is a write; scripts that only inspect pass ``create=False``.
     """
     root = connection.root()
-    container = root.get(ROOT_KEY)
+    container: SessionContainer | None = root.get(ROOT_KEY)
     if container is None and create:
         container = root[ROOT_KEY] = SessionContainer()
     return container

@@ -151,7 +151,7 @@ class TransactionCore:
             raise
         self._make_scope(attempt, connection)
         if preload and attempt.cookie_id is not None:
-            attempt.session._zodbsession_unwrap()
+            attempt.opened_session._zodbsession_unwrap()
 
     def join(self, attempt: Attempt) -> None:
         """Open the attempt on the thread's default transaction manager, which another owns.
@@ -163,10 +163,11 @@ class TransactionCore:
         """
         attempt.joined = True
         self._make_scope(attempt, self.db.open(transaction_manager=transaction.manager))
-        attempt.scope.outer = True
+        scope = attempt.opened_scope
+        scope.outer = True
         settle = getattr(attempt.session, "settle", None)
         if settle is not None:
-            attempt.scope.before_commit(settle)
+            scope.before_commit(settle)
 
     def finish(self, attempt: Attempt, status: str, headers: Headers, *,
                raised: BaseException | None = None) -> Ending:
@@ -178,8 +179,8 @@ class TransactionCore:
         than committed, the written session checked (picklable, within
         ``max_session_bytes``). A failure on the way is ``fail``'s.
         """
-        tm = attempt.tm
         try:
+            tm = attempt.opened_tm
             if self.commit_veto(attempt.request, status, headers):
                 tm.abort()
                 ending = Ending(VETOED, attempts=attempt.number)
@@ -188,9 +189,9 @@ class TransactionCore:
                 return ending
             ending = Ending(PUBLISH_ERROR if raised is not None else COMMITTED, raised,
                             attempts=attempt.number)
-            for fn, args, kwargs in attempt.scope.hooks["before_commit"]:
+            for fn, args, kwargs in attempt.opened_scope.hooks["before_commit"]:
                 fn(*args, **kwargs)
-            session = attempt.session
+            session = attempt.opened_session
             settle = getattr(session, "settle", None)
             if settle is not None:
                 settle()
@@ -207,7 +208,7 @@ class TransactionCore:
         ``finish`` asks this before committing; a joined attempt's front door
         asks it itself, once the application has returned.
         """
-        session = attempt.session
+        session = attempt.opened_session
         cookie = session.cookie_to_send()
         max_age = None
         if isinstance(cookie, str):
@@ -281,7 +282,7 @@ class TransactionCore:
 
     def enter(self, attempt: Attempt) -> None:
         """Make the attempt's scope current in the caller's context (thread or task)."""
-        self.registry.set(attempt.scope)
+        self.registry.set(attempt.opened_scope)
 
     def leave(self) -> None:
         """Forget the current scope in the caller's context."""

@@ -76,6 +76,8 @@ _local = threading.local()  # one pickler per thread, reused: making one costs a
 
 
 def _pickled(value: Any) -> bytes:
+    pickler: _StatePickler
+    buffer: io.BytesIO
     try:
         pickler, buffer = _local.pickler
     except AttributeError:

@@ -64,7 +64,8 @@ class UvicornListener:
     @property
     def effective_port(self) -> int:
         """The port of the first socket: the one a caller asked for, or the one the system chose."""
-        return self.sockets[0].getsockname()[1]
+        port: int = self.sockets[0].getsockname()[1]  # an (address, port) pair, typed Any
+        return port
 
     def start(self) -> UvicornListener:
         """Run uvicorn in its thread; the application's lifespan startup runs there."""

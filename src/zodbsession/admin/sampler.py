@@ -104,4 +104,5 @@ def recent_rate(samples: Sequence[Sample], counter: str, window: float = 60.0) -
         first = samples[-2]
     if last.at <= first.at:
         return None
-    return max(getattr(last, counter) - getattr(first, counter), 0) / (last.at - first.at)
+    grown: float = max(getattr(last, counter) - getattr(first, counter), 0)
+    return grown / (last.at - first.at)

@@ -40,4 +40,5 @@ async def run_in_connection(fn: Callable[..., T], /, *args: Any,
     if runner is None:
         raise RuntimeError("run_in_connection needs a request of zodbsession.asgi.SessionMiddleware "
                            "(under the WSGI publisher, use the connection directly)")
-    return await runner(fn, *args)
+    result: T = await runner(fn, *args)
+    return result

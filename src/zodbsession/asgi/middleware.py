@@ -314,7 +314,7 @@ class SessionMiddleware:
             # Changes made while the rest streams join a transaction that
             # close() aborts; without one the explicit manager raises
             # NoTransaction at the application's next write.
-            attempt.tm.begin()
+            attempt.opened_tm.begin()
         return ending
 
     # -- answers ------------------------------------------------------------------

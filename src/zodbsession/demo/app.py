@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from BTrees.Length import Length
@@ -30,6 +30,9 @@ from BTrees.Length import Length
 from zodbsession.demo.page import render_page
 from zodbsession.errors import PublishError, Redirect
 from zodbsession.request_session import RequestSession
+
+if TYPE_CHECKING:
+    from zodbsession.replay import InputStream
 
 #: The database root key of the application's own data: every increment, by anyone.
 INCREMENTS_KEY = "app.increments"
@@ -57,14 +60,15 @@ class DemoFailure(RuntimeError):
 def _session(environ: Environ) -> RequestSession:
     """The request's session, which only ``SessionPublisher`` provides."""
     try:
-        return environ["zodbsession.session"]
+        session: RequestSession = environ["zodbsession.session"]
     except KeyError:
         raise RuntimeError("the demo app must run inside zodbsession's SessionPublisher") from None
+    return session
 
 
 def _read_body(environ: Environ) -> bytes:
     """The request body, at most ``MAX_BODY_BYTES``; 400 or 413 otherwise."""
-    stream = environ["wsgi.input"]
+    stream: InputStream = environ["wsgi.input"]
     raw = environ.get("CONTENT_LENGTH") or ""
     if raw:
         length = int(raw) if raw.isascii() and raw.isdigit() else -1
@@ -150,7 +154,7 @@ def _increment(environ: Environ) -> int:
     together. The ``Length`` merges concurrent increments instead of conflicting.
     """
     session = _session(environ)
-    count = session.get("count", 0) + 1
+    count: int = session.get("count", 0) + 1
     session["count"] = count
     root = environ["zodbsession.connection"].root()
     length = root.get(INCREMENTS_KEY)

@@ -19,7 +19,7 @@ request's connection is used from the thread that owns it).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
@@ -37,7 +37,7 @@ T = TypeVar("T")
 Unit = Callable[[Connection, SessionManager], T]
 
 
-class SessionStore(SessionBase):
+class SessionStore(SessionBase):  # type: ignore[misc]  # Django is untyped
     """A Django session kept as a ``DjangoSession`` record in zodbsession's container.
 
     Use it with ``SESSION_ENGINE = "zodbsession.django"``. The logged-in
@@ -55,7 +55,7 @@ class SessionStore(SessionBase):
         """The stored data, or ``{}`` (forgetting the key) when no live session has it."""
         data = database.run(_reader(self.session_key, self._copy), write=False)
         if data is None:
-            self._session_key = None
+            self._session_key: str | None = None  # SessionBase's attribute, which Django leaves untyped
             return {}
         return data
 
@@ -166,7 +166,8 @@ class SessionStore(SessionBase):
     def _copy(self, data: dict[str, Any]) -> dict[str, Any]:
         """*data* through the serializer and back: Django's types, and no object shared."""
         serializer = self.serializer()
-        return serializer.loads(serializer.dumps(data))
+        copied: dict[str, Any] = serializer.loads(serializer.dumps(data))
+        return copied
 
     @staticmethod
     def _writer(key: str, data: dict[str, Any], expires: float, must_create: bool) -> Unit[None]:
@@ -211,8 +212,7 @@ def _reader(session_key: str | None, copy: Callable[[dict[str, Any]], dict[str, 
 
 
 def _container(conn: Connection) -> SessionContainer:
-    # With create=True there always is one.
-    return cast(SessionContainer, get_container(database.sessions_connection(conn)))
+    return get_container(database.sessions_connection(conn))
 
 
 def _stored(conn: Connection, session_key: str) -> Any:

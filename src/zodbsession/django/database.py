@@ -56,7 +56,8 @@ URI_SETTING = "ZODBSESSION_URI"
 CONFIG_SETTING = "ZODBSESSION_CONFIG"
 
 
-class ImproperlyConfiguredStorage(ConfigError, ImproperlyConfigured):
+# Django ships no types: mypy sees its base class as Any.
+class ImproperlyConfiguredStorage(ConfigError, ImproperlyConfigured):  # type: ignore[misc]
     """``ZODBSESSION_URI`` or ``ZODBSESSION_CONFIG`` is wrong; Django reports it as misconfiguration."""
 
 

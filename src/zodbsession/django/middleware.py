@@ -22,7 +22,7 @@ from django.utils.deprecation import MiddlewareMixin
 from zodbsession.errors import PublishError
 
 
-class PublishErrorMiddleware(MiddlewareMixin):
+class PublishErrorMiddleware(MiddlewareMixin):  # type: ignore[misc]  # Django is untyped
     """Answers a view's ``PublishError`` with its own status; leaves other exceptions to Django.
 
     Add ``"zodbsession.django.middleware.PublishErrorMiddleware"`` to

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from zodbsession.errors import InvalidUserId
-from zodbsession.manager import SessionManager, check_user_id
-from zodbsession.session import Session
+from zodbsession.manager import SessionManager
+from zodbsession.session import Session, check_user_id
 
 #: The session key Django's auth stores the user's primary key under.
 AUTH_USER_KEY = "_auth_user_id"

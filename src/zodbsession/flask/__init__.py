@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast
 
 import transaction
 from flask import Flask, Response, current_app, got_request_exception, has_request_context, request
@@ -59,10 +59,15 @@ from zodbsession.flask.sessions import (
 )
 from zodbsession.manager import SessionManager
 from zodbsession.periodic import Periodic
-from zodbsession.publisher import SessionPublisher, StartResponse
+from zodbsession.publisher import SessionPublisher, StartResponse, WSGIApp
 from zodbsession.registry import Scope, registry
 from zodbsession.request_session import RequestSession
 from zodbsession.work import connection as work_connection
+
+if TYPE_CHECKING:
+    from werkzeug.local import LocalProxy
+
+T = TypeVar("T")
 
 #: Where ``app.extensions`` keeps the extension's per-application state.
 EXTENSION_KEY = "zodbsession"
@@ -197,7 +202,7 @@ class _RaiseTransient:
     publisher, which retries the request.
     """
 
-    def __init__(self, wsgi_app: Any) -> None:
+    def __init__(self, wsgi_app: WSGIApp) -> None:
         self.wsgi_app = wsgi_app
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -310,7 +315,7 @@ class ZODBSession:
         if registry.has():
             raise RuntimeError("ZODBSession.transaction() inside a request: use connection(), "
                                "whose transaction the request commits")
-        state = ZODBSession.state(app if app is not None else current_app._get_current_object())
+        state = ZODBSession.state(app if app is not None else _unproxied(current_app))
         tm = transaction.TransactionManager(explicit=True)
         conn = state.get_db().open(transaction_manager=tm)
         try:
@@ -328,7 +333,8 @@ class ZODBSession:
     @staticmethod
     def state(app: Flask) -> ExtensionState:
         """The extension's state for *app* (its db, manager, cookie policy)."""
-        return app.extensions[EXTENSION_KEY]
+        state: ExtensionState = app.extensions[EXTENSION_KEY]
+        return state
 
 
 def _answer_publish_error(exc: PublishError) -> Response:
@@ -354,6 +360,11 @@ def _on_request_exception(sender: Flask, exception: BaseException, **extra: Any)
         report.error = exception
 
 
+def _unproxied(proxy: T) -> T:
+    """The object behind one of Flask's context proxies (which Flask types as that object)."""
+    return cast("LocalProxy[T]", proxy)._get_current_object()
+
+
 def connection() -> Connection:
     """The ZODB connection of the current request's transaction: the application's data is here.
 
@@ -363,7 +374,7 @@ def connection() -> Connection:
     if registry.has():
         return registry.connection
     if has_request_context():
-        session = flask_session._get_current_object()
+        session = _unproxied(flask_session)
         if isinstance(session, FlaskSession) and session._opener is not None:
             # Outside a publisher (a test_request_context): the session's own
             # connection, opened now if need be.
@@ -402,10 +413,21 @@ def cookie_policy_from(config: Any) -> CookiePolicy:
         raise ConfigError("SESSION_COOKIE_*", str(exc)) from exc
 
 
+class _ManagerOptions(TypedDict, total=False):
+    """The ``SessionManager`` fields a Flask configuration sets."""
+
+    idle_timeout: float
+    max_lifetime: float
+    access_resolution: float
+
+
+_TIMEOUT_KEYS: tuple[tuple[str, Literal["idle_timeout", "max_lifetime"]], ...] = (
+    ("ZODBSESSION_IDLE_TIMEOUT", "idle_timeout"), ("ZODBSESSION_MAX_LIFETIME", "max_lifetime"))
+
+
 def _manager_from(config: Any) -> SessionManager:
-    options: dict[str, float] = {}
-    for key, field_name in (("ZODBSESSION_IDLE_TIMEOUT", "idle_timeout"),
-                            ("ZODBSESSION_MAX_LIFETIME", "max_lifetime")):
+    options: _ManagerOptions = {}
+    for key, field_name in _TIMEOUT_KEYS:
         if key in config:
             value = config[key]
             if isinstance(value, timedelta):

@@ -105,7 +105,7 @@ class FlaskSession(SessionMixin, MutableMapping[str, Any]):
     # -- Flask's protocol ----------------------------------------------------
 
     @property
-    def modified(self) -> bool:  # type: ignore[override]
+    def modified(self) -> bool:
         """Whether the session was changed in this request."""
         return self._modified or self.request_session.written_session() is not None
 

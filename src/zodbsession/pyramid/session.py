@@ -19,6 +19,7 @@ from zope.interface import implementer
 from zodbsession.request_session import RequestSession
 
 if TYPE_CHECKING:
+    from zodbsession.cookies import MaxAge
     from zodbsession.pyramid.settings import ZodbSessions
 
 
@@ -155,7 +156,7 @@ class CookieDecision:
         self.request_session = request_session
         self.tm = tm
         # (cookie_to_send(), cookie_max_age()) as the last commit left them
-        self.decided: tuple[str | bool | None, int | str | None] = (None, None)
+        self.decided: tuple[str | bool | None, MaxAge] = (None, None)
 
     # ISynchronizer
     def newTransaction(self, txn: transaction.interfaces.ITransaction) -> None:  # noqa: N802
@@ -195,7 +196,7 @@ class CookieDecision:
         decided = (session.cookie_to_send(), session.cookie_max_age())
         txn.addAfterCommitHook(self._after_commit, (decided,))
 
-    def _after_commit(self, committed: bool, decided: tuple[str | bool | None, int | str | None]) -> None:
+    def _after_commit(self, committed: bool, decided: tuple[str | bool | None, MaxAge]) -> None:
         if committed:
             self.decided = decided
 

@@ -19,7 +19,7 @@ import inspect
 import io
 import json as jsonlib
 import wsgiref.util
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -204,7 +204,8 @@ class WSGIClient(SessionClient):
         answer: dict[str, Any] = {}
         written: list[bytes] = []
 
-        def start_response(status: str, response_headers: list[tuple[str, str]], exc_info: Any = None):
+        def start_response(status: str, response_headers: list[tuple[str, str]],
+                           exc_info: Any = None) -> Callable[[bytes], None]:
             answer["status"], answer["headers"] = status, list(response_headers)
             return written.append
 

@@ -110,7 +110,7 @@ def as_request(db: DB, manager: SessionManager | None = None, *, session_id: str
                            registry=registry)
     attempt = core.attempt(session_id if is_well_formed_id(session_id) else None, where="as_request")
     core.open(attempt)
-    context = RequestContext(attempt.scope)
+    context = RequestContext(attempt.opened_scope)
     core.enter(attempt)
     try:
         try:
