@@ -42,7 +42,7 @@ def test_defaults_without_file_or_environment():
     assert settings.cookie.secure == "auto"
     assert settings.cookie.samesite == "Lax"
     assert settings.cookie.httponly is True
-    assert settings.publisher.retry_attempts == 5
+    assert (settings.publisher.retry_attempts, settings.publisher.retry_deadline) == (0, 10.0)
     assert settings.server.port == 8080
     assert settings.logging.level == "INFO"
     assert settings.source_of("server.port") == "default"
@@ -160,8 +160,10 @@ BAD_VALUES = [
     ("cookie.secure", {"cookie.secure": "sometimes"}),
     ("cookie.name", {"cookie.name": "bad name;"}),
     ("cookie.path", {"cookie.path": "app"}),
-    ("publisher.retry_attempts", {"publisher.retry_attempts": 0}),
+    ("publisher.retry_attempts", {"publisher.retry_attempts": -1}),
     ("publisher.retry_backoff", {"publisher.retry_backoff": -0.1}),
+    ("publisher.retry_deadline", {"publisher.retry_deadline": -1.0}),
+    ("publisher.retry_deadline", {"publisher.retry_deadline": 0.0}),
     ("janitor.interval", {"janitor.interval": -1}),
     ("janitor.batch_size", {"janitor.batch_size": 0}),
     ("logging.level", {"logging.level": "LOUD"}),
@@ -209,7 +211,8 @@ BAD_IDS = [
     "uri-no-scheme", "uri-unknown-scheme", "uri-bad-option", "sessions-uri-unknown-scheme",
     "sessions-uri-same-as-uri", "samesite-unknown", "samesite-none-insecure",
     "samesite-none-auto", "secure-bad", "cookie-name-bad", "cookie-path-relative",
-    "retries-zero", "backoff-negative", "janitor-interval-negative", "janitor-batch-zero",
+    "retries-negative", "backoff-negative", "deadline-negative", "no-retry-limit-at-all",
+    "janitor-interval-negative", "janitor-batch-zero",
     "log-level-unknown",
     "bool-as-int", "int-as-str", "int-as-float", "int-as-bool", "float-as-str",
     "float-infinite", "str-as-int",

@@ -2,8 +2,9 @@
 
 Real ZEO (``zodbsession zeo`` in a child process) with several client
 databases in this process, each one a server's view; clocks the tests move.
-The last test reads the storage's own transaction history to show that
-sweep batches of two holders never interleave.
+Two tests read the storage's own transaction history to show that sweep
+batches of two holders never interleave; the last one runs three real
+``zodbsession serve`` processes and kills the holder.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from pathlib import Path
 
 import pytest
 import transaction
+from persistent.TimeStamp import TimeStamp
 from ZODB import DB
 from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ConflictError
 
-from serverproc import ZeoProcess
+from serverproc import ServerProcess, ZeoProcess
+from test_admin_server import TOKEN, scrape, value
 from zodbsession.db import open_db
 from zodbsession.janitor import Janitor
 from zodbsession.lease import LEASE_KEY, Lease, LeaseLost
@@ -202,3 +205,82 @@ def test_three_janitors_sweep_one_at_a_time_and_remove_every_expired_session(tmp
             swept_by.add(holder)
             assert note.rsplit(" ", 1)[1] == holder, f"a batch of a non-holder committed: {note}"
     assert swept_by == set(holders)
+
+
+# -- real servers ----------------------------------------------------------------------------
+
+#: The janitor interval of the servers below; the lease is three of them (the default).
+INTERVAL = 0.5
+PERIOD = 3 * INTERVAL
+
+
+def _janitor_runs(servers: list[ServerProcess]) -> list[float]:
+    return [value(scrape(server), "zodbsession_janitor_runs_total") for server in servers]
+
+
+def _wait_for(condition, timeout: float, what: str, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(step)
+    raise AssertionError(f"{what} within {timeout} s")
+
+
+def test_three_servers_elect_one_janitor_and_another_takes_over_when_it_is_killed(tmp_path: Path, zeo):
+    """Three ``zodbsession serve`` on one ZEO server: nobody is told to sweep or not (short timings only).
+
+    Only the lease holder sweeps (its ``zodbsession_janitor_runs_total``
+    grows, the others' stay 0); SIGKILLed, it is replaced within two lease
+    periods, measured by the ZEO server's own clock on the takeover's
+    transaction; and the storage's history shows the lease taken twice, by
+    the killed server and then its successor, with every renewal and sweep
+    batch in between by the holder of the time.
+    """
+    env = {"ZODBSESSION_STORAGE_URI": zeo.uri(wait_timeout=5),
+           "ZODBSESSION_JANITOR_INTERVAL": str(INTERVAL)}
+    servers = [ServerProcess(tmp_path, env, admin_token=TOKEN) for _ in range(3)]
+    with servers[0], servers[1], servers[2]:
+        def three_sweeps() -> list[float] | None:
+            runs = _janitor_runs(servers)
+            return runs if max(runs) >= 3 else None
+
+        runs = _wait_for(three_sweeps, 30, "no server swept three times")
+        assert sorted(runs)[:2] == [0, 0], f"more than one server sweeps: {runs}"
+        holder = servers[runs.index(max(runs))]
+        others = [server for server in servers if server is not holder]
+        holder.kill()
+        killed_at = time.time()
+        before = _janitor_runs(others)
+
+        def new_sweeper() -> ServerProcess | None:
+            now = _janitor_runs(others)
+            return next((s for s, n, b in zip(others, now, before, strict=True) if n > b), None)
+
+        successor = _wait_for(new_sweeper, 4 * PERIOD, "nobody took the lease over")
+        bystander = next(server for server in others if server is not successor)
+        time.sleep(4 * INTERVAL)
+        after = dict(zip(("successor", "bystander"), _janitor_runs([successor, bystander]), strict=True))
+        assert after["bystander"] == 0, "the third server swept too"
+        assert after["successor"] >= 3
+        # Stopping gives the lease up, and a server stopped later takes it: not counted.
+        stopping_at = time.time()
+    zeo.stop()
+    taken: list[tuple[float, int]] = []  # (when, the taker's pid)
+    renewed: dict[int, int] = {}  # {pid -> renewals}
+    for txn in FileStorage(str(tmp_path / "Data.fs"), read_only=True).iterator():
+        note = txn.description.decode()
+        if " by " not in note or TimeStamp(txn.tid).timeTime() >= stopping_at:
+            continue
+        pid = int(note.rsplit(" ", 1)[1].split(":")[1])  # the holder is host:pid:tag
+        if "janitor lease taken by " in note:
+            taken.append((TimeStamp(txn.tid).timeTime(), pid))
+        elif "janitor lease renewed by " in note or "janitor sweep by " in note:
+            assert taken and pid == taken[-1][1], f"not by the holder of the time: {note}"
+            renewed[pid] = renewed.get(pid, 0) + ("renewed" in note)
+    assert [pid for _, pid in taken] == [holder.process.pid, successor.process.pid]
+    assert renewed.get(holder.process.pid, 0) >= 2 and renewed.get(successor.process.pid, 0) >= 2, renewed
+    takeover = taken[1][0] - killed_at
+    print(f"\ntaken over {takeover:.2f} s after the kill (bound {2 * PERIOD:g} s); renewals {renewed}")
+    assert takeover <= 2 * PERIOD, f"taken over {takeover:.2f} s after the kill"

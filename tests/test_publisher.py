@@ -221,9 +221,16 @@ def test_app_that_never_calls_start_response_gets_500_and_aborts(database):
 # -- construction ---------------------------------------------------------------------
 
 
-def test_retry_attempts_below_one_is_refused(database):
-    with pytest.raises(ValueError, match="retry_attempts"):
-        SessionPublisher(app_from(lambda env: ""), database, retry_attempts=0)
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [({"retry_attempts": -1}, "retry_attempts must be at least 0"),
+     ({"retry_deadline": -1}, "retry_deadline must be at least 0"),
+     ({"retry_attempts": 0, "retry_deadline": 0}, "cannot both be 0")],
+    ids=["attempts-negative", "deadline-negative", "no-limit-at-all"],
+)
+def test_retry_limits_that_bound_nothing_are_refused(database, options, match):
+    with pytest.raises(ValueError, match=match):
+        SessionPublisher(app_from(lambda env: ""), database, **options)
 
 
 def test_explicit_manager_per_request_refuses_work_outside_the_transaction(database):

@@ -83,6 +83,64 @@ def test_back_off_doubles_with_full_jitter_up_to_its_ceiling():
     assert delays == recorded.slept == [0.01, 0.02, 0.04, 0.05, 0.05]
 
 
+class Clock:
+    """A monotonic clock that moves only when told, or by what ``sleep`` is asked to wait."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_the_deadline_ends_retries_when_the_next_attempt_would_begin_past_it():
+    clock = Clock()
+    policy = RetryPolicy(attempts=0, deadline=10.0, clock=clock)
+    started = policy.start()
+    clock.now += 9.5
+    assert policy.allows(1000, started)  # no count: a thousand attempts are fine
+    assert policy.allows(1000, started, delay=0.5)  # the next would begin at 10 s: still in
+    assert not policy.allows(1000, started, delay=0.6)
+    clock.now += 0.6
+    assert not policy.allows(1000, started)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "deadline", "allowed"),
+    [(5, 0.0, [True] * 4 + [False] * 4), (0, 3.5, [True] * 3 + [False] * 5),
+     (5, 3.5, [True] * 3 + [False] * 5), (2, 3.5, [True] + [False] * 7)],
+    ids=["count-only", "deadline-only", "deadline-first", "count-first"],
+)
+def test_a_count_and_a_deadline_end_retries_at_whichever_comes_first(attempts, deadline, allowed):
+    """Each attempt takes one second here: after attempt n, n seconds have passed."""
+    clock = Clock()
+    policy = RetryPolicy(attempts=attempts, deadline=deadline, clock=clock)
+    started = policy.start()
+    verdicts = []
+    for attempt in range(1, 9):
+        clock.now += 1
+        verdicts.append(policy.allows(attempt, started))
+    assert verdicts == allowed
+
+
+def test_the_default_policy_retries_at_once_for_up_to_ten_seconds():
+    assert (DEFAULT_POLICY.attempts, DEFAULT_POLICY.backoff, DEFAULT_POLICY.deadline) == (0, 0.0, 10.0)
+    assert DEFAULT_POLICY.delay(50) == 0.0
+    assert DEFAULT_POLICY.limits() == "of up to 10 s"
+    assert RetryPolicy(5, deadline=0).limits() == "of 5"
+    assert RetryPolicy(5).limits() == "of 5 or 10 s"
+    assert RetryPolicy(5).limits(1) == "of 1"
+
+
+def test_the_back_off_of_a_thousandth_attempt_is_its_ceiling_not_an_overflow():
+    recorded = Recorded()
+    policy = RetryPolicy(backoff=0.01, max_backoff=0.5, uniform=recorded.uniform)
+    assert policy.delay(5000) == 0.5
+
+
 def test_no_back_off_never_sleeps():
     recorded = Recorded()
     policy = RetryPolicy(3, backoff=0, uniform=recorded.uniform, sleep=recorded.sleep)
@@ -90,10 +148,16 @@ def test_no_back_off_never_sleeps():
     assert recorded.ranges == recorded.slept == []
 
 
-@pytest.mark.parametrize(("field", "value"), [("attempts", 0), ("backoff", -1), ("max_backoff", -0.1)])
+@pytest.mark.parametrize(("field", "value"), [("attempts", -1), ("backoff", -1), ("max_backoff", -0.1),
+                                               ("deadline", -1)])
 def test_a_policy_refuses_nonsense_where_it_is_built(field, value):
     with pytest.raises(ValueError, match="at least"):
         RetryPolicy(**{field: value})
+
+
+def test_a_policy_needs_a_count_or_a_deadline_to_bound_its_retries():
+    with pytest.raises(ValueError, match="cannot both be 0"):
+        RetryPolicy(attempts=0, deadline=0)
 
 
 def test_transient_errors_are_retryable_and_others_are_not():
@@ -180,3 +244,48 @@ def test_a_unit_of_work_gives_up_after_its_attempts(database):
         with pytest.raises(ConflictError):
             in_transaction(conn, unit, write=True, retry=RetryPolicy(2, backoff=0))
     assert len(calls) == 2
+
+
+def _conflicting_app(conflicts: int, attempts: list[int], clock: Clock | None = None):
+    """A WSGI app raising ConflictError on its first *conflicts* attempts; each takes 1 s on *clock*."""
+
+    def app(environ, start_response):
+        attempts.append(environ["zodbsession.attempt"])
+        if clock is not None:
+            clock.now += 1.0
+        environ["zodbsession.session"]["n"] = environ["zodbsession.attempt"]
+        if len(attempts) <= conflicts:
+            raise ConflictError("simulated: another process wrote the session first")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    return app
+
+
+def test_a_request_that_conflicts_far_past_five_attempts_commits_within_the_deadline(database):
+    """The default policy has no count: fifty lost conflicts in a row still end in a commit."""
+    attempts: list[int] = []
+    response = webtest.TestApp(SessionPublisher(_conflicting_app(50, attempts), database)).get("/")
+    assert response.status_int == 200
+    assert attempts == list(range(1, 52))
+
+
+def test_a_request_still_conflicting_at_the_deadline_gets_503_busy(database):
+    clock = Clock()
+    policy = RetryPolicy(deadline=10.0, clock=clock, sleep=clock.sleep)
+    attempts: list[int] = []
+    pub = SessionPublisher(_conflicting_app(1000, attempts, clock), database, retry=policy)
+    response = webtest.TestApp(pub).get("/", expect_errors=True)
+    assert response.status_int == 503
+    assert response.text == "busy, please retry"
+    # Attempt n ends n seconds after the first began: the eleventh begins at 10 s
+    # exactly, still within the deadline, and the twelfth would begin past it.
+    assert attempts == list(range(1, 12))
+
+
+def test_the_attempt_count_still_bounds_a_request_within_the_deadline(database):
+    attempts: list[int] = []
+    pub = SessionPublisher(_conflicting_app(1000, attempts), database, retry_attempts=3)
+    response = webtest.TestApp(pub).get("/", expect_errors=True)
+    assert response.status_int == 503
+    assert attempts == [1, 2, 3]

@@ -10,6 +10,7 @@ conflict, made by a second connection, is retried by the same loop.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -46,9 +47,10 @@ def core(database: DB) -> TransactionCore:
 async def handle(core: TransactionCore, cookie_id: str | None, app: App) -> Ending:
     """One request, as an ASGI middleware runs it."""
     attempts = core.attempts_for(replayable=True)
-    for number in range(1, attempts + 1):
+    started = core.retry.start()
+    for number in itertools.count(1):
         attempt = core.attempt(cookie_id, number=number, attempts=attempts, where="POST /",
-                               request={"type": "http"})
+                               request={"type": "http"}, started=started)
         try:
             await asyncio.to_thread(core.open, attempt, preload=True)
         except Exception as exc:

@@ -35,13 +35,16 @@ class Attempt:
     in different threads one after another, never at once.
     """
 
-    __slots__ = ("number", "attempts", "cookie_id", "more_ids", "where", "request", "tm",
+    __slots__ = ("number", "attempts", "started", "cookie_id", "more_ids", "where", "request", "tm",
                  "connection", "session", "scope", "joined")
 
     def __init__(self, cookie_id: str | None, number: int, attempts: int, where: str,
-                 request: Any, more_ids: tuple[str, ...] = ()) -> None:
+                 request: Any, more_ids: tuple[str, ...] = (), started: float | None = None) -> None:
         self.number = number
+        # The request's limit on attempts (0: none but the retry deadline), and
+        # when its first attempt began (the policy's clock; None: not measured).
         self.attempts = attempts
+        self.started = started
         self.cookie_id = cookie_id
         # Further well-formed ids from cookies of the same name, tried in order
         # when *cookie_id* names no live session.
@@ -56,8 +59,12 @@ class Attempt:
 
     @property
     def last(self) -> bool:
-        """Whether no attempt follows this one, whatever happens."""
-        return self.number >= self.attempts
+        """Whether no attempt follows this one, whatever happens: the count is reached.
+
+        The retry deadline may end the attempts sooner; the core asks the
+        policy (``RetryPolicy.allows``) when an attempt fails.
+        """
+        return bool(self.attempts) and self.number >= self.attempts
 
     @property
     def data(self) -> dict[str, Any]:

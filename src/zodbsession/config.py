@@ -108,10 +108,17 @@ class CookieSettings:
 
 @dataclass(frozen=True)
 class PublisherSettings:
-    """How the WSGI publisher retries conflicts and hands out response bodies."""
+    """How the WSGI publisher retries conflicts and hands out response bodies.
 
-    retry_attempts: int = 5
-    retry_backoff: float = 0.01
+    A conflicting request is retried until it commits, within two limits, the
+    first one reached ending the retries: ``retry_attempts`` attempts in all
+    and ``retry_deadline`` seconds after the first attempt began (0 turns
+    either off, not both).
+    """
+
+    retry_attempts: int = 0  # 0: no limit on the count, only retry_deadline
+    retry_backoff: float = 0.0  # seconds; 0: a conflict is retried at once
+    retry_deadline: float = 10.0  # seconds; 0: no limit in time, only retry_attempts
     max_replay_bytes: int = 1048576
     streaming: bool = False
     serialize_same_session: bool = True
@@ -454,8 +461,13 @@ def _validate(s: Settings) -> None:
         ("cookie.domain", not re.search(r"[;\s]", ck.domain), "must hold no ';' or whitespace"),
         ("cookie.samesite", ck.samesite != "None" or ck.secure is True,
          "'None' needs cookie.secure = true, or browsers drop the cookie"),
-        ("publisher.retry_attempts", s.publisher.retry_attempts >= 1, "must be at least 1"),
+        ("publisher.retry_attempts", s.publisher.retry_attempts >= 0,
+         "must be at least 0 (0: no limit but publisher.retry_deadline)"),
         ("publisher.retry_backoff", s.publisher.retry_backoff >= 0, "must be at least 0 seconds"),
+        ("publisher.retry_deadline", s.publisher.retry_deadline >= 0,
+         "must be at least 0 seconds (0: no limit but publisher.retry_attempts)"),
+        ("publisher.retry_deadline", s.publisher.retry_deadline > 0 or s.publisher.retry_attempts > 0,
+         "cannot be 0 while publisher.retry_attempts is 0 too: one of them must bound the retries"),
         ("publisher.max_replay_bytes", s.publisher.max_replay_bytes >= 0, "must be at least 0"),
         ("publisher.max_request_body", s.publisher.max_request_body >= 0,
          "must be at least 0 bytes (0: no limit)"),

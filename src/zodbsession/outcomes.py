@@ -39,8 +39,8 @@ app_exception         abort    no     500                                       
 - ``session_busy``: too many requests wait for this session already.
 - ``storage_unavailable``: ZEO away (``ClientDisconnected``), the storage unopenable.
 - ``outcome_unknown``: the commit failed after every vote.
-- ``conflict``: a retryable error, attempts left.
-- ``gave_up``: a retryable error on the last attempt.
+- ``conflict``: a retryable error, with attempts and time left.
+- ``gave_up``: a retryable error, with no attempt or time left.
 - ``invalid_session``: the session cannot be stored (too large, unpicklable).
 - ``session_cap``: a new session refused: ``max_sessions`` reached.
 - ``storage_write_failed``: the storage failed to write before every vote (OSError).
@@ -167,13 +167,13 @@ TABLE: tuple[Outcome, ...] = (
             errors=(CommitOutcomeUnknown,),
             message=("{where}: the storage failed while finishing the commit; its outcome is unknown, "
                      "so the request is not retried")),
-    Outcome("conflict", "a retryable error, attempts left", "abort", True,
+    Outcome("conflict", "a retryable error, with attempts and time left", "abort", True,
             "(the next attempt's)", None, logging.WARNING, match="retryable",
-            message="{where}: {kind} on attempt {attempt} of {attempts}, retrying in {delay_ms:.0f} ms"),
-    Outcome("gave_up", "a retryable error on the last attempt", "abort", False,
+            message="{where}: {kind} on attempt {attempt} {limits}, retrying in {delay_ms:.0f} ms"),
+    Outcome("gave_up", "a retryable error, with no attempt or time left", "abort", False,
             "503 with Retry-After: 1", "gave_up", logging.WARNING,
             **_plain("503 Service Unavailable", "busy, please retry", "1"), match="last_retryable",
-            message="{where}: {kind} on attempt {attempt} of {attempts}, giving up with 503"),
+            message="{where}: {kind} on attempt {attempt} {limits}, giving up with 503"),
     Outcome("invalid_session", "the session cannot be stored (too large, unpicklable)", "abort", False,
             "500", "aborted_invalid", logging.ERROR,
             **_plain("500 Internal Server Error", "internal server error"),

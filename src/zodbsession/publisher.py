@@ -43,8 +43,8 @@ app_exception         abort    no     500                                       
 - ``session_busy``: too many requests wait for this session already.
 - ``storage_unavailable``: ZEO away (``ClientDisconnected``), the storage unopenable.
 - ``outcome_unknown``: the commit failed after every vote.
-- ``conflict``: a retryable error, attempts left.
-- ``gave_up``: a retryable error on the last attempt.
+- ``conflict``: a retryable error, with attempts and time left.
+- ``gave_up``: a retryable error, with no attempt or time left.
 - ``invalid_session``: the session cannot be stored (too large, unpicklable).
 - ``session_cap``: a new session refused: ``max_sessions`` reached.
 - ``storage_write_failed``: the storage failed to write before every vote (OSError).
@@ -133,10 +133,13 @@ class SessionPublisher:
     commits, aborts nor retries; the connection goes back to the pool when
     that transaction ends.
 
-    *retry* (a ``RetryPolicy``) replaces *retry_attempts* and
-    *retry_backoff* when given. *max_request_body* (None: no limit) bounds a
-    body in bytes; *max_waiting_per_session* and *session_wait_timeout*
-    (None: unbounded) bound the queue of same-session requests.
+    A request that conflicts is retried until it commits, for at most
+    *retry_deadline* seconds after its first attempt began and at most
+    *retry_attempts* attempts, whichever limit comes first (0: no limit;
+    not both). *retry* (a ``RetryPolicy``) replaces the three when given.
+    *max_request_body* (None: no limit) bounds a body in bytes;
+    *max_waiting_per_session* and *session_wait_timeout* (None: unbounded)
+    bound the queue of same-session requests.
 
     Threading: one publisher serves every thread of a server. With
     ``serialize_same_session`` concurrent requests that carry the same
@@ -159,8 +162,9 @@ class SessionPublisher:
         manager: SessionManager | None = None,
         cookie: CookiePolicy | None = None,
         commit_veto: CommitVeto = default_commit_veto,
-        retry_attempts: int = 5,
-        retry_backoff: float = 0.01,
+        retry_attempts: int = 0,
+        retry_backoff: float = 0.0,
+        retry_deadline: float = 10.0,
         max_replay_bytes: int = 1 << 20,
         streaming: bool = False,
         serialize_same_session: bool = True,
@@ -172,7 +176,7 @@ class SessionPublisher:
         session_wait_timeout: float | None = WAIT_TIMEOUT,
     ) -> None:
         if retry is None:
-            retry = RetryPolicy(retry_attempts, retry_backoff, MAX_BACKOFF)
+            retry = RetryPolicy(retry_attempts, retry_backoff, MAX_BACKOFF, retry_deadline)
         if max_request_body is not None and max_request_body < 0:
             raise ValueError(f"max_request_body must be at least 0 (or None), not {max_request_body}")
         self.app = app
@@ -195,6 +199,7 @@ class SessionPublisher:
     retry = property(lambda self: self.core.retry)
     retry_attempts = property(lambda self: self.core.retry.attempts)
     retry_backoff = property(lambda self: self.core.retry.backoff)
+    retry_deadline = property(lambda self: self.core.retry.deadline)
     _idle_managers = property(lambda self: self.core.idle_managers)
 
     def _ensure_container(self) -> None:

@@ -74,6 +74,7 @@ def front_door_options(settings: Settings, manager: SessionManager | None = None
         "cookie": cookie_policy(settings),
         "retry_attempts": options.retry_attempts,
         "retry_backoff": options.retry_backoff,
+        "retry_deadline": options.retry_deadline,
         "max_replay_bytes": options.max_replay_bytes,
         "streaming": options.streaming,
         "serialize_same_session": options.serialize_same_session,

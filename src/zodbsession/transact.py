@@ -10,10 +10,11 @@ pause, and the report to the manager's observers. It knows nothing of HTTP
 framing, cookies' syntax or bodies: a front door turns an ``Ending`` into its
 protocol's answer.
 
-One request, as a front door drives it: ``attempts_for``; then per attempt
-``attempt`` (no I/O), ``open``, ``enter``, the application, ``finish`` (or
-``fail`` if it raised), ``leave``, ``close``; retry while ``Ending.retry``,
-pausing ``Ending.delay``; and ``report`` once at the end. ``drive`` is that
+One request, as a front door drives it: ``attempts_for`` and the policy's
+``start()``; then per attempt ``attempt`` (no I/O), ``open``, ``enter``, the
+application, ``finish`` (or ``fail`` if it raised), ``leave``, ``close``;
+retry while ``Ending.retry``, pausing ``Ending.delay`` (the policy's count and
+deadline decide when an ending stops asking); and ``report`` once at the end. ``drive`` is that
 loop for threads; docs/core.md shows it for asyncio, and
 tests/test_transact.py runs it.
 
@@ -28,6 +29,7 @@ threaded steps: ``to_thread`` copies that context, so the hooks and
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -102,19 +104,28 @@ class TransactionCore:
     # -- making an attempt (no I/O) ------------------------------------------
 
     def attempts_for(self, *, replayable: bool) -> int:
-        """How many attempts a request gets: the policy's, or one when its body cannot be replayed."""
+        """The limit on a request's attempts: the policy's (0: its deadline only), 1 if not replayable."""
         return self.retry.attempts if replayable else 1
 
     def attempt(self, cookie_id: str | None, *, number: int = 1, attempts: int = 1, where: str = "",
-                request: Any = None, more_ids: tuple[str, ...] = ()) -> Attempt:
+                request: Any = None, more_ids: tuple[str, ...] = (),
+                started: float | None = None) -> Attempt:
         """A new, unopened attempt; *where* names the request in logs (``"GET /path"``).
 
         *cookie_id* must already be well formed (``is_well_formed_id``) or None;
         so must *more_ids*, the request's further cookies of the same name
         (``cookies.session_cookie_ids``), looked up when the first names no live session.
+        *started* is ``retry.start()`` taken before the first attempt, the
+        same for every attempt of the request: the retry deadline counts
+        from it. The first attempt may leave it out (now); a later one must not.
         """
+        if started is None:
+            if number > 1:
+                raise ValueError("a retried attempt needs started=, the retry policy's start() "
+                                 "taken before the request's first attempt")
+            started = self.retry.start()
         return Attempt(cookie_id, number, attempts, where, request if request is not None else {},
-                       more_ids)
+                       more_ids, started)
 
     # -- the ZODB steps (blocking: a worker thread under asyncio) ------------
 
@@ -227,12 +238,17 @@ class TransactionCore:
         """
         txn = self._transaction(attempt)
         retryable = self.retry.retryable(error, txn)
-        row = classify(error, retryable=retryable, last=attempt.last)
+        last, delay = True, 0.0
+        if retryable and not attempt.last:
+            # The pause is drawn first: the deadline is about when the next attempt would begin.
+            delay = self.retry.delay(attempt.number)
+            last = attempt.started is None or not self.retry.allows(attempt.number, attempt.started, delay)
+        row = classify(error, retryable=retryable, last=last)
         if txn is not None:
             abort_quietly(attempt.tm)
         ending = Ending(row, error, attempts=attempt.number)
         if row.retry:
-            ending.delay = self.retry.delay(attempt.number)
+            ending.delay = delay
         self._log(ending, attempt)
         if row.retry:
             self.manager.observers.request_retried(error, attempt.number)
@@ -295,18 +311,20 @@ class TransactionCore:
         """Run *step* for attempt 1, 2, ... until one does not ask for a retry, pausing between.
 
         *step* opens, runs, finishes (or fails) and closes one attempt; the
-        last ending is returned, its ``attempts`` set. Reporting it is the
-        caller's (``report``), once the answer is decided.
+        last ending is returned, its ``attempts`` set. *attempts* is the
+        limit on their number (0: only the policy's deadline). Reporting the
+        ending is the caller's (``report``), once the answer is decided.
         """
-        for number in range(1, attempts + 1):
+        started = self.retry.start()
+        for number in itertools.count(1):
             ending = step(self.attempt(cookie_id, number=number, attempts=attempts, where=where,
-                                       request=request, more_ids=more_ids))
+                                       request=request, more_ids=more_ids, started=started))
             ending.attempts = number
             if not ending.retry:
                 return ending
             if ending.delay > 0:
                 self.retry.sleep(ending.delay)
-        raise AssertionError("unreachable: the last attempt is never retried")
+        raise AssertionError("unreachable: itertools.count() never ends")
 
     def report(self, ending: Ending) -> None:
         """Tell the manager's observers how the request ended (once per request)."""
@@ -354,7 +372,7 @@ class TransactionCore:
         error = ending.error
         message = row.message.format(
             where=attempt.where, error=error, kind=type(error).__name__, attempt=attempt.number,
-            attempts=attempt.attempts, delay_ms=ending.delay * 1000, status=status)
+            limits=self.retry.limits(attempt.attempts), delay_ms=ending.delay * 1000, status=status)
         log.log(row.level, "%s", message, exc_info=error if row.traceback else None)
 
     def _transaction(self, attempt: Attempt) -> Any:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -118,8 +119,9 @@ class SessionMiddleware:
         manager: SessionManager | None = None,
         cookie: CookiePolicy | None = None,
         commit_veto: CommitVeto = default_commit_veto,
-        retry_attempts: int = 5,
-        retry_backoff: float = 0.01,
+        retry_attempts: int = 0,
+        retry_backoff: float = 0.0,
+        retry_deadline: float = 10.0,
         max_replay_bytes: int = 1 << 20,
         streaming: bool = False,
         serialize_same_session: bool = True,
@@ -153,7 +155,8 @@ class SessionMiddleware:
         # thread, nor compete with the application's own to_thread work.
         self.threads = WorkerThreads(executor, max_connections)
         self._in_thread = self.threads.run
-        policy = retry if retry is not None else RetryPolicy(retry_attempts, retry_backoff, MAX_BACKOFF)
+        policy = retry if retry is not None else RetryPolicy(retry_attempts, retry_backoff, MAX_BACKOFF,
+                                                             retry_deadline)
         self.core = TransactionCore(db, manager=self.manager, retry=policy, commit_veto=commit_veto,
                                     registry=registry)
         self.session_locks = (AsyncKeyedLocks(max_waiting_per_session, session_wait_timeout)
@@ -212,9 +215,10 @@ class SessionMiddleware:
         if not body.replayable:
             log.info("%s: body over max_replay_bytes (%d); not retryable", where, self.max_replay_bytes)
         attempts = self.core.attempts_for(replayable=body.replayable)
-        for number in range(1, attempts + 1):
+        started = self.core.retry.start()
+        for number in itertools.count(1):
             attempt = self.core.attempt(cookie_id, number=number, attempts=attempts, where=where,
-                                        request=dict(scope), more_ids=more_ids)
+                                        request=dict(scope), more_ids=more_ids, started=started)
             self.connections_waiting += 1
             try:
                 await self._connections.acquire()
@@ -229,7 +233,7 @@ class SessionMiddleware:
                 return ending, answer
             if ending.delay > 0:
                 await asyncio.sleep(ending.delay)
-        raise AssertionError("unreachable: the last attempt is never retried")
+        raise AssertionError("unreachable: itertools.count() never ends")
 
     # -- one attempt --------------------------------------------------------------
 
