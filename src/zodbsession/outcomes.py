@@ -22,7 +22,7 @@ session_wait_timeout  none     no     503 with Retry-After (an estimate)        
 session_busy          none     no     429 with Retry-After (an estimate)        WARNING   session_busy
 storage_unavailable   abort    no     503 with Retry-After: 5                   ERROR     storage_error
 outcome_unknown       unknown  no     503 with Retry-After: 1                   ERROR+tb  outcome_unknown
-conflict              abort    yes    (the next attempt's)                      WARNING   (request_retried)
+conflict              abort    yes    (the next attempt's)                      INFO      (request_retried)
 gave_up               abort    no     503 with Retry-After: 1                   WARNING   gave_up
 invalid_session       abort    no     500                                       ERROR     aborted_invalid
 session_cap           abort    no     503 with Retry-After: 60                  WARNING   session_limit
@@ -168,7 +168,9 @@ TABLE: tuple[Outcome, ...] = (
             message=("{where}: the storage failed while finishing the commit; its outcome is unknown, "
                      "so the request is not retried")),
     Outcome("conflict", "a retryable error, with attempts and time left", "abort", True,
-            "(the next attempt's)", None, logging.WARNING, match="retryable",
+            # INFO: a conflict retried is normal under load (a hot session gives
+            # thousands a minute); giving up is the WARNING.
+            "(the next attempt's)", None, logging.INFO, match="retryable",
             message="{where}: {kind} on attempt {attempt} {limits}, retrying in {delay_ms:.0f} ms"),
     Outcome("gave_up", "a retryable error, with no attempt or time left", "abort", False,
             "503 with Retry-After: 1", "gave_up", logging.WARNING,

@@ -26,7 +26,7 @@ session_wait_timeout  none     no     503 with Retry-After (an estimate)        
 session_busy          none     no     429 with Retry-After (an estimate)        WARNING   session_busy
 storage_unavailable   abort    no     503 with Retry-After: 5                   ERROR     storage_error
 outcome_unknown       unknown  no     503 with Retry-After: 1                   ERROR+tb  outcome_unknown
-conflict              abort    yes    (the next attempt's)                      WARNING   (request_retried)
+conflict              abort    yes    (the next attempt's)                      INFO      (request_retried)
 gave_up               abort    no     503 with Retry-After: 1                   WARNING   gave_up
 invalid_session       abort    no     500                                       ERROR     aborted_invalid
 session_cap           abort    no     503 with Retry-After: 60                  WARNING   session_limit
