@@ -39,10 +39,10 @@ class Attempt:
                  "connection", "session", "scope", "joined")
 
     def __init__(self, cookie_id: str | None, number: int, attempts: int, where: str,
-                 request: Any, more_ids: tuple[str, ...] = (), started: float | None = None) -> None:
+                 request: Any, more_ids: tuple[str, ...], started: float) -> None:
         self.number = number
         # The request's limit on attempts (0: none but the retry deadline), and
-        # when its first attempt began (the policy's clock; None: not measured).
+        # when its first attempt began (the retry policy's clock).
         self.attempts = attempts
         self.started = started
         self.cookie_id = cookie_id

@@ -242,7 +242,7 @@ class TransactionCore:
         if retryable and not attempt.last:
             # The pause is drawn first: the deadline is about when the next attempt would begin.
             delay = self.retry.delay(attempt.number)
-            last = attempt.started is None or not self.retry.allows(attempt.number, attempt.started, delay)
+            last = not self.retry.allows(attempt.number, attempt.started, delay)
         row = classify(error, retryable=retryable, last=last)
         if txn is not None:
             abort_quietly(attempt.tm)
