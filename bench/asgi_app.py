@@ -4,7 +4,7 @@ The same application as every other contender's (``workload.counter_app``:
 ``POST /count`` adds one to ``session["count"]`` and answers it, ``GET
 /count`` answers it), written as a bare ASGI application so that what
 differs from the ``zodbsession`` contender is only the front door and the
-server: ``zodbsession.asgi.SessionMiddleware`` with its defaults, on uvicorn
+server: ``zodbsession.web.asgi.SessionMiddleware`` with its defaults, on uvicorn
 (one process, one event loop) instead of the WSGI publisher on waitress.
 ``python -m bench.asgi_app PORT`` serves it on the storage
 ``ZODBSESSION_STORAGE_URI`` names.

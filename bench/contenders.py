@@ -49,7 +49,7 @@ from bench.populate import (
 )
 from bench.workload import WSGIApp, counter_app
 from zodbsession import SessionPublisher
-from zodbsession.session import new_session_id
+from zodbsession.core.session import new_session_id
 
 COOKIE = "bench"
 

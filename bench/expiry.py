@@ -24,9 +24,9 @@ from ZODB.FileStorage import FileStorage
 
 from bench.isolate import in_subprocess, peak_rss_mb
 from bench.populate import populate_zodbsession
-from zodbsession.maintenance import pack
-from zodbsession.manager import SessionManager
-from zodbsession.store import get_container
+from zodbsession.core.manager import SessionManager
+from zodbsession.core.store import get_container
+from zodbsession.ops.maintenance import pack
 
 log = logging.getLogger("bench")
 
@@ -85,7 +85,7 @@ def expire(path: str, now: float) -> dict[str, Any]:
 
 
 def pack_db(path: str) -> dict[str, Any]:
-    """Pack the database with ``zodbsession.maintenance.pack`` (in a child)."""
+    """Pack the database with ``zodbsession.ops.maintenance.pack`` (in a child)."""
     db = DB(FileStorage(path))
     try:
         rss_open = peak_rss_mb()

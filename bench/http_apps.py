@@ -18,7 +18,7 @@ from typing import Any
 from bench.contenders import COOKIE, PlainZODB, _cookie_value, _with_cookie
 from bench.populate import populate_plain
 from bench.workload import WSGIApp, counter_app
-from zodbsession.session import new_session_id
+from zodbsession.core.session import new_session_id
 
 
 def _workdir() -> Path:

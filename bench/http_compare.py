@@ -8,7 +8,7 @@ loop, the one contender not on waitress), the
 hand-rolled plain-ZODB floor, Beaker on Redis without and with ``appendfsync
 always`` (redis-server started here, on loopback), Beaker's file backend, and
 the bare app once more on waitress's stock channels (every other waitress
-contender runs on ``zodbsession.waitress_serving``'s, as ``serve`` does).
+contender runs on ``zodbsession.serve.waitress_server``'s, as ``serve`` does).
 wrk (a C load generator) keeps one connection per thread, each with the
 cookie of its own session, and ``wrk/counter.lua`` checks every answer's
 counter against what that connection saw acknowledged; after each write

@@ -44,7 +44,7 @@ def server_command() -> list[str]:
     script = Path(sys.executable).with_name("zodbsession")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from zodbsession.cli import main; main()"]
+    return [sys.executable, "-c", "from zodbsession.serve.cli import main; main()"]
 
 
 class Server:

@@ -2,7 +2,7 @@
 
 Logging is set up as ``zodbsession serve`` sets it up (INFO to stderr, the
 ``waitress.queue`` line per queued request quiet), and waitress gets the same
-8 threads and the same channels (``zodbsession.waitress_serving``), so the
+8 threads and the same channels (``zodbsession.serve.waitress_server``), so the
 peers and zodbsession differ only in their session layer. ``stock`` serves
 on waitress's own channels instead, to show what those cost.
 """
@@ -15,7 +15,7 @@ import sys
 import waitress
 
 from bench import http_apps
-from zodbsession.waitress_serving import create_server
+from zodbsession.serve.waitress_server import create_server
 
 THREADS = 8
 

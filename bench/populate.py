@@ -18,9 +18,9 @@ from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 from ZODB import DB
 
-from zodbsession.manager import SessionManager
-from zodbsession.session import Session, new_session_id
-from zodbsession.store import get_container
+from zodbsession.core.manager import SessionManager
+from zodbsession.core.session import Session, new_session_id
+from zodbsession.core.store import get_container
 
 #: Sessions per transaction while populating: large, but memory stays bounded.
 BATCH = 20_000

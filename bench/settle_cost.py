@@ -15,9 +15,9 @@ import transaction
 from ZODB import DB
 from ZODB.MappingStorage import MappingStorage
 
-from zodbsession.manager import SessionManager
-from zodbsession.request_session import RequestSession
-from zodbsession.unsaved import changed_keys, fingerprint
+from zodbsession.core.manager import SessionManager
+from zodbsession.core.request_session import RequestSession
+from zodbsession.core.unsaved import changed_keys, fingerprint
 
 SMALL = {"user": "alice", "cart": ["apple", "pear", "plum"], "prefs": {"theme": "dark", "lang": "en"},
          "n": 42, "_f_": ["Saved."]}

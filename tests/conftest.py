@@ -12,8 +12,10 @@ import collections
 import contextlib
 import io
 import shutil
+import sys
 import wsgiref.util
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +27,12 @@ from ZODB.FileStorage import FileStorage
 from ZODB.MappingStorage import MappingStorage
 from ZODB.utils import get_pickle_metadata
 
-from zodbsession.manager import SessionManager
+from zodbsession.core.manager import SessionManager
+
+#: The kits the tests share (apps, clients, server processes), importable by name from every folder.
+KITS = str(Path(__file__).resolve().parent / "kits")
+if KITS not in sys.path:
+    sys.path.insert(0, KITS)
 
 #: A moment far from zero and from any slot edge, so slot arithmetic is exercised.
 EPOCH = 1_700_000_000.0

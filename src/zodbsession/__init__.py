@@ -3,10 +3,8 @@
 The public surface is what this module exports; everything else is internal.
 """
 
-from zodbsession.asgi import SessionMiddleware
-from zodbsession.cookies import CookiePolicy
-from zodbsession.db import open_db
-from zodbsession.errors import (
+from zodbsession.core.db import open_db
+from zodbsession.core.errors import (
     CommitOutcomeUnknown,
     ConfigError,
     DatabaseLocked,
@@ -29,9 +27,8 @@ from zodbsession.errors import (
     UnstorableSessionValue,
     ZodbSessionError,
 )
-from zodbsession.manager import SessionManager
-from zodbsession.publisher import SessionPublisher, default_commit_veto
-from zodbsession.registry import (
+from zodbsession.core.manager import SessionManager
+from zodbsession.core.registry import (
     Scope,
     SessionRegistry,
     after_abort,
@@ -41,11 +38,14 @@ from zodbsession.registry import (
     current_session,
     registry,
 )
-from zodbsession.request_session import RequestSession
-from zodbsession.retry import RetryPolicy
-from zodbsession.session import Session
-from zodbsession.store import SessionContainer
-from zodbsession.transact import TransactionCore
+from zodbsession.core.request_session import RequestSession
+from zodbsession.core.retry import RetryPolicy
+from zodbsession.core.session import Session
+from zodbsession.core.store import SessionContainer
+from zodbsession.core.transact import TransactionCore
+from zodbsession.web.asgi import SessionMiddleware
+from zodbsession.web.cookies import CookiePolicy
+from zodbsession.web.wsgi.publisher import SessionPublisher, default_commit_veto
 
 __all__ = [
     "CommitOutcomeUnknown",

@@ -31,13 +31,12 @@ from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type
 
 from ZODB import DB
 
-from zodbsession.apps import SPEC_PATTERN
-from zodbsession.cookies import CookiePolicy
-from zodbsession.db import SESSIONS_DATABASE, is_embedded, redact_uri, resolve
-from zodbsession.db import open_db as _open_db
-from zodbsession.errors import ConfigError
-from zodbsession.manager import SessionManager
-from zodbsession.unsaved import UnsavedPolicy
+from zodbsession.core.db import SESSIONS_DATABASE, is_embedded, redact_uri, resolve
+from zodbsession.core.db import open_db as _open_db
+from zodbsession.core.errors import ConfigError
+from zodbsession.core.manager import SessionManager
+from zodbsession.core.unsaved import UnsavedPolicy
+from zodbsession.web.cookies import CookiePolicy
 
 #: The file ``load_settings()`` reads when given no path, relative to the current directory.
 DEFAULT_PATH = Path("conf/zodbsession.toml")
@@ -436,6 +435,8 @@ def _got(value: Any, source: str, key: str = "") -> str:
 # -- validating -------------------------------------------------------------------
 
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: ``module:name`` or ``module:factory()``; dots walk packages before the colon and attributes after.
+SPEC_PATTERN = r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(\(\))?"
 _APP_SPEC = re.compile(SPEC_PATTERN)
 _HOOK_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 _PROXY_HEADERS = {"x-forwarded-proto", "x-forwarded-for", "x-forwarded-host", "x-forwarded-port",

@@ -35,8 +35,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from zodbsession.cookies import read_cookie
-from zodbsession.errors import ConfigError
+from zodbsession.core.errors import ConfigError
+from zodbsession.web.cookies import read_cookie
 
 #: The name of the cookie the login form sets.
 ADMIN_COOKIE = "zodbsession_admin"

@@ -19,21 +19,21 @@ from urllib.parse import parse_qs, urlencode
 
 from ZODB import DB
 
-from zodbsession import maintenance
 from zodbsession.admin import page
 from zodbsession.admin.access import AdminAccess
 from zodbsession.admin.sampler import Sampler, rates, recent_rate
-from zodbsession.maintenance import SessionInfo
-from zodbsession.manager import SessionManager
-from zodbsession.metrics import (
+from zodbsession.core.manager import SessionManager
+from zodbsession.core.retry import RetryPolicy
+from zodbsession.core.session import ids_equal
+from zodbsession.ops import maintenance
+from zodbsession.ops.maintenance import SessionInfo
+from zodbsession.ops.metrics import (
     CONTENT_TYPE_LATEST,
     STORAGE_READ_TIMEOUT,
     BoundedReader,
     Metrics,
     count_sessions,
 )
-from zodbsession.retry import RetryPolicy
-from zodbsession.session import ids_equal
 
 log = logging.getLogger(__name__)
 

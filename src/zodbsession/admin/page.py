@@ -16,7 +16,7 @@ from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
-from zodbsession.maintenance import SessionDetail, SessionInfo
+from zodbsession.ops.maintenance import SessionDetail, SessionInfo
 
 #: (when, value) points of one chart line.
 Points = Sequence[tuple[float, float]]

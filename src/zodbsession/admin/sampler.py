@@ -14,8 +14,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from zodbsession.metrics import Metrics
-from zodbsession.periodic import Periodic
+from zodbsession.core.periodic import Periodic
+from zodbsession.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -27,12 +27,12 @@ from urllib.parse import parse_qs
 
 from BTrees.Length import Length
 
+from zodbsession.core.errors import PublishError, Redirect
+from zodbsession.core.request_session import RequestSession
 from zodbsession.demo.page import render_page
-from zodbsession.errors import PublishError, Redirect
-from zodbsession.request_session import RequestSession
 
 if TYPE_CHECKING:
-    from zodbsession.replay import InputStream
+    from zodbsession.web.wsgi.replay import InputStream
 
 #: The database root key of the application's own data: every increment, by anyone.
 INCREMENTS_KEY = "app.increments"

@@ -25,12 +25,12 @@ from asgiref.sync import sync_to_async
 from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
 from ZODB.Connection import Connection
 
+from zodbsession.core.errors import SessionLimitReached
+from zodbsession.core.manager import SessionManager
+from zodbsession.core.session import new_session_id
+from zodbsession.core.store import SessionContainer, get_container
 from zodbsession.django import database
 from zodbsession.django.record import DjangoSession
-from zodbsession.errors import SessionLimitReached
-from zodbsession.manager import SessionManager
-from zodbsession.session import new_session_id
-from zodbsession.store import SessionContainer, get_container
 
 T = TypeVar("T")
 #: What ``database.run`` runs: a function of a connection and the manager.

@@ -6,7 +6,7 @@ Every operation of the session backend is a small function of a connection.
 ================================================  ==========================================
 where the operation runs                          connection and transaction
 ================================================  ==========================================
-inside a ``SessionPublisher`` request (the         the request's (``zodbsession.registry``): the
+inside a ``SessionPublisher`` request (the         the request's (``zodbsession.core.registry``): the
 Django WSGI app wrapped by it, ``serve --app``)    session commits or aborts with the app's data
 anywhere else (``runserver``, gunicorn without     a pooled connection with a transaction manager
 the publisher, the test client, management        of its own, committed at once (retried on a
@@ -43,11 +43,11 @@ from ZODB import DB
 from ZODB.Connection import Connection
 
 from zodbsession.config import Settings, load_settings
-from zodbsession.db import SESSIONS_DATABASE
-from zodbsession.errors import ConfigError
-from zodbsession.manager import SessionManager
-from zodbsession.registry import registry
-from zodbsession.work import connection, in_transaction
+from zodbsession.core.db import SESSIONS_DATABASE
+from zodbsession.core.errors import ConfigError
+from zodbsession.core.manager import SessionManager
+from zodbsession.core.registry import registry
+from zodbsession.core.work import connection, in_transaction
 
 T = TypeVar("T")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from django.utils.deprecation import MiddlewareMixin
 
-from zodbsession.errors import PublishError
+from zodbsession.core.errors import PublishError
 
 
 class PublishErrorMiddleware(MiddlewareMixin):  # type: ignore[misc]  # Django is untyped

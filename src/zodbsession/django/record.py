@@ -19,9 +19,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from zodbsession.errors import InvalidUserId
-from zodbsession.manager import SessionManager
-from zodbsession.session import Session, check_user_id
+from zodbsession.core.errors import InvalidUserId
+from zodbsession.core.manager import SessionManager
+from zodbsession.core.session import Session, check_user_id
 
 #: The session key Django's auth stores the user's primary key under.
 AUTH_USER_KEY = "_auth_user_id"

@@ -47,9 +47,13 @@ from transaction.interfaces import TransientError
 from ZODB import DB
 from ZODB.Connection import Connection
 
-from zodbsession.commit import abort_quietly, commit
-from zodbsession.cookies import CookiePolicy
-from zodbsession.errors import ConfigError, NoActiveRequest, PublishError
+from zodbsession.core.commit import abort_quietly, commit
+from zodbsession.core.errors import ConfigError, NoActiveRequest, PublishError
+from zodbsession.core.manager import SessionManager
+from zodbsession.core.periodic import Periodic
+from zodbsession.core.registry import Scope, registry
+from zodbsession.core.request_session import RequestSession
+from zodbsession.core.work import connection as work_connection
 from zodbsession.flask.sessions import (
     REPORT_KEY,
     AttemptReport,
@@ -57,12 +61,8 @@ from zodbsession.flask.sessions import (
     ZODBSessionInterface,
     with_max_age,
 )
-from zodbsession.manager import SessionManager
-from zodbsession.periodic import Periodic
-from zodbsession.publisher import SessionPublisher, StartResponse, WSGIApp
-from zodbsession.registry import Scope, registry
-from zodbsession.request_session import RequestSession
-from zodbsession.work import connection as work_connection
+from zodbsession.web.cookies import CookiePolicy
+from zodbsession.web.wsgi.publisher import SessionPublisher, StartResponse, WSGIApp
 
 if TYPE_CHECKING:
     from werkzeug.local import LocalProxy
@@ -119,7 +119,7 @@ class ExtensionState:
                         raise ConfigError("ZODBSESSION_URI", "is not set and no db was given: set "
                                           "app.config['ZODBSESSION_URI'] (e.g. 'file://var/Data.fs' "
                                           "or 'memory://') or pass ZODBSession(app, db=...)")
-                    from zodbsession.db import open_db
+                    from zodbsession.core.db import open_db
 
                     self._db = open_db(uri)
                     self._owns_db = True

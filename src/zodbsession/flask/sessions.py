@@ -24,11 +24,11 @@ from transaction.interfaces import NoTransaction
 from ZODB import DB
 from ZODB.Connection import Connection
 
-from zodbsession.commit import abort_quietly, commit
-from zodbsession.cookies import CookiePolicy, read_cookie
-from zodbsession.manager import SessionManager
-from zodbsession.request_session import RequestSession
-from zodbsession.session import is_well_formed_id
+from zodbsession.core.commit import abort_quietly, commit
+from zodbsession.core.manager import SessionManager
+from zodbsession.core.request_session import RequestSession
+from zodbsession.core.session import is_well_formed_id
+from zodbsession.web.cookies import CookiePolicy, read_cookie
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,10 @@ from pyramid.response import Response
 from pyramid_retry import IBeforeRetry
 from ZODB.Connection import Connection
 
-from zodbsession.cookies import session_cookie_ids
-from zodbsession.errors import ConfigError, SessionBusy, SessionWaitTimeout
+from zodbsession.core.errors import ConfigError, SessionBusy, SessionWaitTimeout
+from zodbsession.core.registry import Scope
+from zodbsession.core.registry import registry as scoped_registry
+from zodbsession.core.request_session import RequestSession
 from zodbsession.pyramid.report import report_retry
 from zodbsession.pyramid.session import CookieDecision, PyramidSession
 from zodbsession.pyramid.settings import (
@@ -52,9 +54,7 @@ from zodbsession.pyramid.settings import (
     ZodbSessions,
     settings_from_pyramid,
 )
-from zodbsession.registry import Scope
-from zodbsession.registry import registry as scoped_registry
-from zodbsession.request_session import RequestSession
+from zodbsession.web.cookies import session_cookie_ids
 
 if TYPE_CHECKING:
     from pyramid.router import Router

@@ -17,8 +17,8 @@ from pyramid.response import Response
 from pyramid_retry import is_error_retryable
 from transaction.interfaces import TransientError
 
-from zodbsession.errors import SessionLimitReached, SessionTooLarge, UnstorableSessionValue
-from zodbsession.observe import RequestOutcome
+from zodbsession.core.errors import SessionLimitReached, SessionTooLarge, UnstorableSessionValue
+from zodbsession.core.observe import RequestOutcome
 
 #: (what ended the attempt, the outcome reported), first match wins; a commit is "committed".
 OUTCOMES: tuple[tuple[type[BaseException] | None, RequestOutcome], ...] = (

@@ -16,11 +16,11 @@ from pyramid.request import Request
 from pyramid.response import Response
 from zope.interface import implementer
 
-from zodbsession.request_session import RequestSession
+from zodbsession.core.request_session import RequestSession
 
 if TYPE_CHECKING:
-    from zodbsession.cookies import MaxAge
     from zodbsession.pyramid.settings import ZodbSessions
+    from zodbsession.web.cookies import MaxAge
 
 
 @implementer(ISession)

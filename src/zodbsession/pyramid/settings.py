@@ -19,11 +19,11 @@ from ZODB import DB
 from ZODB.Connection import Connection
 
 from zodbsession.config import Settings, _build, cookie_policy
-from zodbsession.cookies import CookiePolicy
-from zodbsession.errors import ConfigError
-from zodbsession.janitor import Janitor
-from zodbsession.locks import KeyedLocks
-from zodbsession.manager import SessionManager
+from zodbsession.core.errors import ConfigError
+from zodbsession.core.locks import KeyedLocks
+from zodbsession.core.manager import SessionManager
+from zodbsession.ops.janitor import Janitor
+from zodbsession.web.cookies import CookiePolicy
 
 PREFIX = "zodbsession."
 

@@ -28,7 +28,7 @@ from ZODB import DB
 from ZODB.FileStorage import FileStorage
 from ZODB.MappingStorage import MappingStorage
 
-from zodbsession.manager import SessionManager
+from zodbsession.core.manager import SessionManager
 from zodbsession.testing.clients import ASGIClient, Response, SessionClient, WSGIClient, make_client
 from zodbsession.testing.scopes import (
     EPOCH,

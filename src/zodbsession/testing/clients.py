@@ -2,7 +2,7 @@
 
 A client is one browser: a cookie jar and requests that go straight into the
 wrapped application (no sockets). ``WSGIClient`` drives a ``SessionPublisher``,
-``ASGIClient`` a ``zodbsession.asgi.SessionMiddleware`` on an event loop of
+``ASGIClient`` a ``zodbsession.web.asgi.SessionMiddleware`` on an event loop of
 its own. Both reach the server-side session of their cookie:
 
 - ``client.session``: a copy of its data (``{}`` when there is none);
@@ -26,10 +26,10 @@ from urllib.parse import urlencode, urlsplit
 
 from ZODB import DB
 
-from zodbsession.cookies import CookiePolicy
-from zodbsession.manager import SessionManager
-from zodbsession.request_session import RequestSession
+from zodbsession.core.manager import SessionManager
+from zodbsession.core.request_session import RequestSession
 from zodbsession.testing.scopes import as_request
+from zodbsession.web.cookies import CookiePolicy
 
 
 class Response:
@@ -220,7 +220,7 @@ class WSGIClient(SessionClient):
 
 
 class ASGIClient(SessionClient):
-    """A client for an ASGI application wrapped by ``zodbsession.asgi.SessionMiddleware``.
+    """A client for an ASGI application wrapped by ``zodbsession.web.asgi.SessionMiddleware``.
 
     Requests run on one event loop the client keeps (so the middleware's
     locks stay on one loop); ``close()`` ends it. Lifespan events are not sent.
@@ -307,11 +307,11 @@ def make_client(app: Any, db: DB | None = None, *, manager: SessionManager | Non
         manager = manager if manager is not None else SessionManager()
         cookie = cookie if cookie is not None else CookiePolicy()
         if is_asgi(app):
-            from zodbsession.asgi import SessionMiddleware
+            from zodbsession.web.asgi import SessionMiddleware
 
             wrapped = SessionMiddleware(app, db, manager=manager, cookie=cookie, **options)
         else:
-            from zodbsession.publisher import SessionPublisher
+            from zodbsession.web.wsgi.publisher import SessionPublisher
 
             wrapped = SessionPublisher(app, db, manager=manager, cookie=cookie, **options)
     client_class = ASGIClient if is_asgi(wrapped) else WSGIClient

@@ -24,13 +24,13 @@ import transaction
 from ZODB import DB
 from ZODB.Connection import Connection
 
-from zodbsession.errors import NoUnitOfWork, PublishError, ZodbSessionError
-from zodbsession.manager import SessionManager
-from zodbsession.registry import Scope, SessionRegistry
-from zodbsession.registry import registry as default_registry
-from zodbsession.request_session import RequestSession
-from zodbsession.session import Session, is_well_formed_id
-from zodbsession.transact import Ending, TransactionCore
+from zodbsession.core.errors import NoUnitOfWork, PublishError, ZodbSessionError
+from zodbsession.core.manager import SessionManager
+from zodbsession.core.registry import Scope, SessionRegistry
+from zodbsession.core.registry import registry as default_registry
+from zodbsession.core.request_session import RequestSession
+from zodbsession.core.session import Session, is_well_formed_id
+from zodbsession.core.transact import Ending, TransactionCore
 
 #: Where ``ManualClock`` starts: a fixed moment, so that tests are repeatable.
 EPOCH = 1_700_000_000.0

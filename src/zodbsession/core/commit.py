@@ -1,0 +1,124 @@
+"""How the request-transaction core ends a request's transaction: commit, abort, or leave it to its owner.
+
+``commit`` tells a failure in the commit's finish phase (some storages may
+have committed: the outcome is unknown) from one before every vote passed
+(nothing was committed). ``nothing_joined`` lets a read abort instead of
+committing an empty transaction. ``close_when_transaction_ends`` gives a
+connection back once an outer transaction, which the publisher does not own,
+has ended. They live apart from the publisher because they speak only the
+``transaction`` package's protocol, never WSGI.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import transaction
+from transaction.interfaces import NoTransaction
+from ZODB.POSException import ConnectionStateError
+
+from zodbsession.core.errors import CommitOutcomeUnknown, StorageWriteFailed
+
+log = logging.getLogger(__name__)
+
+
+class VoteWitness:
+    """A data manager that votes last and so tells when every vote has passed.
+
+    A failure after it voted happened in the finish phase, where some
+    storages may have committed already: the outcome is unknown.
+    """
+
+    transaction_manager = None
+
+    def __init__(self) -> None:
+        self.voted = False
+
+    def sortKey(self) -> str:  # noqa: N802 (the IDataManager spelling)
+        return "\U0010ffff zodbsession vote witness"
+
+    def tpc_begin(self, txn: Any) -> None: ...
+
+    def commit(self, txn: Any) -> None: ...
+
+    def tpc_vote(self, txn: Any) -> None:
+        self.voted = True
+
+    def tpc_finish(self, txn: Any) -> None: ...
+
+    def tpc_abort(self, txn: Any) -> None: ...
+
+    def abort(self, txn: Any) -> None: ...
+
+
+def commit(tm: transaction.TransactionManager) -> None:
+    """Commit *tm*'s transaction, telling the ways it can fail apart.
+
+    Raises ``CommitOutcomeUnknown`` for a failure after every vote,
+    ``StorageWriteFailed`` for an ``OSError`` before that (nothing was
+    written), and anything else as it came.
+    """
+    witness = VoteWitness()
+    tm.get().join(witness)
+    try:
+        tm.commit()
+    except Exception as exc:
+        if witness.voted:
+            raise CommitOutcomeUnknown(f"commit failed after every vote: {exc!r}") from exc
+        if isinstance(exc, OSError):
+            # FileStorage writes the transaction into Data.fs in its vote and
+            # cuts it off again when that fails: nothing was committed.
+            raise StorageWriteFailed(f"the storage could not write the commit: {exc}") from exc
+        raise
+
+
+def nothing_joined(txn: transaction.Transaction) -> bool:
+    """Whether committing *txn* would change nothing: no data manager, no hook, not doomed.
+
+    A ZODB connection joins at its first write, other data managers when
+    used. The transaction package has no public way to ask whether one
+    joined; without its ``_resources`` (and hook lists) this says False, and
+    the publisher commits as it always did.
+    """
+    resources = getattr(txn, "_resources", None)
+    if resources is None or resources or txn.isDoomed():
+        return False
+    # The hook lists, read directly (the public getters build iterators):
+    # a read pays for this on every request. Missing, they count as hooks.
+    return not (getattr(txn, "_before_commit", True) or getattr(txn, "_after_commit", True))
+
+
+def abort_quietly(tm: transaction.TransactionManager) -> None:
+    """Abort, logging rather than raising a failure: an error is already being handled.
+
+    An explicit manager with nothing begun has nothing to abort: that is no failure.
+    """
+    try:
+        tm.abort()
+    except NoTransaction:
+        pass
+    except Exception:
+        log.exception("aborting the transaction failed")
+
+
+def close_when_transaction_ends(connection: Any) -> None:
+    """Close *connection* now, or when the outer transaction it has joined ends."""
+    try:
+        connection.close()
+    except ConnectionStateError:
+        # Still joined to the outer transaction: give it back when that ends.
+        # Once only: a failed commit runs the after-commit hooks and then the
+        # outer abort runs the after-abort ones; a second close() would hit
+        # the connection after the pool lent it to another request (it sets
+        # its transaction_manager to None and returns it to the pool again).
+        closed: list[bool] = []
+
+        def close_once(*args: object) -> None:
+            if not closed:
+                closed.append(True)
+                connection.close()
+
+        txn = connection.transaction_manager.get()
+        txn.addAfterCommitHook(close_once)
+        txn.addAfterAbortHook(close_once)

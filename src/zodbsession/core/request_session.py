@@ -1,0 +1,332 @@
+"""``RequestSession``: one request's lazy view of its session.
+
+The publisher puts one in ``environ["zodbsession.session"]`` before the
+application runs, but looks nothing up until the application first uses it:
+an application that never touches the session pays for no lookup and no
+write. The first read finds the session named by the cookie (or starts a
+transient one); the first write stores a new one. The view also carries the
+verbs that change what the client's cookie must say (``login``, ``rotate``,
+``invalidate``, ``set_expiry``), which is how the publisher knows when to send
+``Set-Cookie`` and with what ``Max-Age`` (``cookie_max_age``). ``settle``,
+called by the front door once per attempt before it commits, saves (or
+reports) what the application changed in place without marking it. The session's
+flash queues, CSRF token and expiry readers are forwarded under the names of
+``Session``, so framework adapters can hand this view out as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from transaction.interfaces import NoTransaction
+from ZODB.Connection import Connection
+
+from zodbsession.core.errors import UnsavedSessionChanges
+from zodbsession.core.manager import SessionManager
+from zodbsession.core.session import ExpiryValue, Session
+from zodbsession.core.unsaved import Fingerprint, changed_keys, fingerprint
+from zodbsession.core.unsaved import log as unsaved_log
+
+
+class RequestSession(MutableMapping[str, Any]):
+    """The current request's session, resolved on first use.
+
+    *cookie_id* is the id the request's cookie names, already checked to be
+    well formed (``is_well_formed_id``), or None: the publisher checks it once.
+    *more_ids* are further well-formed ids from cookies of the same name
+    (``cookies.session_cookie_ids``), tried in order when *cookie_id* names no
+    live session; the cookie is then sent again with the one found.
+
+    Threading: belongs to the one request (thread or task) it was made for.
+    """
+
+    def __init__(self, manager: SessionManager, connection: Connection, cookie_id: str | None,
+                 *, more_ids: Sequence[str] = ()):
+        self._manager = manager
+        self._connection = connection
+        self._cookie_id = cookie_id
+        self._more_ids = tuple(more_ids)
+        self._session: Session | None = None
+        self._found = False
+        self._invalidated = False
+        self._expiry_changed = False
+        self._loaded: Fingerprint | None = None  # the found session's data as it was loaded
+        self._clean = False  # settle() found the data as loaded
+
+    # An entity, compared by identity (MutableMapping would compare contents).
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
+
+    # -- resolution ---------------------------------------------------------
+
+    def _zodbsession_unwrap(self) -> Session:
+        """The persistent session behind this view, looked up or started now."""
+        if self._session is None:
+            session = None
+            if self._cookie_id is not None and not self._invalidated:
+                # The publisher passes only well-formed cookie ids (or None).
+                session = self._manager._get_well_formed(self._connection, self._cookie_id)
+                for other_id in self._more_ids:
+                    if session is not None:
+                        break
+                    session = self._manager._get_well_formed(self._connection, other_id)
+            self._found = session is not None
+            # Only a found session can hold a change that nothing marked: a
+            # new one is stored by its first write, which marks it.
+            self._loaded = fingerprint(session._data) if session is not None else None
+            self._clean = False
+            if self._loaded is not None:
+                self._on_abort_drop_unsaved()
+            self._session = session if session is not None else self._manager.new(self._connection)
+        return self._session
+
+    def _on_abort_drop_unsaved(self) -> None:
+        """Make the transaction's abort forget the in-place changes, as it forgets the marked ones."""
+        try:
+            txn = self._connection.transaction_manager.get()
+        except NoTransaction:
+            return
+        txn.addAfterAbortHook(self._drop_unsaved)
+
+    def _drop_unsaved(self, *_: Any) -> None:
+        # An abort reverts only the objects that joined the transaction: a
+        # change made in place would stay in the cache, be read by the next
+        # request and stored by its next write. Dropping the session's state
+        # makes the next use load what is stored (only when it did change).
+        session, loaded = self._session, self._loaded
+        if session is None or loaded is None or self._clean or session._p_jar is None:
+            return
+        if session._p_changed is False and changed_keys(loaded, session._data):
+            session._p_invalidate()
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the application has used the session in this request."""
+        return self._session is not None
+
+    # -- bookkeeping, read-only ----------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The session's id (a new session's id is only kept if it is written)."""
+        return self._zodbsession_unwrap().id
+
+    @property
+    def user_id(self) -> str | None:
+        """Who is logged in on this session, or None."""
+        return self._zodbsession_unwrap().user_id
+
+    @property
+    def created(self) -> float:
+        """When the session was started, in seconds since the epoch (Pyramid's ``created``)."""
+        return self._zodbsession_unwrap().created
+
+    @property
+    def is_new(self) -> bool:
+        """Whether the session was started in this request rather than found."""
+        self._zodbsession_unwrap()
+        return not self._found
+
+    # -- the verbs that change the cookie -----------------------------------
+
+    def rotate(self) -> None:
+        """Give the session a new id, keeping its data (defeats session fixation)."""
+        session = self._zodbsession_unwrap()
+        self._manager.rotate(session)
+
+    def login(self, user_id: str) -> None:
+        """Bind the session to *user_id*, rotating its id as a login must."""
+        session = self._zodbsession_unwrap()
+        self._manager.set_user(session, user_id)
+        session.changed()  # a login is a write: store a transient session
+        self.rotate()
+
+    def invalidate(self) -> None:
+        """End the session on the server; later use in this request starts afresh."""
+        if self._session is None and self._cookie_id is None:
+            return
+        session = self._zodbsession_unwrap()
+        self._manager.invalidate(session)
+        self._session = None
+        self._invalidated = True
+        self._expiry_changed = False
+
+    logout = invalidate
+
+    def save_changes(self) -> None:
+        """Mark the session changed (after mutating a nested value in place)."""
+        self._manager.save_changes(self._zodbsession_unwrap())
+
+    #: Pyramid's name for ``save_changes``.
+    changed = save_changes
+
+    @property
+    def new(self) -> bool:
+        """Pyramid's name for ``is_new``."""
+        return self.is_new
+
+    def forget_changes(self) -> None:
+        """Abort the request's transaction: this session's changes and all others.
+
+        The request goes on in a fresh transaction, and the view starts over:
+        the next use looks the cookie's session up again.
+        """
+        self._manager.forget_changes(self._zodbsession_unwrap())
+        # The publisher's explicit manager has no transaction after the abort:
+        # begin the next one, or the request's later writes and its commit
+        # raise NoTransaction (a 500 for having called this).
+        tm = self._connection.transaction_manager
+        if getattr(tm, "explicit", False):
+            try:
+                tm.get()
+            except NoTransaction:
+                tm.begin()
+        # The abort also undid any login, rotation or logout of this request.
+        self._session = None
+        self._found = False
+        self._invalidated = False
+        self._expiry_changed = False
+
+    # -- per-session expiry ---------------------------------------------------
+
+    def set_expiry(self, value: ExpiryValue) -> None:
+        """Give the session its own expiry (see ``SessionManager.set_expiry``).
+
+        A change makes the publisher send the cookie again, with the
+        ``Max-Age`` the new expiry asks for.
+        """
+        if self._manager.set_expiry(self._zodbsession_unwrap(), value):
+            self._expiry_changed = True
+
+    def get_expiry_age(self) -> int:
+        """Whole seconds until the session expires (0 once it has)."""
+        return self._manager.get_expiry_age(self._zodbsession_unwrap())
+
+    def get_expiry_date(self) -> datetime:
+        """The moment the session expires, an aware UTC ``datetime``."""
+        return self._manager.get_expiry_date(self._zodbsession_unwrap())
+
+    def get_expire_at_browser_close(self) -> bool:
+        """Whether the session's cookie lasts only until the browser closes (``set_expiry(0)``)."""
+        return self._manager.get_expire_at_browser_close(self._zodbsession_unwrap())
+
+    # -- flash messages and the CSRF token, forwarded ---------------------------
+
+    def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
+        """Queue *msg* for a later request (Pyramid's ``flash``)."""
+        self._zodbsession_unwrap().flash(msg, queue, allow_duplicate)
+
+    def peek_flash(self, queue: str = "") -> list[Any]:
+        """The messages queued in *queue*, left in place."""
+        return self._zodbsession_unwrap().peek_flash(queue)
+
+    def pop_flash(self, queue: str = "") -> list[Any]:
+        """The messages queued in *queue*, removed from it."""
+        return self._zodbsession_unwrap().pop_flash(queue)
+
+    def new_csrf_token(self) -> str:
+        """A fresh CSRF token, stored in the session."""
+        return self._zodbsession_unwrap().new_csrf_token()
+
+    def get_csrf_token(self) -> str:
+        """The session's CSRF token, made if it has none."""
+        return self._zodbsession_unwrap().get_csrf_token()
+
+    def check_csrf_token(self, token: object) -> bool:
+        """Whether *token* is the session's CSRF token (constant time; makes none)."""
+        return self._zodbsession_unwrap().check_csrf_token(token)
+
+    # -- what the publisher asks at the end -----------------------------------
+
+    def settle(self) -> list[str]:
+        """Save, or report, what the application changed in place without marking it.
+
+        The front door calls it once per attempt, before it decides whether
+        anything joined the transaction. For a session this request found,
+        it compares the data with its fingerprint taken at load; if the
+        session was not marked changed but differs, the manager's
+        ``unsaved_changes`` policy marks it changed (``"save"``, ``"warn"``
+        with a WARNING) or raises ``UnsavedSessionChanges`` (``"error"``).
+        Returns the keys found changed in place (empty: nothing to do).
+
+        Whatever ends the transaction in an abort (an exception, a 5xx, a
+        conflict retried, ``"error"``) also drops such changes from memory:
+        the next request loads the session as it is stored.
+        """
+        session, loaded = self._session, self._loaded
+        if session is None or loaded is None or session._p_jar is None:
+            return []
+        # True: already marked, the commit stores it; None: a ghost, nothing in memory.
+        if session._p_changed is not False:
+            return []
+        keys = changed_keys(loaded, session._data)
+        if not keys:
+            self._clean = True
+            return []
+        policy = self._manager.unsaved_changes
+        if policy == "error":
+            raise UnsavedSessionChanges(keys)
+        if policy == "warn":
+            unsaved_log.warning(
+                "session %s...: %s changed in place without save_changes(); saved anyway",
+                session.id[:8], ", ".join(map(repr, keys)))
+        session._p_changed = True
+        return keys
+
+    def written_session(self) -> Session | None:
+        """The persistent session if this request changed it (so the commit stores it), else None.
+
+        Only the session's own record counts: a touch of its access time,
+        which is a record of its own, does not.
+        """
+        session = self._session
+        if session is None or session._p_jar is None or not session._p_changed:
+            return None
+        return session
+
+    def cookie_to_send(self) -> str | None | bool:
+        """What the client's cookie must become: an id, False to delete it, None to leave it."""
+        session = self._session
+        if session is not None and session.is_stored and (
+                session.id != self._cookie_id or self._expiry_changed):
+            return session.id
+        if self._invalidated:
+            return False
+        return None
+
+    def cookie_max_age(self) -> int | Literal["session"] | None:
+        """The ``max_age`` to give ``CookiePolicy.set_header`` for the cookie this request sends.
+
+        None: the policy's default; ``"session"``: a cookie gone when the
+        browser closes; else seconds, following the session's own expiry.
+        """
+        if self._session is None:
+            return None
+        return self._manager.cookie_max_age(self._session)
+
+    # -- the mapping, delegated ---------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        return self._zodbsession_unwrap()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._zodbsession_unwrap()[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._zodbsession_unwrap()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._zodbsession_unwrap())
+
+    def __len__(self) -> int:
+        return len(self._zodbsession_unwrap())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._zodbsession_unwrap()
+
+    def __repr__(self) -> str:
+        state = repr(self._session) if self._session is not None else "unresolved"
+        return f"<RequestSession {state}>"

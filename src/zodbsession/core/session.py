@@ -1,0 +1,342 @@
+"""The persistent ``Session`` and its ids.
+
+A session's state is split in two persistent records on purpose. The
+``Session`` itself holds what changes rarely and must never be merged (its id,
+owner and the application's data); its last-access time lives in a separate
+``zope.minmax.Maximum`` record, which ZODB resolves to the later of two
+concurrent values. Touching a session therefore rewrites a few bytes and never
+conflicts, while two concurrent changes to its data do conflict, as they must.
+
+The session also carries the features web frameworks assume of one, under the
+names Pyramid's ``ISession`` and Django's ``SessionBase`` use: flash queues, a
+CSRF token bound to the session, and a per-session expiry ("remember me").
+Flash queues and the CSRF token live in the data mapping under Pyramid's own
+keys (``_f_<queue>``, ``_csrft_``), so they merge and revert like any value.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import re
+import secrets
+from collections.abc import Callable, Iterator, MutableMapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
+
+from persistent import Persistent
+from zope.minmax import Maximum
+
+from zodbsession.core.errors import InvalidUserId
+
+if TYPE_CHECKING:
+    from zodbsession.core.manager import SessionManager
+
+    class _LastAccess(Protocol):
+        """What a session uses of its ``zope.minmax.Maximum`` (which ships no types)."""
+
+        value: float
+
+#: The manager of sessions loaded some other way than through one; ``manager``
+#: sets it when imported (the session module does not import the manager's).
+fallback_manager: SessionManager | None = None
+
+#: Bytes of randomness in a session id: 256 bits, twice the usual minimum.
+SESSION_ID_BYTES = 32
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}\Z")
+
+#: The data keys of the flash queues (plus the queue's name) and of the CSRF token: Pyramid's.
+FLASH_KEY_PREFIX = "_f_"
+CSRF_TOKEN_KEY = "_csrft_"
+
+#: What ``set_expiry`` accepts: None, seconds (0: until the browser closes), a moment or a span.
+ExpiryValue = None | int | float | datetime | timedelta
+
+
+def new_session_id() -> str:
+    """Return a fresh, URL-safe session id with 256 bits from ``secrets``.
+
+    Ids starting with ``-`` are drawn again: on a command line
+    (``zodbsession revoke ID``) they would read as an option. That costs
+    0.02 bits of the 256.
+    """
+    while True:
+        session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
+        if session_id[0] != "-":
+            return session_id
+
+
+def is_well_formed_id(value: object) -> TypeGuard[str]:
+    """Tell whether *value* has the shape of an id we issue.
+
+    Anything else (wrong length, other characters, not a string) is rejected
+    before it reaches the database, so a hostile cookie costs no lookup.
+    """
+    return isinstance(value, str) and _SESSION_ID.match(value) is not None
+
+
+def ids_equal(a: str, b: str) -> bool:
+    """Compare two session ids in constant time."""
+    # UTF-8, not ASCII with "replace": that mapped every non-ASCII character
+    # to "?", so "é" and "?" compared equal.
+    return hmac.compare_digest(
+        a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass")
+    )
+
+
+#: The longest user id ``set_user`` (and so a login) accepts, in characters.
+MAX_USER_ID_LENGTH = 256
+
+
+def check_user_id(user_id: object) -> None:
+    """Refuse a user id that is not a non-empty string of at most ``MAX_USER_ID_LENGTH`` characters.
+
+    It is stored in the session and in the user index: an unbounded one
+    would let a client write records as large as it likes.
+    """
+    if not isinstance(user_id, str) or not user_id:
+        raise InvalidUserId(f"a user id must be a non-empty string, not {type(user_id).__name__} "
+                            f"{str(user_id)[:40]!r}")
+    if len(user_id) > MAX_USER_ID_LENGTH:
+        raise InvalidUserId(f"a user id must be at most {MAX_USER_ID_LENGTH} characters, not "
+                            f"{len(user_id)} (starting {user_id[:20]!r}): map long external "
+                            "identities to a short key of your own")
+
+
+def expiry_choice(value: ExpiryValue, now: float) -> tuple[str, float] | None:
+    """What ``Session._expiry`` records for a ``set_expiry`` value at *now*; ``ValueError`` for nonsense."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return ("at", value.timestamp())
+    if isinstance(value, timedelta):
+        return ("at", now + value.total_seconds())
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"set_expiry takes None, a number of seconds (0: until the browser closes), "
+                         f"a datetime or a timedelta, not {value!r}")
+    if value == 0:
+        return ("browser", 0.0)
+    return ("idle", float(value))
+
+
+class Session(Persistent, MutableMapping[str, Any]):  # type: ignore[misc]  # persistent is untyped
+    """One user's session: bookkeeping plus the application's data mapping.
+
+    Use it as a mapping (``session["cart"] = [...]``). Assigning or deleting a
+    key marks the session changed; mutating a nested value in place does not,
+    so call ``SessionManager.save_changes(session)`` (or ``changed()``) after
+    doing that.
+
+    A session made by ``SessionManager.new`` is *transient*: nothing is stored
+    until the first write, which attaches it to the container. Reading, or
+    merely creating, a session therefore writes nothing to the database.
+
+    Threading: like every persistent object, a session belongs to the one
+    connection (and so the one thread or task) that loaded it.
+    """
+
+    # Class-level defaults keep old pickles loadable when attributes are added.
+    user_id: str | None = None
+    # The session's own expiry, or None for the manager's timeouts:
+    # ("idle", seconds) | ("at", epoch seconds) | ("browser", 0.0).
+    _expiry: tuple[str, float] | None = None
+
+    def __init__(self, session_id: str, created: float, user_id: str | None = None) -> None:
+        self.id = session_id
+        self.created = created
+        self.user_id = user_id
+        self._data: dict[str, Any] = {}
+        self._last_access: _LastAccess = Maximum(created)
+        # Called once, on the first write of a transient session, to store it.
+        self._v_attach: Callable[[Session], None] | None = None
+
+    # -- bookkeeping -------------------------------------------------------
+
+    @property
+    def last_access(self) -> float:
+        """When the session was last used, to within the access resolution."""
+        return self._last_access.value
+
+    def touch(self, now: float, resolution: float) -> bool:
+        """Record an access at *now* unless the recorded one is recent enough.
+
+        Returns whether anything was written. Only the small ``Maximum``
+        record changes, and concurrent touches merge to the later time.
+        """
+        if now - self._last_access.value < resolution:
+            return False
+        self._last_access.value = now
+        return True
+
+    def deadline(self, idle_timeout: float, max_lifetime: float) -> float:
+        """The moment this session stops being live, by its own expiry or the manager's timeouts.
+
+        With no expiry of its own (or "until the browser closes", which the
+        server cannot see) it is the earlier of the two timeouts. An absolute
+        moment replaces both. Its own idle timeout replaces *idle_timeout*,
+        and lifts the absolute lifetime to at least that long: a session told
+        to live a fortnight idle is not cut off by an eight-hour lifetime.
+        """
+        expiry = self._expiry
+        if expiry is not None:
+            kind, value = expiry
+            if kind == "at":
+                return value
+            if kind == "idle":
+                return min(self._last_access.value + value, self.created + max(max_lifetime, value))
+        return min(self._last_access.value + idle_timeout, self.created + max_lifetime)
+
+    @property
+    def is_stored(self) -> bool:
+        """Whether the session is in a container (or will be at commit)."""
+        return self._p_jar is not None
+
+    # A session is an entity, not a value: two sessions with equal data are
+    # still two sessions (MutableMapping would compare them by content and
+    # make them unhashable).
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
+
+    def _p_resolveConflict(self, old_state: Any, committed_state: Any, new_state: Any) -> dict[str, Any]:
+        """Merge two concurrent writes of this session, or raise ``ConflictError``.
+
+        ZODB calls it (on the ZEO server, with ZEO) when a commit finds the
+        session changed since it was read. Changes to different data keys
+        both survive; everything else conflicts (the same key, the id, the
+        owner, the expiry, a removal). The rules are ``zodbsession.core.merge``'s.
+        """
+        from zodbsession.core.merge import merge_session_state
+
+        return merge_session_state(old_state, committed_state, new_state)
+
+    # -- per-session expiry (Django's verbs) --------------------------------
+    #
+    # The rules (the clock, the default timeouts, the expiry index) belong to
+    # the manager: these forward to the one that found or made the session,
+    # or to a default manager for a session loaded some other way.
+
+    def _manager(self) -> SessionManager:
+        manager = getattr(self, "_v_manager", None) or fallback_manager
+        if manager is None:
+            raise RuntimeError("no SessionManager: import zodbsession.core.manager first")
+        return manager
+
+    def set_expiry(self, value: ExpiryValue) -> None:
+        """Give the session its own expiry; see ``SessionManager.set_expiry``."""
+        self._manager().set_expiry(self, value)
+
+    def get_expiry_age(self) -> int:
+        """Whole seconds until the session expires (0 once it has)."""
+        return self._manager().get_expiry_age(self)
+
+    def get_expiry_date(self) -> datetime:
+        """The moment the session expires, as an aware UTC ``datetime``."""
+        return self._manager().get_expiry_date(self)
+
+    def get_expire_at_browser_close(self) -> bool:
+        """Whether the session's cookie is to last only until the browser closes."""
+        return self._manager().get_expire_at_browser_close(self)
+
+    # -- flash messages (Pyramid's ISession) ------------------------------------
+
+    def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
+        """Queue *msg* for a later request; with ``allow_duplicate=False`` a queued equal one is kept."""
+        key = FLASH_KEY_PREFIX + queue
+        queued = self._data.get(key, [])
+        if not allow_duplicate and msg in queued:
+            return
+        self[key] = [*queued, msg]
+
+    def peek_flash(self, queue: str = "") -> list[Any]:
+        """The messages in *queue*, oldest first, left in place (no write)."""
+        return list(self._data.get(FLASH_KEY_PREFIX + queue, ()))
+
+    def pop_flash(self, queue: str = "") -> list[Any]:
+        """The messages in *queue*, oldest first, removed from it (a write only if there were any)."""
+        key = FLASH_KEY_PREFIX + queue
+        if key not in self._data:
+            return []
+        messages = self._data[key]
+        del self[key]
+        return list(messages)
+
+    # -- the CSRF token (Pyramid's ISession) -------------------------------------
+
+    def new_csrf_token(self) -> str:
+        """Make, store and return a fresh CSRF token for this session (256 bits from ``secrets``)."""
+        token = secrets.token_urlsafe(32)
+        self[CSRF_TOKEN_KEY] = token
+        return token
+
+    def get_csrf_token(self) -> str:
+        """The session's CSRF token, made (a write) if it has none yet."""
+        token = self._data.get(CSRF_TOKEN_KEY)
+        return token if isinstance(token, str) else self.new_csrf_token()
+
+    def check_csrf_token(self, token: object) -> bool:
+        """Whether *token* is this session's CSRF token, compared in constant time.
+
+        A session without a token matches nothing, and asking makes none.
+        """
+        expected = self._data.get(CSRF_TOKEN_KEY)
+        if not isinstance(token, str) or not isinstance(expected, str):
+            return False
+        return hmac.compare_digest(token.encode("utf-8", "surrogatepass"), expected.encode("utf-8"))
+
+    # -- the application's data -------------------------------------------
+
+    def changed(self) -> None:
+        """Mark the session's data changed, storing a transient session."""
+        self._attach()
+        self._p_changed = True
+
+    def _attach(self) -> None:
+        # Before the data changes, so that a refused store (the session cap)
+        # leaves the session as it was, and still transient.
+        attach = getattr(self, "_v_attach", None)
+        if attach is not None:
+            attach(self)
+            self._v_attach = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._attach()
+        self._data[key] = value
+        self._p_changed = True
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self._data:
+            raise KeyError(key)
+        self._attach()
+        del self._data[key]
+        self._p_changed = True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def clear(self) -> None:
+        """Remove all data with a single write (MutableMapping's pops one by one)."""
+        if self._data:
+            self._attach()
+            self._data.clear()
+            self._p_changed = True
+
+    def data(self) -> dict[str, Any]:
+        """A shallow copy of the application's data, for display or JSON."""
+        return dict(self._data)
+
+    def __repr__(self) -> str:
+        # Never the data, never the whole id: reprs end up in logs.
+        return f"<Session {self.id[:8]}... user={self.user_id!r}>"

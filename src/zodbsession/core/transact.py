@@ -1,0 +1,407 @@
+"""The request-transaction core: a request's attempts at one ZODB transaction, for any front door.
+
+``TransactionCore`` owns, once, what the WSGI publisher and the ASGI middleware
+share: borrowing a connection from the pool with an explicit transaction
+manager of its own (reused once a request is done with it), the registry
+scope, one attempt's end (the commit veto, the per-transaction hooks, the
+session's settling and checks, the commit with its vote witness), the outcome
+of every failure by the table in ``outcomes``, the retry policy's verdict and
+pause, and the report to the manager's observers. It knows nothing of HTTP
+framing, cookies' syntax or bodies: a front door turns an ``Ending`` into its
+protocol's answer.
+
+One request, as a front door drives it: ``attempts_for`` and the policy's
+``start()``; then per attempt ``attempt`` (no I/O), ``open``, ``enter``, the
+application, ``finish`` (or ``fail`` if it raised), ``leave``, ``close``;
+retry while ``Ending.retry``, pausing ``Ending.delay`` (the policy's count and
+deadline decide when an ending stops asking); and ``report`` once at the end. ``drive`` is that
+loop for threads; docs/core.md shows it for asyncio, and
+tests/core/test_transact.py runs it.
+
+The ZODB steps (``open``, ``finish``, ``fail``, ``close``) block on the
+storage and may run in a worker thread (``asyncio.to_thread``), each as one
+call; ``enter`` and ``leave`` set the registry's scope in the caller's context,
+so call them where the application runs (the event loop's task), before the
+threaded steps: ``to_thread`` copies that context, so the hooks and
+``current_session`` work in them too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import transaction
+from transaction.interfaces import NoTransaction, TransientError
+from ZODB import DB
+
+from zodbsession.core.attempt import Attempt, Ending, Headers
+from zodbsession.core.commit import abort_quietly, close_when_transaction_ends, commit, nothing_joined
+from zodbsession.core.errors import StorageUnavailable
+from zodbsession.core.manager import SessionManager
+from zodbsession.core.outcomes import (
+    CLIENT_GONE,
+    COMMITTED,
+    PUBLISH_ERROR,
+    VETOED,
+    Outcome,
+    classify,
+)
+from zodbsession.core.registry import Scope, SessionRegistry
+from zodbsession.core.registry import registry as default_registry
+from zodbsession.core.request_session import RequestSession
+from zodbsession.core.retry import DEFAULT_POLICY, RetryPolicy
+
+log = logging.getLogger(__name__)
+
+#: ``commit_veto(request, status, headers) -> True`` to abort instead of commit; *request*
+#: is what the front door gave ``attempt()`` (the WSGI environ, the ASGI scope).
+CommitVeto = Callable[[Any, str, Headers], bool]
+
+#: Idle transaction managers a core keeps for reuse (about one per server thread).
+IDLE_MANAGERS = 32
+
+
+def default_commit_veto(request: Any, status: str, headers: Headers) -> bool:
+    """Abort on a 5xx answer; commit everything else, 4xx and redirects included."""
+    return status.startswith("5")
+
+
+class TransactionCore:
+    """The request-transaction core one front door (or several) drives.
+
+    Threading: one core serves every thread and task of a server; the idle
+    transaction managers are a list whose ``append`` and ``pop`` are atomic.
+    A manager given to an attempt goes to a later one once ``close`` has
+    returned it clean (no transaction, no synchronizer): register data
+    managers with it per request, never keep it.
+    """
+
+    def __init__(
+        self,
+        db: DB,
+        *,
+        manager: SessionManager,
+        retry: RetryPolicy = DEFAULT_POLICY,
+        commit_veto: CommitVeto = default_commit_veto,
+        registry: SessionRegistry = default_registry,
+        idle_managers: int = IDLE_MANAGERS,
+    ) -> None:
+        self.db = db
+        self.manager = manager
+        self.retry = retry
+        self.commit_veto = commit_veto
+        self.registry = registry
+        self.max_idle_managers = idle_managers
+        # Explicit transaction managers no request holds, for reuse: making
+        # one per request is a measurable part of a read's cost.
+        self.idle_managers: list[transaction.TransactionManager] = []
+
+    # -- making an attempt (no I/O) ------------------------------------------
+
+    def attempts_for(self, *, replayable: bool) -> int:
+        """The limit on a request's attempts: the policy's (0: its deadline only), 1 if not replayable."""
+        return self.retry.attempts if replayable else 1
+
+    def attempt(self, cookie_id: str | None, *, number: int = 1, attempts: int = 1, where: str = "",
+                request: Any = None, more_ids: tuple[str, ...] = (),
+                started: float | None = None) -> Attempt:
+        """A new, unopened attempt; *where* names the request in logs (``"GET /path"``).
+
+        *cookie_id* must already be well formed (``is_well_formed_id``) or None;
+        so must *more_ids*, the request's further cookies of the same name
+        (``cookies.session_cookie_ids``), looked up when the first names no live session.
+        *started* is ``retry.start()`` taken before the first attempt, the
+        same for every attempt of the request: the retry deadline counts
+        from it. The first attempt may leave it out (now); a later one must not.
+        """
+        if started is None:
+            if number > 1:
+                raise ValueError("a retried attempt needs started=, the retry policy's start() "
+                                 "taken before the request's first attempt")
+            started = self.retry.start()
+        return Attempt(cookie_id, number, attempts, where, request if request is not None else {},
+                       more_ids, started)
+
+    # -- the ZODB steps (blocking: a worker thread under asyncio) ------------
+
+    def open(self, attempt: Attempt, *, preload: bool = False) -> None:
+        """Borrow a connection with a manager of its own and begin the attempt's transaction.
+
+        Makes ``attempt.session`` and ``attempt.scope`` (not yet current:
+        ``enter``). With *preload* the session the cookie names is loaded
+        now, so that an application on an event loop reads it from memory.
+        A storage that cannot be reached raises ``StorageUnavailable`` (or
+        ZEO's ``ClientDisconnected``); ``fail`` answers either.
+        """
+        tm = self._take_manager()
+        attempt.tm = tm
+        try:
+            connection = self.db.open(transaction_manager=tm)
+        except TransientError:
+            raise
+        except Exception as exc:
+            # Opening polls the storage (RelStorage asks its SQL server): a
+            # failure here is the storage's, not the application's.
+            raise StorageUnavailable(f"the storage cannot be reached: {exc}") from exc
+        try:
+            tm.begin()
+        except BaseException as exc:
+            # ZEO fault handling: with server_sync, begin() asks the server for
+            # news and raises ClientDisconnected when it is away; the
+            # connection must still go back to the pool.
+            with contextlib.suppress(Exception):  # NoTransaction, or the same outage
+                tm.abort()
+            connection.close()
+            if isinstance(exc, Exception) and not isinstance(exc, TransientError):
+                raise StorageUnavailable(f"the storage cannot be reached: {exc}") from exc
+            raise
+        self._make_scope(attempt, connection)
+        if preload and attempt.cookie_id is not None:
+            attempt.opened_session._zodbsession_unwrap()
+
+    def join(self, attempt: Attempt) -> None:
+        """Open the attempt on the thread's default transaction manager, which another owns.
+
+        For stacks where an outer manager (pyramid_tm) ends the transaction:
+        never ``finish`` or ``fail`` a joined attempt; ``close`` gives the
+        connection back when that transaction ends, and the scope's hooks
+        go to the outer transaction's own lists.
+        """
+        attempt.joined = True
+        self._make_scope(attempt, self.db.open(transaction_manager=transaction.manager))
+        scope = attempt.opened_scope
+        scope.outer = True
+        settle = getattr(attempt.session, "settle", None)
+        if settle is not None:
+            scope.before_commit(settle)
+
+    def finish(self, attempt: Attempt, status: str, headers: Headers, *,
+               raised: BaseException | None = None) -> Ending:
+        """End the attempt by its answer: the veto aborts, else it commits. Never raises an ``Exception``.
+
+        *raised* is the ``PublishError`` the answer came from, if any (it
+        commits too). On the way to the commit: the ``before_commit`` hooks,
+        the session's ``settle()``, a read's empty transaction aborted rather
+        than committed, the written session checked (picklable, within
+        ``max_session_bytes``). A failure on the way is ``fail``'s.
+        """
+        try:
+            tm = attempt.opened_tm
+            if self.commit_veto(attempt.request, status, headers):
+                tm.abort()
+                ending = Ending(VETOED, attempts=attempt.number)
+                self._log(ending, attempt, status=status)
+                self._run_hooks(attempt, "after_abort")
+                return ending
+            ending = Ending(PUBLISH_ERROR if raised is not None else COMMITTED, raised,
+                            attempts=attempt.number)
+            for fn, args, kwargs in attempt.opened_scope.hooks["before_commit"]:
+                fn(*args, **kwargs)
+            session = attempt.opened_session
+            settle = getattr(session, "settle", None)
+            if settle is not None:
+                settle()
+            ending.cookie, ending.cookie_max_age = self.cookie_of(attempt)
+            ending.commit_seconds = self._commit(tm, session)
+        except Exception as exc:
+            return self.fail(attempt, exc)
+        self._run_hooks(attempt, "after_commit")
+        return ending
+
+    def cookie_of(self, attempt: Attempt) -> tuple[str | bool | None, Any]:
+        """What the client's cookie must become, and the max-age to send with a new id.
+
+        ``finish`` asks this before committing; a joined attempt's front door
+        asks it itself, once the application has returned.
+        """
+        session = attempt.opened_session
+        cookie = session.cookie_to_send()
+        max_age = None
+        if isinstance(cookie, str):
+            cookie_max_age = getattr(session, "cookie_max_age", None)
+            max_age = cookie_max_age() if cookie_max_age is not None else None
+        return cookie, max_age
+
+    def fail(self, attempt: Attempt, error: BaseException) -> Ending:
+        """End the attempt that raised *error*: its row, the abort, the log, the hooks. Never raises.
+
+        The retry policy is asked before the abort (which forgets the data
+        managers that joined). For a retry, ``Ending.delay`` is the pause
+        before the next attempt, and the observers hear ``request_retried``;
+        otherwise the ``after_abort`` hooks run when the transaction aborted.
+        An unopened attempt (a refusal before any transaction) just gets its row.
+        """
+        txn = self._transaction(attempt)
+        retryable = self.retry.retryable(error, txn)
+        last, delay = True, 0.0
+        if retryable and not attempt.last:
+            # The pause is drawn first: the deadline is about when the next attempt would begin.
+            delay = self.retry.delay(attempt.number)
+            last = not self.retry.allows(attempt.number, attempt.started, delay)
+        row = classify(error, retryable=retryable, last=last)
+        if txn is not None:
+            abort_quietly(attempt.tm)
+        ending = Ending(row, error, attempts=attempt.number)
+        if row.retry:
+            ending.delay = delay
+        self._log(ending, attempt)
+        if row.retry:
+            self.manager.observers.request_retried(error, attempt.number)
+        elif txn is not None and row.fate != "unknown":
+            self._run_hooks(attempt, "after_abort")
+        return ending
+
+    def abandon(self, attempt: Attempt, outcome: Outcome = CLIENT_GONE) -> Ending:
+        """End the attempt by a row the front door decided (a client gone mid-body): abort, log, hooks.
+
+        ZODB I/O (the abort): a worker thread under asyncio. The
+        ``after_abort`` hooks run, as for any final abort.
+        """
+        if self._transaction(attempt) is not None:
+            abort_quietly(attempt.tm)
+        ending = Ending(outcome, attempts=attempt.number)
+        self._log(ending, attempt)
+        if outcome.fate == "abort":
+            self._run_hooks(attempt, "after_abort")
+        return ending
+
+    def refuse(self, error: BaseException, *, where: str = "", request: Any = None) -> Ending:
+        """The ending of a request refused before any attempt (a full session queue, a huge body)."""
+        return self.fail(self.attempt(None, where=where, request=request), error)
+
+    def close(self, attempt: Attempt) -> None:
+        """Give the connection back to the pool and the manager back to the idle list.
+
+        Whatever is uncommitted is aborted first (a streamed body's changes).
+        A joined attempt's connection goes back when the outer transaction
+        ends. Safe on an attempt that never opened, and only once per attempt.
+        """
+        connection, attempt.connection = attempt.connection, None
+        if attempt.joined:
+            if connection is not None:
+                close_when_transaction_ends(connection)
+            return
+        tm, attempt.tm = attempt.tm, None
+        if connection is not None:
+            if self._transaction_of(tm) is not None:
+                abort_quietly(tm)
+            connection.close()
+        if tm is not None:
+            self._give_back(tm)
+
+    # -- the caller's context ------------------------------------------------
+
+    def enter(self, attempt: Attempt) -> None:
+        """Make the attempt's scope current in the caller's context (thread or task)."""
+        self.registry.set(attempt.opened_scope)
+
+    def leave(self) -> None:
+        """Forget the current scope in the caller's context."""
+        self.registry.clear()
+
+    # -- the whole request, for threads ----------------------------------------
+
+    def drive(self, cookie_id: str | None, step: Callable[[Attempt], Ending], *, attempts: int,
+              where: str = "", request: Any = None, more_ids: tuple[str, ...] = ()) -> Ending:
+        """Run *step* for attempt 1, 2, ... until one does not ask for a retry, pausing between.
+
+        *step* opens, runs, finishes (or fails) and closes one attempt; the
+        last ending is returned, its ``attempts`` set. *attempts* is the
+        limit on their number (0: only the policy's deadline). Reporting the
+        ending is the caller's (``report``), once the answer is decided.
+        """
+        started = self.retry.start()
+        for number in itertools.count(1):
+            ending = step(self.attempt(cookie_id, number=number, attempts=attempts, where=where,
+                                       request=request, more_ids=more_ids, started=started))
+            ending.attempts = number
+            if not ending.retry:
+                return ending
+            if ending.delay > 0:
+                self.retry.sleep(ending.delay)
+        raise AssertionError("unreachable: itertools.count() never ends")
+
+    def report(self, ending: Ending) -> None:
+        """Tell the manager's observers how the request ended (once per request)."""
+        observers = self.manager.observers
+        if observers and ending.outcome.reported is not None:
+            observers.request_finished(ending.outcome.reported, ending.attempts, ending.commit_seconds)
+
+    # -- internals -------------------------------------------------------------
+
+    def _make_scope(self, attempt: Attempt, connection: Any) -> None:
+        attempt.connection = connection
+        attempt.session = RequestSession(self.manager, connection, attempt.cookie_id,
+                                         more_ids=attempt.more_ids)
+        attempt.scope = Scope(connection, attempt.session,
+                              attempt.request if isinstance(attempt.request, dict) else {})
+
+    def _commit(self, tm: transaction.TransactionManager, session: RequestSession) -> float | None:
+        """Commit; returns the commit's duration, None when nothing needed one."""
+        if nothing_joined(tm.get()):
+            tm.abort()
+            return None
+        written = session.written_session()
+        if written is not None:
+            self.manager.check_storable(written)
+        started = time.perf_counter()
+        commit(tm)
+        return time.perf_counter() - started
+
+    def _run_hooks(self, attempt: Attempt, kind: str) -> None:
+        """Run the scope's *kind* hooks; one that raises is logged and counted, never raised."""
+        if attempt.scope is None:
+            return
+        for fn, args, kwargs in attempt.scope.hooks[kind]:
+            try:
+                fn(*args, **kwargs)
+            except Exception as exc:
+                log.exception("%s: an %s hook (%r) raised; ignored, the request's outcome stands",
+                              attempt.where, kind, fn)
+                self.manager.observers.hook_failed(kind, exc)
+
+    def _log(self, ending: Ending, attempt: Attempt, *, status: str = "") -> None:
+        row = ending.outcome
+        if row.level is None:
+            return
+        error = ending.error
+        message = row.message.format(
+            where=attempt.where, error=error, kind=type(error).__name__, attempt=attempt.number,
+            limits=self.retry.limits(attempt.attempts), delay_ms=ending.delay * 1000, status=status)
+        log.log(row.level, "%s", message, exc_info=error if row.traceback else None)
+
+    def _transaction(self, attempt: Attempt) -> Any:
+        if attempt.joined or attempt.connection is None:
+            return None
+        return self._transaction_of(attempt.tm)
+
+    @staticmethod
+    def _transaction_of(tm: transaction.TransactionManager | None) -> Any:
+        if tm is None:
+            return None
+        try:
+            return tm.get()
+        except NoTransaction:  # explicit mode: nothing begun
+            return None
+
+    def _take_manager(self) -> transaction.TransactionManager:
+        try:
+            return self.idle_managers.pop()
+        except IndexError:
+            return transaction.TransactionManager(explicit=True)
+
+    def _give_back(self, tm: transaction.TransactionManager) -> None:
+        """Keep *tm* for a later request if it is as good as new: no transaction, no synchronizer."""
+        if (getattr(tm, "_txn", True) is None and not tm.registeredSynchs()
+                and len(self.idle_managers) < self.max_idle_managers):
+            self.idle_managers.append(tm)
+
+
+
+__all__ = ["IDLE_MANAGERS", "Attempt", "CommitVeto", "Ending", "Headers", "TransactionCore",
+           "default_commit_veto"]

@@ -1,0 +1,418 @@
+"""``SessionMiddleware``: ASGI 3 middleware that runs each HTTP request in a ZODB transaction.
+
+The ASGI front door onto the request-transaction core (``zodbsession.core.transact``),
+with the WSGI publisher's semantics: one transaction per request, the
+response held back until the commit succeeded, an abort on an exception and
+on a 5xx, ``PublishError`` / ``Redirect`` committed with their status,
+conflicts retried with the body replayed, the same cookie, the same outcome
+table (``zodbsession.core.outcomes``) and the same per-session queue, here an
+``asyncio`` lock per session id with a bounded number of waiters.
+
+The event loop never waits on ZODB: opening the connection (and beginning
+the transaction), loading the session the cookie names, the commit or abort
+and closing the connection each run in a worker thread. The application
+itself runs in the loop, in the request's task, and reads and writes the
+already-loaded session in memory. A ZODB connection is used by one thread at
+a time, which holds here because those steps and the application take turns.
+
+``lifespan`` and ``websocket`` scopes (and any other) pass through untouched:
+a websocket handler gets no session and no transaction.
+
+Built from: ``messages`` (the body kept for replay, the response held back)
+and ``threads`` (the worker threads and ``run_in_connection``'s runner), on
+the core (``transact``, ``outcomes``, ``locks``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from ZODB import DB
+
+from zodbsession.core.errors import PublishError, RequestBodyTooLarge, SessionBusy
+from zodbsession.core.locks import MAX_WAITING, WAIT_TIMEOUT, AsyncKeyedLocks
+from zodbsession.core.manager import SessionManager
+from zodbsession.core.outcomes import CLIENT_GONE, ROWS
+from zodbsession.core.registry import SessionRegistry
+from zodbsession.core.registry import registry as default_registry
+from zodbsession.core.retry import RetryPolicy
+from zodbsession.core.transact import Attempt, CommitVeto, Ending, TransactionCore, default_commit_veto
+from zodbsession.web.asgi.messages import (
+    Message,
+    Receive,
+    ReplayReceive,
+    RequestBody,
+    ResponseBuffer,
+    Send,
+    plain_messages,
+    read_body,
+)
+from zodbsession.web.asgi.threads import ConnectionRunner, WorkerThreads
+from zodbsession.web.cookies import CookiePolicy, session_cookie_ids
+from zodbsession.web.wsgi.publisher import MAX_BACKOFF, MAX_REQUEST_BODY
+
+log = logging.getLogger(__name__)
+
+ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
+
+
+#: The scope key of what ``run_in_connection`` uses.
+RUNNER_KEY = "zodbsession.run_in_connection"
+
+
+class SessionMiddleware:
+    """Wraps an ASGI 3 application so that each HTTP request is one ZODB transaction.
+
+    The scope of each attempt gets ``zodbsession.session`` (a
+    ``RequestSession``, already loaded), ``zodbsession.connection`` and
+    ``zodbsession.attempt`` (1 for the first try); ``current_session`` and
+    ``current_connection`` work in the application's task (and in threads it
+    starts with ``asyncio.to_thread``, which copy the context). The keywords
+    are the WSGI ``SessionPublisher``'s, so one set of settings builds either.
+
+    The application's messages are kept until the transaction is decided:
+    the client sees a success only for a change that was committed.
+    ``streaming=True`` commits at the first chunk of the body instead and
+    sends the rest as it comes; it gives up what the WSGI publisher's does:
+    changes made while the rest is produced are discarded, an error in the
+    middle of the body can no longer roll anything back (the client gets a
+    truncated body), and a conflict found then cannot be retried. Use it for
+    large downloads only.
+
+    A request's body is read before the application runs, so that a retried
+    attempt can read it again; past ``max_replay_bytes`` the request gets one
+    attempt, reading the rest from the client. A client that disconnects
+    before the end of its body has nothing committed: the application is
+    not run, or (past the replay limit) its attempt is aborted.
+
+    With ``serialize_same_session`` requests carrying the same session
+    cookie run one after another within this process; at most
+    ``max_waiting_per_session`` wait (past that: 429 at once, with an honest
+    ``Retry-After``), none longer than ``session_wait_timeout`` seconds (503).
+    Waiting holds no thread.
+
+    An event loop takes any number of requests at once, but each attempt
+    holds a ZODB connection (and its cache): at most ``max_connections``
+    attempts run at a time (None: the database's ``pool_size``), the others
+    wait in the loop for a connection to come back, so the pool is never
+    outgrown.
+
+    Threading: one middleware serves one event loop. The ZODB steps (and
+    ``run_in_connection``) run in *executor*; None gives the middleware a
+    pool of its own, a thread per connection it may have in use.
+    ``join_outer_transaction`` exists for keyword compatibility with the
+    publisher and must stay False: nothing outside owns an ASGI request's
+    transaction.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        db: DB,
+        *,
+        manager: SessionManager | None = None,
+        cookie: CookiePolicy | None = None,
+        commit_veto: CommitVeto = default_commit_veto,
+        retry_attempts: int = 0,
+        retry_backoff: float = 0.0,
+        retry_deadline: float = 10.0,
+        max_replay_bytes: int = 1 << 20,
+        streaming: bool = False,
+        serialize_same_session: bool = True,
+        join_outer_transaction: bool = False,
+        registry: SessionRegistry = default_registry,
+        retry: RetryPolicy | None = None,
+        max_request_body: int | None = MAX_REQUEST_BODY,
+        max_waiting_per_session: int | None = MAX_WAITING,
+        session_wait_timeout: float | None = WAIT_TIMEOUT,
+        max_connections: int | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        if join_outer_transaction:
+            raise ValueError("join_outer_transaction is for WSGI stacks (pyramid_tm); an ASGI request's "
+                             "transaction is always the middleware's own")
+        if max_request_body is not None and max_request_body < 0:
+            raise ValueError(f"max_request_body must be at least 0 (or None), not {max_request_body}")
+        self.app = app
+        self.db = db
+        self.manager = manager if manager is not None else SessionManager()
+        self.cookie = cookie if cookie is not None else CookiePolicy()
+        self.max_replay_bytes = max_replay_bytes
+        self.max_request_body = max_request_body
+        self.streaming = streaming
+        self.registry = registry
+        if max_connections is None:
+            max_connections = db.getPoolSize()
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        # A thread per connection in use: the ZODB steps never queue for a
+        # thread, nor compete with the application's own to_thread work.
+        self.threads = WorkerThreads(executor, max_connections)
+        self._in_thread = self.threads.run
+        policy = retry if retry is not None else RetryPolicy(retry_attempts, retry_backoff, MAX_BACKOFF,
+                                                             retry_deadline)
+        self.core = TransactionCore(db, manager=self.manager, retry=policy, commit_veto=commit_veto,
+                                    registry=registry)
+        self.session_locks = (AsyncKeyedLocks(max_waiting_per_session, session_wait_timeout)
+                              if serialize_same_session else None)
+        self.max_connections = max_connections
+        self._connections = asyncio.Semaphore(max_connections)
+        #: Attempts waiting for a connection now (all ``max_connections`` are in use).
+        self.connections_waiting = 0
+        self._ensure_container()
+
+    def close(self) -> None:
+        """Stop the middleware's own thread pool once the server has drained (the db stays open)."""
+        self.threads.close()
+
+    def _ensure_container(self) -> None:
+        # Made once here, so that concurrent first requests don't all create it.
+        with self.db.transaction() as connection:
+            self.manager.container(connection)
+
+    # -- the ASGI entry point ---------------------------------------------------
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # The first well-formed id of our cookie's name that names a live session wins.
+        ids = session_cookie_ids(_cookie_header(scope), self.cookie.name)
+        cookie_id, more_ids = (ids[0], tuple(ids[1:])) if ids else (None, ())
+        where = f"{scope.get('method', '')} {scope.get('path', '')}"
+        try:
+            _check_length(scope, self.max_request_body)
+            if self.session_locks is not None and cookie_id:
+                async with self.session_locks.hold(cookie_id):
+                    ending, answer = await self._run_attempts(scope, receive, send, cookie_id, where,
+                                                              more_ids)
+            else:
+                ending, answer = await self._run_attempts(scope, receive, send, cookie_id, where,
+                                                          more_ids)
+        except (RequestBodyTooLarge, SessionBusy) as exc:
+            # A huge body (refused unread, or found while buffering it), a full
+            # session queue or a wait past its deadline: before any attempt,
+            # since the attempts turn every error into an ending.
+            ending = self.core.refuse(exc, where=where, request=scope)
+            answer = self._own_answer(ending)
+        self.core.report(ending)
+        await _send_all(send, answer)
+
+    async def _run_attempts(self, scope: dict[str, Any], receive: Receive, send: Send,
+                            cookie_id: str | None, where: str, more_ids: tuple[str, ...] = (),
+                            ) -> tuple[Ending, list[Message]]:
+        """Run attempts until one is not to be retried; its ending and the messages still to send."""
+        body = await read_body(receive, self.max_replay_bytes, self.max_request_body)
+        if body.disconnected:
+            log.info("%s: the client disconnected before the end of its body; not run", where)
+            return Ending(CLIENT_GONE), []
+        if not body.replayable:
+            log.info("%s: body over max_replay_bytes (%d); not retryable", where, self.max_replay_bytes)
+        attempts = self.core.attempts_for(replayable=body.replayable)
+        started = self.core.retry.start()
+        for number in itertools.count(1):
+            attempt = self.core.attempt(cookie_id, number=number, attempts=attempts, where=where,
+                                        request=dict(scope), more_ids=more_ids, started=started)
+            self.connections_waiting += 1
+            try:
+                await self._connections.acquire()
+            finally:
+                self.connections_waiting -= 1
+            try:
+                ending, answer = await self._attempt(attempt, body, receive, send)
+            finally:
+                self._connections.release()
+            ending.attempts = number
+            if not ending.retry:
+                return ending, answer
+            if ending.delay > 0:
+                await asyncio.sleep(ending.delay)
+        raise AssertionError("unreachable: itertools.count() never ends")
+
+    # -- one attempt --------------------------------------------------------------
+
+    async def _attempt(self, attempt: Attempt, body: RequestBody, receive: Receive,
+                       send: Send) -> tuple[Ending, list[Message]]:
+        """Open, run, finish (or fail) and close one attempt, by the outcome table."""
+        core = self.core
+        try:
+            await self._in_thread(core.open, attempt, preload=True)
+        except Exception as exc:
+            ending = core.fail(attempt, exc)  # nothing begun: no I/O
+            await self._in_thread(core.close, attempt)
+            return ending, []
+        request = attempt.request
+        request["zodbsession.session"] = attempt.session
+        request["zodbsession.connection"] = attempt.connection
+        request["zodbsession.attempt"] = attempt.number
+        request[RUNNER_KEY] = ConnectionRunner(self.threads, lambda: attempt.connection)
+        core.enter(attempt)
+        try:
+            return await self._run_app(attempt, ReplayReceive(body, receive, self.max_request_body), send)
+        finally:
+            core.leave()
+            if attempt.tm is not None or attempt.connection is not None:  # not closed with its ending
+                await self._in_thread(core.close, attempt)
+
+    async def _run_app(self, attempt: Attempt, replay: ReplayReceive,
+                       send: Send) -> tuple[Ending, list[Message]]:
+        """Run the application in the open attempt and end the attempt by what it did."""
+        core, request = self.core, attempt.request
+        head: list[Ending] = []  # streaming: the ending decided at the first chunk
+        response = ResponseBuffer(send, functools.partial(self._commit_head, attempt, head)
+                                  if self.streaming else None)
+        try:
+            await self.app(request, replay, response)
+        except Exception as raised:
+            exc = _only_error(raised)
+            if head:
+                if response.streaming:
+                    log.error("%s: the application raised after its response began: its later "
+                              "changes are discarded, the body is cut short", attempt.where, exc_info=exc)
+                return head[0], self._own_answer(head[0])
+            if isinstance(exc, PublishError):
+                ending = await self._ending(core.finish, attempt, exc.status, exc.headers, raised=exc)
+                return ending, self._answer(ending, request, _publish_error_messages(exc))
+            ending = await self._ending(core.fail, attempt, exc)
+            return ending, self._failure_answer(ending, response)
+        if head:
+            return head[0], self._own_answer(head[0])
+        if replay.client_gone:  # aborted, whatever the application answered
+            return await self._ending(core.abandon, attempt, CLIENT_GONE), []
+        if response.status is None:
+            error = RuntimeError("the application returned without sending http.response.start")
+            ending = await self._ending(core.fail, attempt, error)
+            return ending, self._own_answer(ending)
+        ending = await self._ending(core.finish, attempt, response.status_line, response.headers)
+        return ending, self._answer(ending, request, response.messages)
+
+    async def _ending(self, step: Callable[..., Ending], attempt: Attempt, *args: Any,
+                      **kwargs: Any) -> Ending:
+        """End the attempt by *step* (``finish``, ``fail``, ``abandon``) and close it, in one thread hop."""
+        return await self._in_thread(_then_close, self.core, step, attempt, *args, **kwargs)
+
+    async def _commit_head(self, attempt: Attempt, head: list[Ending], response: ResponseBuffer) -> bool:
+        """Streaming: decide the transaction at the first chunk, before the head goes out.
+
+        Committed (or vetoed), the head goes out with its cookie and a
+        transaction is begun for the rest, which ``close`` aborts; otherwise
+        (a refusal, a conflict to retry) the application is stopped and the
+        ending stands.
+        """
+        ending = await self._in_thread(self._finish_head, attempt, response.status_line, response.headers)
+        head.append(ending)
+        if ending.own_answer or ending.retry:
+            return False
+        self._add_cookie(ending, response, attempt.request)
+        return True
+
+    def _finish_head(self, attempt: Attempt, status: str, headers: list[tuple[str, str]]) -> Ending:
+        ending = self.core.finish(attempt, status, headers)
+        if not (ending.own_answer or ending.retry):
+            # Changes made while the rest streams join a transaction that
+            # close() aborts; without one the explicit manager raises
+            # NoTransaction at the application's next write.
+            attempt.opened_tm.begin()
+        return ending
+
+    # -- answers ------------------------------------------------------------------
+
+    def _answer(self, ending: Ending, request: dict[str, Any], messages: list[Message]) -> list[Message]:
+        """*messages* (with the cookie), or the ending's own answer when it has one."""
+        if ending.own_answer or ending.retry:
+            return self._own_answer(ending)
+        response = ResponseBuffer()
+        response.messages = messages
+        self._add_cookie(ending, response, request)
+        return response.messages
+
+    @staticmethod
+    def _own_answer(ending: Ending) -> list[Message]:
+        return plain_messages(*ending.answer()) if ending.own_answer else []
+
+    @staticmethod
+    def _failure_answer(ending: Ending, response: ResponseBuffer) -> list[Message]:
+        """The answer to an attempt the application failed.
+
+        An application that raised after sending a complete error page of
+        its own (Starlette's exception handlers do) has that page sent; any
+        other answer it sent before raising is not, as it was not committed.
+        """
+        if (ending.outcome is ROWS["app_exception"] and response.complete
+                and (response.status or 0) >= 500):
+            return response.messages
+        return SessionMiddleware._own_answer(ending)
+
+    def _add_cookie(self, ending: Ending, response: ResponseBuffer, request: dict[str, Any]) -> None:
+        """Add the Set-Cookie a committed attempt asks for: the new id, or the cookie's deletion."""
+        https = request.get("scheme") in ("https", "wss")
+        if isinstance(ending.cookie, str):
+            if ending.cookie_max_age is not None:
+                name, value = self.cookie.set_header(ending.cookie, https=https,
+                                                     max_age=ending.cookie_max_age)
+            else:
+                name, value = self.cookie.set_header(ending.cookie, https=https)
+            response.add_header(name, value)
+        elif ending.cookie is False:
+            response.add_header(*self.cookie.delete_header(https=https))
+
+
+def _then_close(core: TransactionCore, step: Callable[..., Ending], attempt: Attempt, *args: Any,
+                **kwargs: Any) -> Ending:
+    """``step(attempt, ...)``, then ``core.close(attempt)``: what a worker thread does at an attempt's end."""
+    try:
+        return step(attempt, *args, **kwargs)
+    finally:
+        core.close(attempt)
+
+
+def _only_error(error: Exception) -> Exception:
+    """The one error inside an exception group of one (a task group's), else *error* itself.
+
+    So that a conflict raised inside an application's task group is still
+    seen as the conflict it is, and retried.
+    """
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+def _check_length(scope: dict[str, Any], max_request_body: int | None) -> None:
+    """Raise ``RequestBodyTooLarge`` if the declared Content-Length is over the limit (read nothing)."""
+    if max_request_body is None:
+        return
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return
+            if length > max_request_body:
+                raise RequestBodyTooLarge(length, max_request_body)
+            return
+
+
+def _cookie_header(scope: dict[str, Any]) -> str | None:
+    """The request's Cookie header; several (HTTP/2 sends one per cookie) joined as one."""
+    values = [value for name, value in scope.get("headers", ()) if name == b"cookie"]
+    if not values:
+        return None
+    return "; ".join(bytes(value).decode("latin-1") for value in values)
+
+
+def _publish_error_messages(exc: PublishError) -> list[Message]:
+    body = exc.message.encode("utf-8")
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+               *exc.headers]
+    return plain_messages(exc.status, headers, body)
+
+
+async def _send_all(send: Send, messages: list[Message]) -> None:
+    for message in messages:
+        await send(message)

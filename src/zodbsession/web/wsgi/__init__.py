@@ -1,0 +1,1 @@
+"""The WSGI front door: ``SessionPublisher``, its buffered response and the body kept for retries."""
