@@ -1,0 +1,163 @@
+"""The Quixote adapter's test kit: a test site, a waitress in this process, HTTP helpers.
+
+Every server here is waitress on 127.0.0.1 with an ephemeral port and 8
+threads; every client is a real HTTP client with a cookie jar
+(``serverproc.Client``).
+"""
+
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from BTrees.Length import Length
+from persistent.list import PersistentList
+from quixote import get_field, get_request, get_session, get_session_manager, get_user, redirect
+from quixote.directory import Directory
+from quixote.errors import AccessError
+from waitress.server import create_server
+from ZODB import DB
+
+from serverproc import Client
+from zodbsession import Redirect, SessionManager
+from zodbsession.quixote import QuixoteApp, root
+
+TIMEOUT = 30  # seconds, for every socket call and every join
+
+#: Quixote's default session cookie name, which the adapter keeps.
+COOKIE = "QX_session"
+
+
+def counter() -> Length:
+    """The site's own count of committed /count requests, in the database root."""
+    data = root()
+    if "hits" not in data:
+        data["hits"] = Length()
+    return data["hits"]
+
+
+def notes() -> PersistentList:
+    data = root()
+    if "notes" not in data:
+        data["notes"] = PersistentList()
+    return data["notes"]
+
+
+class Site(Directory):
+    """The test site: each view does one thing the tests look at."""
+
+    _q_exports = ["", "count", "fail", "deny", "login", "logout", "expire", "conflict", "whoami",
+                  "note", "leave", "csrf", "check_csrf"]
+
+    def __init__(self, db: DB) -> None:
+        self.db = db
+        self.attempts: list[int] = []  # the attempt numbers /conflict ran with
+
+    def _q_index(self) -> str:
+        """The session's count and the site's data, read only."""
+        return f"n={get_session().get('n', 0)} notes={len(root().get('notes', ()))}"
+
+    def count(self) -> str:
+        session = get_session()
+        session["n"] = session.get("n", 0) + 1
+        counter().change(1)
+        return str(session["n"])
+
+    def note(self) -> str:
+        notes().append(get_field("text"))
+        get_session()["noted"] = get_session().get("noted", 0) + 1
+        return "noted"
+
+    def fail(self) -> str:
+        """Changes the session and the site's data, then raises: both are rolled back."""
+        get_session()["n"] = 1000
+        notes().append("never")
+        raise RuntimeError("the view failed")
+
+    def deny(self) -> str:
+        """Changes both, then raises Quixote's AccessError: a PublishError, so both commit."""
+        get_session()["denied"] = get_session().get("denied", 0) + 1
+        notes().append("denied")
+        raise AccessError("members only")
+
+    def leave(self) -> str:
+        """zodbsession's own Redirect, raised in a Quixote view: 303, committed."""
+        get_session()["left"] = True
+        raise Redirect("/")
+
+    def login(self) -> str:
+        get_session().set_user(get_field("user"))
+        return redirect("/whoami")
+
+    def logout(self) -> str:
+        get_session().set_user(None)
+        return redirect("/whoami")
+
+    def whoami(self) -> str:
+        return f"user={get_user()} remote_user={get_request().environ.get('REMOTE_USER')}"
+
+    def expire(self) -> str:
+        get_session_manager().expire_session()
+        return f"expired session={get_session()}"
+
+    def csrf(self) -> str:
+        return get_session().get_csrf_token()
+
+    def check_csrf(self) -> str:
+        return "valid" if get_session().valid_csrf_token() else "invalid"
+
+    def conflict(self) -> str:
+        """On its first attempt another transaction changes the same key first: a conflict, retried."""
+        session = get_session()
+        n = session.get("n", 0)  # loaded now, so the other commit comes after
+        attempt = get_request().environ["zodbsession.attempt"]
+        self.attempts.append(attempt)
+        if attempt == 1:
+            with self.db.transaction() as conn:
+                SessionManager().get(conn, session.id)["n"] = n + 100
+        session["n"] = n + 1
+        return str(session["n"])
+
+
+@dataclass
+class Served:
+    """One application on one waitress: its URL, the app and the site behind it."""
+
+    url: str
+    app: QuixoteApp
+    site: Site
+    db: DB
+    clients: list[Client] = field(default_factory=list)
+
+    def client(self) -> Client:
+        return Client(self.url)
+
+
+@contextmanager
+def waitress(app: Callable[..., Any], threads: int = 8) -> Iterator[str]:
+    """Serve *app* with waitress on 127.0.0.1, an ephemeral port and *threads* threads."""
+    server = create_server(app, host="127.0.0.1", port=0, threads=threads)
+    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        server.close()
+        server.task_dispatcher.shutdown(timeout=TIMEOUT)
+        thread.join(timeout=TIMEOUT)
+
+
+def post(client: Client, path: str, body: bytes = b"") -> tuple[int, str]:
+    """POST *body* as a form; a redirect is followed, as a browser does."""
+    status, _headers, data = client.request("POST", path, body,
+                                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    return status, data.decode()
+
+
+def get(client: Client, path: str) -> tuple[int, str]:
+    status, _headers, data = client.request("GET", path)
+    return status, data.decode()
