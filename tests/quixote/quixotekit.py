@@ -8,6 +8,7 @@ threads; every client is a real HTTP client with a cookie jar
 
 from __future__ import annotations
 
+import http.client
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -139,16 +140,29 @@ class Served:
 
 @contextmanager
 def waitress(app: Callable[..., Any], threads: int = 8) -> Iterator[str]:
-    """Serve *app* with waitress on 127.0.0.1, an ephemeral port and *threads* threads."""
-    server = create_server(app, host="127.0.0.1", port=0, threads=threads)
-    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
+    """Serve *app* with waitress on 127.0.0.1, an ephemeral port and *threads* threads.
+
+    The event loop turns in a thread of its own, which also closes the
+    sockets when the block ends (closing them from another thread races the
+    loop's ``poll``).
+    """
+    server = create_server(app, host="127.0.0.1", port=0, threads=threads, map={})
+    stopping = threading.Event()
+
+    def loop() -> None:
+        while not stopping.is_set():
+            server.asyncore.loop(timeout=0.1, map=server._map, use_poll=True, count=1)
+        for channel in list(server._map.values()):
+            channel.close()
+
+    thread = threading.Thread(target=loop, name="waitress", daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
-        server.close()
-        server.task_dispatcher.shutdown(timeout=TIMEOUT)
+        stopping.set()
         thread.join(timeout=TIMEOUT)
+        server.task_dispatcher.shutdown(timeout=TIMEOUT)
 
 
 def post(client: Client, path: str, body: bytes = b"") -> tuple[int, str]:
@@ -161,3 +175,18 @@ def post(client: Client, path: str, body: bytes = b"") -> tuple[int, str]:
 def get(client: Client, path: str) -> tuple[int, str]:
     status, _headers, data = client.request("GET", path)
     return status, data.decode()
+
+
+def raw(url: str, method: str, path: str, cookie: str | None = None,
+        ) -> tuple[int, list[tuple[str, str]], str]:
+    """One request without a cookie jar or redirects: the status, the headers as sent, the body."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+    try:
+        headers = {"Content-Length": "0"} | ({"Cookie": f"{COOKIE}={cookie}"} if cookie else {})
+        conn.request(method, path, headers=headers)
+        response = conn.getresponse()
+        body = response.read().decode()
+        return response.status, response.getheaders(), body
+    finally:
+        conn.close()

@@ -14,7 +14,8 @@ A failed request goes to whoever answers it. What zodbsession's
 request-transaction core has a row for (a conflict or any error the
 transaction calls retryable, a ``zodbsession.PublishError`` such as
 ``Redirect``, a session too large, a storage away...) is raised again past
-Quixote, so that the core retries or answers it by its table; anything else
+Quixote, so that the core retries or answers it by its table (a ``zodbsession.PublishError``
+first goes through ``commit_changes``, as Quixote's own do); anything else
 gets Quixote's own 500 page and ``abort_changes``, as Quixote's contract says.
 """
 
@@ -74,6 +75,9 @@ class ThreadSafePublisher(Publisher):  # type: ignore[misc]  # Quixote ships no 
         """Quixote's 500 page and ``abort_changes``, unless the core answers this error itself."""
         error = sys.exc_info()[1]
         if error is not None and answered_by_the_core(error):
+            if isinstance(error, PublishError):
+                # Answered by the publisher, but a PublishError all the same: it commits, as Quixote's do.
+                self.session_manager.finish_successful_request()
             raise error
         return super().finish_failed_request()
 
