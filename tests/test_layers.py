@@ -38,9 +38,10 @@ LAYERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "test kit": (frozenset({"testing"}), frozenset({"core", "front door"})),
     # The framework adapters: a framework's session on the core and a front door, configured
     # by the settings, with the expiry sweep of the operations; their test clients build on
-    # the test kit.
-    "adapters": (frozenset({"flask", "pyramid", "django"}),
-                 frozenset({"core", "front door", "settings", "test kit", "operations"})),
+    # the test kit. An adapter may import the public names of ``zodbsession`` itself (the
+    # package re-exports the core and the front doors only), so it needs no internal path.
+    "adapters": (frozenset({"flask", "pyramid", "django", "quixote"}),
+                 frozenset({"core", "front door", "settings", "test kit", "operations", "package"})),
     # Applications shipped to run behind a front door.
     "application": (frozenset({"demo"}), frozenset({"core", "front door"})),
     # Work on a database beside the requests: expiry, maintenance, checks, metrics.
