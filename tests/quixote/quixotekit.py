@@ -9,10 +9,14 @@ threads; every client is a real HTTP client with a cookie jar
 from __future__ import annotations
 
 import http.client
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from BTrees.Length import Length
@@ -23,11 +27,14 @@ from quixote.errors import AccessError
 from waitress.server import create_server
 from ZODB import DB
 
-from serverproc import Client
+from serverproc import Client, _die_with_parent, free_port, port_open
 from zodbsession import Redirect, SessionManager
 from zodbsession.quixote import QuixoteApp, root
 
 TIMEOUT = 30  # seconds, for every socket call and every join
+
+#: The console script installed next to the interpreter running the tests.
+WAITRESS_SERVE = str(Path(sys.executable).with_name("waitress-serve"))
 
 #: Quixote's default session cookie name, which the adapter keeps.
 COOKIE = "QX_session"
@@ -52,7 +59,7 @@ class Site(Directory):
     """The test site: each view does one thing the tests look at."""
 
     _q_exports = ["", "count", "fail", "deny", "login", "logout", "expire", "conflict", "whoami",
-                  "note", "leave", "csrf", "check_csrf"]
+                  "note", "leave", "csrf", "check_csrf", "token", "spend", "undo_then_count"]
 
     def __init__(self, db: DB) -> None:
         self.db = db
@@ -110,6 +117,24 @@ class Site(Directory):
 
     def check_csrf(self) -> str:
         return "valid" if get_session().valid_csrf_token() else "invalid"
+
+    def token(self) -> str:
+        return get_session().create_form_token()
+
+    def spend(self) -> str:
+        """Uses up a form token once, as ``quixote.form`` does."""
+        session, token = get_session(), get_field("token")
+        if not session.has_form_token(token):
+            return "unknown"
+        session.remove_form_token(token)
+        return "spent"
+
+    def undo_then_count(self) -> str:
+        """Changes both, forgets them with the Quixote 2 verb, then counts: only the count commits."""
+        notes().append("forgotten")
+        get_session()["n"] = 1000
+        get_session_manager().forget_changes(get_session())
+        return self.count()
 
     def conflict(self) -> str:
         """On its first attempt another transaction changes the same key first: a conflict, retried."""
@@ -175,6 +200,45 @@ def post(client: Client, path: str, body: bytes = b"") -> tuple[int, str]:
 def get(client: Client, path: str) -> tuple[int, str]:
     status, _headers, data = client.request("GET", path)
     return status, data.decode()
+
+
+
+class WaitressServe:
+    """``waitress-serve --threads 8 APP`` in a child process, on a free loopback port."""
+
+    def __init__(self, app: str, cwd: Path, env: dict[str, str]) -> None:
+        self.app = app
+        self.port = free_port()
+        self.cwd, self.env = cwd, env
+        self.log_path = cwd / f"waitress-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> WaitressServe:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [WAITRESS_SERVE, "--threads", "8", "--listen", f"127.0.0.1:{self.port}", self.app],
+            cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"waitress-serve exited:\n{self.log_path.read_text()}")
+            if port_open(self.port):
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"waitress-serve did not listen:\n{self.log_path.read_text()}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
 
 
 def raw(url: str, method: str, path: str, cookie: str | None = None,

@@ -10,57 +10,17 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from quixotekit import WaitressServe
 
-from serverproc import Client, ServerProcess, _die_with_parent, free_port, port_open
+from serverproc import Client, ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 APP = "examples.quixote.site:app"
-WAITRESS_SERVE = str(Path(sys.executable).with_name("waitress-serve"))
-
-
-class WaitressServe:
-    """``waitress-serve --threads 8`` serving the example, in a child process."""
-
-    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.cwd, self.env = cwd, env
-        self.log_path = cwd / f"waitress-{self.port}.log"
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> WaitressServe:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [WAITRESS_SERVE, "--threads", "8", "--listen", f"127.0.0.1:{self.port}", APP],
-            cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"waitress-serve exited:\n{self.log_path.read_text()}")
-            if port_open(self.port):
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"waitress-serve did not listen:\n{self.log_path.read_text()}")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
 
 
 @pytest.fixture(scope="module", params=["zodbsession-serve", "waitress-serve"])
@@ -73,7 +33,7 @@ def guestbook(request, tmp_path_factory) -> Iterator[str]:
         with ServerProcess(tmp_path, {**env, "ZODBSESSION_SERVER_THREADS": "8"}, "--app", APP) as server:
             yield server.url
     else:
-        with WaitressServe(tmp_path, {**os.environ, **env}) as server:
+        with WaitressServe(APP, tmp_path, {**os.environ, **env}) as server:
             yield server.url
 
 

@@ -119,3 +119,18 @@ def test_get_session_in_a_view_is_a_quixote_session_without_an_id_until_stored(s
         assert get(client, "/kind") == (200, "QuixoteSession id=False info=False")
         post(client, "/count")
         assert get(client, "/kind") == (200, "QuixoteSession id=True info=True")
+
+
+def test_form_tokens_are_kept_in_the_session_and_used_up_once(served):
+    client = served.client()
+    status, token = get(client, "/token")
+    assert status == 200
+    assert post(client, "/spend", form(token=token)) == (200, "spent")
+    assert post(client, "/spend", form(token=token)) == (200, "unknown")
+
+
+def test_forget_changes_in_a_view_aborts_so_far_and_what_follows_commits(served):
+    client = served.client()
+    assert post(client, "/count") == (200, "1")
+    assert post(client, "/undo_then_count") == (200, "2")
+    assert get(client, "/") == (200, "n=2 notes=0")
