@@ -42,8 +42,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "admin": frozenset({"core", "web", "ops"}),
     # The framework adapters: a framework's session on the core and a front door, configured
     # by the settings, with the expiry sweep of the operations; their test clients build on
-    # the test kit.
-    "adapters": frozenset({"core", "web", "config", "testing", "ops"}),
+    # the test kit. An adapter may import ``zodbsession``'s public names (the package re-exports
+    # the core and the front doors only), so it needs no internal path.
+    "adapters": frozenset({"core", "web", "config", "testing", "ops", "package"}),
     # Serving it: finding the app, waitress and uvicorn, workers, the ZEO server, the control
     # socket, the CLI.
     "serve": frozenset({"core", "web", "config", "demo", "ops", "admin"}),

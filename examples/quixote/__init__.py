@@ -1,0 +1,1 @@
+"""A Quixote 3.8 guestbook on zodbsession: ``site.py``."""
