@@ -96,16 +96,16 @@ def test_the_app_in_the_loop_and_the_commit_in_a_thread_see_the_same_scope(core,
 
     ending = asyncio.run(handle(core, None, app))
     assert (ending.outcome.name, ending.committed, ending.attempts) == ("committed", True, 1)
-    assert isinstance(ending.cookie, str)
+    assert isinstance(ending.session_use.cookie, str)
     assert seen["hook thread"] != seen["loop thread"]
     assert seen["hook data"] == "for the hook"
-    assert stored(database) == {ending.cookie: {"greeting": "hello", "stamped": True}}
+    assert stored(database) == {ending.session_use.cookie: {"greeting": "hello", "stamped": True}}
     assert not registry.has()
 
 
 def test_a_real_conflict_is_retried_by_the_async_loop(core, database):
     first = asyncio.run(handle(core, None, _writer({"n": 0})))
-    session_id = first.cookie
+    session_id = first.session_use.cookie
     attempts = []
 
     async def app(attempt: Attempt) -> str:
@@ -145,8 +145,8 @@ def test_concurrent_requests_in_one_loop_each_see_their_own_session(core, databa
 
     endings = asyncio.run(both())
     assert set(inside) == {"a", "b"}  # (a retry after a conflict on the container may repeat one)
-    assert sorted(stored(database)[e.cookie]["seen"] for e in endings) == ["a", "b"]
-    assert all(stored(database)[e.cookie]["seen"] == stored(database)[e.cookie]["name"] for e in endings)
+    assert sorted(stored(database)[e.session_use.cookie]["seen"] for e in endings) == ["a", "b"]
+    assert all(stored(database)[e.session_use.cookie]["seen"] == stored(database)[e.session_use.cookie]["name"] for e in endings)
 
 
 def test_a_5xx_is_vetoed_and_an_exception_fails_with_its_row(core, database):

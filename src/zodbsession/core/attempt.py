@@ -90,21 +90,39 @@ class Attempt:
         return _opened(self.scope, "scope")
 
 
+@dataclass(frozen=True)
+class SessionUse:
+    """What happened to the session in one request, as far as its response is concerned.
+
+    *cookie* is what the client's cookie must become: a new id, False to
+    delete it, None to leave it. *max_age* is what that new id's cookie asks
+    for (``CookiePolicy.set_header``'s argument; None: the policy's own).
+    *used* is whether the application read or changed the session at all.
+    ``zodbsession.web.headers.session_headers`` turns it into headers.
+    """
+
+    cookie: str | bool | None = None
+    max_age: Any = None
+    used: bool = False
+
+
+#: A request that never touched its session: nothing for the response to carry.
+UNUSED = SessionUse()
+
+
 @dataclass
 class Ending:
     """How an attempt ended: its row of the outcome table, and what the front door needs.
 
-    ``cookie`` is what the client's cookie must become (a new id, False to
-    delete it, None to leave it), ``cookie_max_age`` what to pass the cookie
-    policy for it; both are set only for a commit. ``delay`` is the pause
-    before the next attempt when ``retry``.
+    ``session_use`` is what happened to the session, for the response's
+    headers; it is set only for a commit. ``delay`` is the pause before the
+    next attempt when ``retry``.
     """
 
     outcome: Outcome
     error: BaseException | None = None
     commit_seconds: float | None = None
-    cookie: str | bool | None = None
-    cookie_max_age: Any = None
+    session_use: SessionUse = UNUSED
     delay: float = 0.0
     attempts: int = 1
 

@@ -54,6 +54,7 @@ class RequestSession(MutableMapping[str, Any]):
         self._expiry_changed = False
         self._loaded: Fingerprint | None = None  # the found session's data as it was loaded
         self._clean = False  # settle() found the data as loaded
+        self._used = False  # the application asked for the session (not only a preload)
 
     # An entity, compared by identity (MutableMapping would compare contents).
     __eq__ = object.__eq__
@@ -63,7 +64,16 @@ class RequestSession(MutableMapping[str, Any]):
     # -- resolution ---------------------------------------------------------
 
     def _zodbsession_unwrap(self) -> Session:
-        """The persistent session behind this view, looked up or started now."""
+        """The persistent session behind this view, looked up or started now: the application uses it."""
+        self._used = True
+        return self._resolve()
+
+    def _resolve(self) -> Session:
+        """The persistent session, looked up or started now, without counting as the application's use.
+
+        The ASGI door preloads the session this way, so that a request whose
+        application never reads it answers as one that did not touch it.
+        """
         if self._session is None:
             session = None
             if self._cookie_id is not None and not self._invalidated:
@@ -104,8 +114,13 @@ class RequestSession(MutableMapping[str, Any]):
 
     @property
     def resolved(self) -> bool:
-        """Whether the application has used the session in this request."""
+        """Whether the session has been looked up (or started) in this request."""
         return self._session is not None
+
+    @property
+    def used(self) -> bool:
+        """Whether the application read or changed the session in this request (its response varies on it)."""
+        return self._used or self._invalidated
 
     # -- bookkeeping, read-only ----------------------------------------------
 

@@ -39,7 +39,7 @@ import transaction
 from transaction.interfaces import NoTransaction, TransientError
 from ZODB import DB
 
-from zodbsession.core.attempt import Attempt, Ending, Headers
+from zodbsession.core.attempt import Attempt, Ending, Headers, SessionUse
 from zodbsession.core.commit import abort_quietly, close_when_transaction_ends, commit, nothing_joined
 from zodbsession.core.errors import StorageUnavailable
 from zodbsession.core.manager import SessionManager
@@ -162,7 +162,7 @@ class TransactionCore:
             raise
         self._make_scope(attempt, connection)
         if preload and attempt.cookie_id is not None:
-            attempt.opened_session._zodbsession_unwrap()
+            attempt.opened_session._resolve()
 
     def join(self, attempt: Attempt) -> None:
         """Open the attempt on the thread's default transaction manager, which another owns.
@@ -206,15 +206,15 @@ class TransactionCore:
             settle = getattr(session, "settle", None)
             if settle is not None:
                 settle()
-            ending.cookie, ending.cookie_max_age = self.cookie_of(attempt)
+            ending.session_use = self.session_use(attempt)
             ending.commit_seconds = self._commit(tm, session)
         except Exception as exc:
             return self.fail(attempt, exc)
         self._run_hooks(attempt, "after_commit")
         return ending
 
-    def cookie_of(self, attempt: Attempt) -> tuple[str | bool | None, Any]:
-        """What the client's cookie must become, and the max-age to send with a new id.
+    def session_use(self, attempt: Attempt) -> SessionUse:
+        """What happened to the attempt's session: the cookie it must send, and whether it was used.
 
         ``finish`` asks this before committing; a joined attempt's front door
         asks it itself, once the application has returned.
@@ -225,7 +225,7 @@ class TransactionCore:
         if isinstance(cookie, str):
             cookie_max_age = getattr(session, "cookie_max_age", None)
             max_age = cookie_max_age() if cookie_max_age is not None else None
-        return cookie, max_age
+        return SessionUse(cookie, max_age, used=session.used)
 
     def fail(self, attempt: Attempt, error: BaseException) -> Ending:
         """End the attempt that raised *error*: its row, the abort, the log, the hooks. Never raises.
@@ -403,5 +403,5 @@ class TransactionCore:
 
 
 
-__all__ = ["IDLE_MANAGERS", "Attempt", "CommitVeto", "Ending", "Headers", "TransactionCore",
+__all__ = ["IDLE_MANAGERS", "Attempt", "CommitVeto", "Ending", "Headers", "SessionUse", "TransactionCore",
            "default_commit_veto"]

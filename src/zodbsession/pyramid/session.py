@@ -16,7 +16,9 @@ from pyramid.request import Request
 from pyramid.response import Response
 from zope.interface import implementer
 
+from zodbsession.core.attempt import SessionUse
 from zodbsession.core.request_session import RequestSession
+from zodbsession.web.headers import session_headers
 
 if TYPE_CHECKING:
     from zodbsession.pyramid.settings import ZodbSessions
@@ -201,17 +203,14 @@ class CookieDecision:
             self.decided = decided
 
     def set_cookie(self, request: Request, response: Response) -> None:
-        """The response callback: add the ``Set-Cookie`` the committed session asks for.
+        """The response callback: the headers a response built from the session carries.
 
-        A response that used the session also gets ``Vary: Cookie``: it is
-        one user's, and a shared cache must not hand it to another.
+        ``zodbsession.web.headers`` decides them, as for every front door:
+        the ``Set-Cookie`` the committed session asks for, ``Vary: Cookie``
+        when the request used the session, ``Cache-Control: private`` with a
+        ``Set-Cookie``.
         """
-        if self.request_session.resolved and "cookie" not in {v.lower() for v in response.vary or ()}:
-            response.vary = (*(response.vary or ()), "Cookie")
         cookie, max_age = self.decided
-        https = request.scheme == "https"
-        policy = self.sessions.cookie
-        if isinstance(cookie, str):
-            response.headerlist.append(policy.set_header(cookie, https=https, max_age=max_age))
-        elif cookie is False:
-            response.headerlist.append(policy.delete_header(https=https))
+        use = SessionUse(cookie, max_age, used=self.request_session.used)
+        response.headerlist[:] = session_headers(response.headerlist, self.sessions.cookie, use,
+                                                 https=request.scheme == "https")

@@ -134,9 +134,10 @@ def _cookie_after(ending: Ending | None, sent: str | None) -> str | None:
     """The id the client holds after the request: a new one, none (deleted), or the one it sent."""
     if ending is None or not ending.committed:
         return sent
-    if isinstance(ending.cookie, str):
-        return ending.cookie
-    if ending.cookie is False:
+    cookie = ending.session_use.cookie
+    if isinstance(cookie, str):
+        return cookie
+    if cookie is False:
         return None
     return sent
 

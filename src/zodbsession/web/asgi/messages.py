@@ -170,16 +170,18 @@ class ResponseBuffer:
                         for k, v in message.get("headers", ())]
         return []
 
-    def add_header(self, name: str, value: str) -> None:
-        """Add a header to the buffered ``http.response.start``."""
+    def edit_headers(self, edit: Callable[[list[tuple[str, str]]], list[tuple[str, str]]]) -> None:
+        """Replace the buffered ``http.response.start``'s headers by ``edit(headers)``, as text."""
         for index, message in enumerate(self.messages):
             if message["type"] == "http.response.start":
-                # A copy: the application may keep and reuse its message.
-                header = (name.lower().encode("latin-1"), value.encode("latin-1"))  # ASGI: lowercase
-                headers = [*message.get("headers", ()), header]
+                text = [(bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
+                        for name, value in message.get("headers", ())]
+                # A copy: the application may keep and reuse its message. ASGI names are lowercase.
+                headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                           for name, value in edit(text)]
                 self.messages[index] = {**message, "headers": headers}
                 return
-        raise RuntimeError("no http.response.start to add a header to")
+        raise RuntimeError("no http.response.start to edit the headers of")
 
     async def flush(self, send: Send) -> None:
         """Send the buffered messages, in order, and forget them."""

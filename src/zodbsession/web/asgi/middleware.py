@@ -42,7 +42,14 @@ from zodbsession.core.outcomes import CLIENT_GONE, ROWS
 from zodbsession.core.registry import SessionRegistry
 from zodbsession.core.registry import registry as default_registry
 from zodbsession.core.retry import RetryPolicy
-from zodbsession.core.transact import Attempt, CommitVeto, Ending, TransactionCore, default_commit_veto
+from zodbsession.core.transact import (
+    Attempt,
+    CommitVeto,
+    Ending,
+    SessionUse,
+    TransactionCore,
+    default_commit_veto,
+)
 from zodbsession.web.asgi.messages import (
     Message,
     Receive,
@@ -55,6 +62,7 @@ from zodbsession.web.asgi.messages import (
 )
 from zodbsession.web.asgi.threads import ConnectionRunner, WorkerThreads
 from zodbsession.web.cookies import CookiePolicy, session_cookie_ids
+from zodbsession.web.headers import session_headers
 from zodbsession.web.wsgi.publisher import MAX_BACKOFF, MAX_REQUEST_BODY
 
 log = logging.getLogger(__name__)
@@ -309,7 +317,7 @@ class SessionMiddleware:
         head.append(ending)
         if ending.own_answer or ending.retry:
             return False
-        self._add_cookie(ending, response, attempt.request)
+        self._add_session_headers(ending.session_use, response, attempt.request)
         return True
 
     def _finish_head(self, attempt: Attempt, status: str, headers: list[tuple[str, str]]) -> Ending:
@@ -329,7 +337,7 @@ class SessionMiddleware:
             return self._own_answer(ending)
         response = ResponseBuffer()
         response.messages = messages
-        self._add_cookie(ending, response, request)
+        self._add_session_headers(ending.session_use, response, request)
         return response.messages
 
     @staticmethod
@@ -349,18 +357,11 @@ class SessionMiddleware:
             return response.messages
         return SessionMiddleware._own_answer(ending)
 
-    def _add_cookie(self, ending: Ending, response: ResponseBuffer, request: dict[str, Any]) -> None:
-        """Add the Set-Cookie a committed attempt asks for: the new id, or the cookie's deletion."""
+    def _add_session_headers(self, use: SessionUse, response: ResponseBuffer,
+                             request: dict[str, Any]) -> None:
+        """What a response built from the session carries (``web.headers``): the cookie, Vary, privacy."""
         https = request.get("scheme") in ("https", "wss")
-        if isinstance(ending.cookie, str):
-            if ending.cookie_max_age is not None:
-                name, value = self.cookie.set_header(ending.cookie, https=https,
-                                                     max_age=ending.cookie_max_age)
-            else:
-                name, value = self.cookie.set_header(ending.cookie, https=https)
-            response.add_header(name, value)
-        elif ending.cookie is False:
-            response.add_header(*self.cookie.delete_header(https=https))
+        response.edit_headers(lambda headers: session_headers(headers, self.cookie, use, https=https))
 
 
 def _then_close(core: TransactionCore, step: Callable[..., Ending], attempt: Attempt, *args: Any,

@@ -91,10 +91,12 @@ from zodbsession.core.transact import (
     Attempt,
     CommitVeto,
     Ending,
+    SessionUse,
     TransactionCore,
     default_commit_veto,
 )
 from zodbsession.web.cookies import CookiePolicy, session_cookie_ids
+from zodbsession.web.headers import session_headers
 from zodbsession.web.wsgi.replay import attempt_environ, check_length, replayable_body
 from zodbsession.web.wsgi.response import Response, StreamAfterCommit
 
@@ -280,7 +282,7 @@ class SessionPublisher:
                 raise RuntimeError("the application returned without calling start_response")
             ending = core.finish(attempt, response.status or "", response.headers, raised=raised)
             if ending.committed:
-                self._add_cookie_header(response, ending.cookie, ending.cookie_max_age, environ)
+                self._add_session_headers(response, ending.session_use, environ)
             elif ending.outcome is not VETOED:  # a failure: the table's answer, or a retry
                 response.close_app_quietly()
                 return ending, None
@@ -327,18 +329,10 @@ class SessionPublisher:
             return Response.plain(exc.status, exc.message, exc.headers), exc
         return response, None
 
-    def _add_cookie_header(self, response: Response, cookie: str | bool | None, max_age: Any,
-                           environ: dict[str, Any]) -> None:
-        """Add the Set-Cookie the session asks for: its new id, or the cookie's deletion."""
+    def _add_session_headers(self, response: Response, use: SessionUse, environ: dict[str, Any]) -> None:
+        """What a response built from the session carries (``web.headers``): the cookie, Vary, privacy."""
         https = environ.get("wsgi.url_scheme") == "https"
-        if isinstance(cookie, str):
-            if max_age is not None:
-                header = self.cookie.set_header(cookie, https=https, max_age=max_age)
-            else:
-                header = self.cookie.set_header(cookie, https=https)
-            response.headers.append(header)
-        elif cookie is False:
-            response.headers.append(self.cookie.delete_header(https=https))
+        response.headers = session_headers(response.headers, self.cookie, use, https=https)
 
     # -- joining an outer transaction -----------------------------------------
 
@@ -354,8 +348,7 @@ class SessionPublisher:
         finally:
             core.leave()
             core.close(attempt)
-        cookie, max_age = core.cookie_of(attempt)
-        self._add_cookie_header(response, cookie, max_age, environ)
+        self._add_session_headers(response, core.session_use(attempt), environ)
         if response.stream is not None:
             # Streaming too: send the rest, not just the first chunk; the outer
             # manager, not us, ends the transaction and so the connection.
