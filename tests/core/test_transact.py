@@ -10,7 +10,6 @@ conflict, made by a second connection, is retried by the same loop.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -46,11 +45,8 @@ def core(database: DB) -> TransactionCore:
 
 async def handle(core: TransactionCore, cookie_id: str | None, app: App) -> Ending:
     """One request, as an ASGI middleware runs it."""
-    attempts = core.attempts_for(replayable=True)
-    started = core.retry.start()
-    for number in itertools.count(1):
-        attempt = core.attempt(cookie_id, number=number, attempts=attempts, where="POST /",
-                               request={"type": "http"}, started=started)
+    run = core.attempts(cookie_id, where="POST /", request={"type": "http"})
+    for attempt in run:
         try:
             await asyncio.to_thread(core.open, attempt, preload=True)
         except Exception as exc:
@@ -66,9 +62,10 @@ async def handle(core: TransactionCore, cookie_id: str | None, app: App) -> Endi
             finally:
                 core.leave()
                 await asyncio.to_thread(core.close, attempt)
-        if not ending.retry:
-            break
-        await asyncio.sleep(ending.delay)
+        pause = run.end(ending)
+        if pause:
+            await asyncio.sleep(pause)
+    ending = run.ending
     core.report(ending)
     return ending
 
@@ -146,7 +143,8 @@ def test_concurrent_requests_in_one_loop_each_see_their_own_session(core, databa
     endings = asyncio.run(both())
     assert set(inside) == {"a", "b"}  # (a retry after a conflict on the container may repeat one)
     assert sorted(stored(database)[e.session_use.cookie]["seen"] for e in endings) == ["a", "b"]
-    assert all(stored(database)[e.session_use.cookie]["seen"] == stored(database)[e.session_use.cookie]["name"] for e in endings)
+    by_id = stored(database)
+    assert all(by_id[e.session_use.cookie]["seen"] == by_id[e.session_use.cookie]["name"] for e in endings)
 
 
 def test_a_5xx_is_vetoed_and_an_exception_fails_with_its_row(core, database):

@@ -44,7 +44,7 @@ def overlap_app(events: list[str], release: threading.Event, entered: threading.
 def run(app: webtest.TestApp, cookie: str, name: str, results: dict[str, Any]) -> None:
     client = webtest.TestApp(app.app)
     client.set_cookie("sid", cookie)
-    results[name] = client.get("/slow", {"name": name}).json
+    results[name] = client.post("/slow", {"name": name}).json
 
 
 def test_one_sessions_requests_run_one_at_a_time(apps):
@@ -117,7 +117,7 @@ def test_a_request_past_the_sessions_queue_is_refused_with_retry_after(apps, bou
         assert entered.wait(WAIT)
         client = webtest.TestApp(app.app)
         client.set_cookie("sid", cookie)
-        refused = client.get("/slow", {"name": "second"}, expect_errors=True)
+        refused = client.post("/slow", {"name": "second"}, expect_errors=True)
     finally:
         release.set()
         first.join(WAIT)

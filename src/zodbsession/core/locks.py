@@ -1,8 +1,14 @@
 """Locks by name, made on first use and dropped when nobody holds or waits for them, with a bounded queue.
 
 The front doors hold one per session id (``serialize_same_session``), so that
-concurrent requests on one session run one after another in this process
-instead of conflicting. Ids are unbounded and mostly seen once: a lock that
+concurrent writes to one session run one after another in this process
+instead of conflicting. Which attempts take the session's turn is
+``takes_turn``'s rule: a request with an unsafe method (POST, PUT, PATCH,
+DELETE, ...) and any retried attempt; a first attempt with a safe method (GET,
+HEAD, OPTIONS, TRACE) runs beside the others, since reads never conflict (each
+connection reads its own snapshot), so a page's parallel reads on one cookie
+neither wait nor get refused. A safe request that writes anyway and conflicts
+is retried under the turn. Ids are unbounded and mostly seen once: a lock that
 outlived its last holder would be a leak.
 
 The queue behind one key is bounded twice: at most ``max_waiting`` requests
@@ -31,6 +37,14 @@ from zodbsession.core.errors import SessionBusy, SessionWaitTimeout
 MAX_WAITING = 5
 #: Seconds a request may wait for its session's lock, by default.
 WAIT_TIMEOUT = 10.0
+
+#: RFC 9110's safe methods (section 9.2.1): a request with one of them is not meant to change anything.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+def takes_turn(method: str, attempt_number: int) -> bool:
+    """Whether an attempt waits for its session's turn: an unsafe method's, or any retry's."""
+    return attempt_number > 1 or method.upper() not in SAFE_METHODS
 
 
 class _Bounded:

@@ -32,7 +32,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import transaction
@@ -304,27 +304,31 @@ class TransactionCore:
         """Forget the current scope in the caller's context."""
         self.registry.clear()
 
-    # -- the whole request, for threads ----------------------------------------
+    # -- the whole request: its attempts ----------------------------------------
+
+    def attempts(self, cookie_id: str | None, *, replayable: bool = True, where: str = "",
+                 request: Any = None, more_ids: tuple[str, ...] = ()) -> RequestAttempts:
+        """The attempts of one request, to iterate until one is not retried (``RequestAttempts``)."""
+        return RequestAttempts(self, cookie_id, attempts=self.attempts_for(replayable=replayable),
+                               where=where, request=request, more_ids=more_ids)
 
     def drive(self, cookie_id: str | None, step: Callable[[Attempt], Ending], *, attempts: int,
               where: str = "", request: Any = None, more_ids: tuple[str, ...] = ()) -> Ending:
         """Run *step* for attempt 1, 2, ... until one does not ask for a retry, pausing between.
 
-        *step* opens, runs, finishes (or fails) and closes one attempt; the
-        last ending is returned, its ``attempts`` set. *attempts* is the
-        limit on their number (0: only the policy's deadline). Reporting the
-        ending is the caller's (``report``), once the answer is decided.
+        The thread's loop over ``RequestAttempts``: *step* opens, runs,
+        finishes (or fails) and closes one attempt; the last ending is
+        returned. *attempts* is the limit on their number (0: only the
+        policy's deadline). Reporting the ending is the caller's (``report``),
+        once the answer is decided.
         """
-        started = self.retry.start()
-        for number in itertools.count(1):
-            ending = step(self.attempt(cookie_id, number=number, attempts=attempts, where=where,
-                                       request=request, more_ids=more_ids, started=started))
-            ending.attempts = number
-            if not ending.retry:
-                return ending
-            if ending.delay > 0:
-                self.retry.sleep(ending.delay)
-        raise AssertionError("unreachable: itertools.count() never ends")
+        run = RequestAttempts(self, cookie_id, attempts=attempts, where=where, request=request,
+                              more_ids=more_ids)
+        for attempt in run:
+            pause = run.end(step(attempt))
+            if pause > 0:
+                self.retry.sleep(pause)
+        return run.ending
 
     def report(self, ending: Ending) -> None:
         """Tell the manager's observers how the request ended (once per request)."""
@@ -403,5 +407,66 @@ class TransactionCore:
 
 
 
-__all__ = ["IDLE_MANAGERS", "Attempt", "CommitVeto", "Ending", "Headers", "SessionUse", "TransactionCore",
+class RequestAttempts:
+    """One request's attempts at its transaction, as an iterator: the one retry loop of every front door.
+
+    Iterate it; run each ``Attempt`` (open, run the application, finish or
+    fail, close) and tell it how that ended with ``end(ending)``, which
+    returns the pause to take before the next attempt (0 for none). The
+    iteration stops after an ending that is not retried; ``ending`` is then
+    the request's, its ``attempts`` set. A thread pauses with
+    ``core.retry.sleep``, a task with ``asyncio.sleep``; nothing else differs,
+    as with ``transaction``'s own ``attempts()``::
+
+        run = core.attempts(cookie_id, where="GET /", request=scope)
+        for attempt in run:
+            pause = run.end(await one_attempt(attempt))
+            if pause:
+                await asyncio.sleep(pause)
+        core.report(run.ending)
+
+    The retry deadline counts from the iterator's creation. Threading: one
+    request's, in one thread or task at a time.
+    """
+
+    __slots__ = ("_core", "_cookie_id", "_attempts", "_where", "_request", "_more_ids", "_started",
+                 "_ending")
+
+    def __init__(self, core: TransactionCore, cookie_id: str | None, *, attempts: int, where: str = "",
+                 request: Any = None, more_ids: tuple[str, ...] = ()) -> None:
+        self._core = core
+        self._cookie_id = cookie_id
+        self._attempts = attempts
+        self._where = where
+        self._request = request
+        self._more_ids = more_ids
+        self._started = core.retry.start()
+        self._ending: Ending | None = None
+
+    def __iter__(self) -> Iterator[Attempt]:
+        for number in itertools.count(1):
+            self._ending = None
+            yield self._core.attempt(self._cookie_id, number=number, attempts=self._attempts,
+                                     where=self._where, request=self._request, more_ids=self._more_ids,
+                                     started=self._started)
+            ending = self.ending
+            ending.attempts = number
+            if not ending.retry:
+                return
+
+    def end(self, ending: Ending) -> float:
+        """Record how the current attempt ended; the pause before the next one (0: none, or no next)."""
+        self._ending = ending
+        return ending.delay if ending.retry else 0.0
+
+    @property
+    def ending(self) -> Ending:
+        """How the last attempt ended (the request's, once the iteration is over)."""
+        if self._ending is None:
+            raise RuntimeError("an attempt was not ended: call end(ending) for each attempt")
+        return self._ending
+
+
+__all__ = ["IDLE_MANAGERS", "Attempt", "CommitVeto", "Ending", "Headers", "RequestAttempts", "SessionUse",
+           "TransactionCore",
            "default_commit_veto"]

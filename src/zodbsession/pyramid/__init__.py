@@ -42,6 +42,7 @@ from pyramid_retry import IBeforeRetry
 from ZODB.Connection import Connection
 
 from zodbsession.core.errors import ConfigError, SessionBusy, SessionWaitTimeout
+from zodbsession.core.locks import takes_turn
 from zodbsession.core.registry import Scope
 from zodbsession.core.registry import registry as scoped_registry
 from zodbsession.core.request_session import RequestSession
@@ -148,11 +149,13 @@ def session_factory(request: Request) -> PyramidSession:
 
 def serialize_tween_factory(handler: Callable[[Request], Response], registry: Any
                             ) -> Callable[[Request], Response]:
-    """A tween over pyramid_tm: one session's requests, one at a time in this process.
+    """A tween over pyramid_tm: one session's writes, one at a time in this process.
 
-    Parallel requests on one session (a page firing several calls) would
+    Parallel writes to one session (a page firing several calls) would
     otherwise conflict with each other and be retried, or fail after the last
-    retry. Each attempt holds the lock of the id its cookie names, from
+    retry. Reads (a first attempt with a safe method) run side by side, as on
+    the front doors (``locks.takes_turn``). Each other attempt (pyramid_retry
+    numbers them) holds the lock of the id its cookie names, from
     before pyramid_tm begins to after it commits; the queue behind one
     session is bounded: a request past it is answered 429, one that waited
     too long 503, both with ``Retry-After``.
@@ -164,7 +167,8 @@ def serialize_tween_factory(handler: Callable[[Request], Response], registry: An
     def serialize(request: Request) -> Response:
         ids = session_cookie_ids(request.environ.get("HTTP_COOKIE"), sessions.cookie.name)
         locks = sessions.session_locks
-        if not ids or locks is None:
+        attempt = int(request.environ.get("retry.attempt", 0)) + 1  # pyramid_retry counts from 0
+        if not ids or locks is None or not takes_turn(request.method, attempt):
             return handler(request)
         try:
             with locks.hold(ids[0]):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -36,7 +35,7 @@ from typing import Any
 from ZODB import DB
 
 from zodbsession.core.errors import PublishError, RequestBodyTooLarge, SessionBusy
-from zodbsession.core.locks import MAX_WAITING, WAIT_TIMEOUT, AsyncKeyedLocks
+from zodbsession.core.locks import MAX_WAITING, WAIT_TIMEOUT, AsyncKeyedLocks, takes_turn
 from zodbsession.core.manager import SessionManager
 from zodbsession.core.outcomes import CLIENT_GONE, ROWS
 from zodbsession.core.registry import SessionRegistry
@@ -196,13 +195,7 @@ class SessionMiddleware:
         where = f"{scope.get('method', '')} {scope.get('path', '')}"
         try:
             _check_length(scope, self.max_request_body)
-            if self.session_locks is not None and cookie_id:
-                async with self.session_locks.hold(cookie_id):
-                    ending, answer = await self._run_attempts(scope, receive, send, cookie_id, where,
-                                                              more_ids)
-            else:
-                ending, answer = await self._run_attempts(scope, receive, send, cookie_id, where,
-                                                          more_ids)
+            ending, answer = await self._run_attempts(scope, receive, send, cookie_id, where, more_ids)
         except (RequestBodyTooLarge, SessionBusy) as exc:
             # A huge body (refused unread, or found while buffering it), a full
             # session queue or a wait past its deadline: before any attempt,
@@ -222,26 +215,36 @@ class SessionMiddleware:
             return Ending(CLIENT_GONE), []
         if not body.replayable:
             log.info("%s: body over max_replay_bytes (%d); not retryable", where, self.max_replay_bytes)
-        attempts = self.core.attempts_for(replayable=body.replayable)
-        started = self.core.retry.start()
-        for number in itertools.count(1):
-            attempt = self.core.attempt(cookie_id, number=number, attempts=attempts, where=where,
-                                        request=dict(scope), more_ids=more_ids, started=started)
-            self.connections_waiting += 1
-            try:
-                await self._connections.acquire()
-            finally:
-                self.connections_waiting -= 1
-            try:
-                ending, answer = await self._attempt(attempt, body, receive, send)
-            finally:
-                self._connections.release()
-            ending.attempts = number
-            if not ending.retry:
-                return ending, answer
-            if ending.delay > 0:
-                await asyncio.sleep(ending.delay)
-        raise AssertionError("unreachable: itertools.count() never ends")
+        run = self.core.attempts(cookie_id, replayable=body.replayable, where=where, request=scope,
+                                 more_ids=more_ids)
+        answer: list[Message] = []
+        for attempt in run:
+            attempt.request = dict(scope)
+            # A write method's attempt and any retry take the session's turn; a
+            # first GET runs beside the session's other requests (locks.takes_turn).
+            if (self.session_locks is not None and cookie_id
+                    and takes_turn(str(scope.get("method", "GET")), attempt.number)):
+                async with self.session_locks.hold(cookie_id):
+                    ending, answer = await self._attempt_with_connection(attempt, body, receive, send)
+            else:
+                ending, answer = await self._attempt_with_connection(attempt, body, receive, send)
+            pause = run.end(ending)
+            if pause > 0:
+                await asyncio.sleep(pause)
+        return run.ending, answer
+
+    async def _attempt_with_connection(self, attempt: Attempt, body: RequestBody, receive: Receive,
+                                       send: Send) -> tuple[Ending, list[Message]]:
+        """One attempt, once one of the pool's connections is free for it."""
+        self.connections_waiting += 1
+        try:
+            await self._connections.acquire()
+        finally:
+            self.connections_waiting -= 1
+        try:
+            return await self._attempt(attempt, body, receive, send)
+        finally:
+            self._connections.release()
 
     # -- one attempt --------------------------------------------------------------
 

@@ -80,7 +80,7 @@ from typing import Any
 from ZODB import DB
 
 from zodbsession.core.errors import PublishError, RequestBodyTooLarge, SessionBusy
-from zodbsession.core.locks import MAX_WAITING, WAIT_TIMEOUT, KeyedLocks
+from zodbsession.core.locks import MAX_WAITING, WAIT_TIMEOUT, KeyedLocks, takes_turn
 from zodbsession.core.manager import SessionManager
 from zodbsession.core.outcomes import VETOED
 from zodbsession.core.registry import SessionRegistry
@@ -228,13 +228,8 @@ class SessionPublisher:
         where = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
         try:
             check_length(environ, self.max_request_body)
-            # Read before the session's lock is taken: a slow upload must not hold it.
             body = replayable_body(environ, self.max_replay_bytes, self.max_request_body)
-            if self.session_locks is not None and cookie_id:
-                with self.session_locks.hold(cookie_id):
-                    ending, response = self._run_with_retries(environ, cookie_id, where, body, more_ids)
-            else:
-                ending, response = self._run_with_retries(environ, cookie_id, where, body, more_ids)
+            ending, response = self._run_with_retries(environ, cookie_id, where, body, more_ids)
         except (RequestBodyTooLarge, SessionBusy) as exc:
             ending = self.core.refuse(exc, where=where, request=environ)
             response = None
@@ -246,11 +241,22 @@ class SessionPublisher:
     def _run_with_retries(self, environ: dict[str, Any], cookie_id: str | None, where: str,
                           body: bytes | None, more_ids: tuple[str, ...] = (),
                           ) -> tuple[Ending, Response | None]:
-        """Attempt the request until it does not ask for a retry; *body* None: not replayable."""
+        """Attempt the request until it does not ask for a retry; *body* None: not replayable.
+
+        An attempt takes the session's turn (``session_locks``) by
+        ``locks.takes_turn``: a write method's and any retry's; a first GET
+        runs beside the session's other requests.
+        """
+        method = str(environ.get("REQUEST_METHOD", "GET"))
         responses: list[Response | None] = []
 
         def step(attempt: Attempt) -> Ending:
-            ending, response = self._attempt(attempt_environ(environ, body, attempt.number), attempt)
+            attempt_env = attempt_environ(environ, body, attempt.number)
+            if self.session_locks is not None and cookie_id and takes_turn(method, attempt.number):
+                with self.session_locks.hold(cookie_id):
+                    ending, response = self._attempt(attempt_env, attempt)
+            else:
+                ending, response = self._attempt(attempt_env, attempt)
             responses.append(response)
             return ending
 
