@@ -45,6 +45,7 @@ from zodbsession.core.store import SessionContainer
 from zodbsession.core.transact import TransactionCore
 from zodbsession.web.asgi import SessionMiddleware
 from zodbsession.web.cookies import CookiePolicy
+from zodbsession.web.options import FrontDoorOptions
 from zodbsession.web.wsgi.publisher import SessionPublisher, default_commit_veto
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "ConfigError",
     "CookiePolicy",
     "DatabaseLocked",
+    "FrontDoorOptions",
     "InvalidUserId",
     "NoActiveRequest",
     "NoUnitOfWork",

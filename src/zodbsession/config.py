@@ -37,6 +37,7 @@ from zodbsession.core.errors import ConfigError
 from zodbsession.core.manager import SessionManager
 from zodbsession.core.unsaved import UnsavedPolicy
 from zodbsession.web.cookies import CookiePolicy
+from zodbsession.web.options import FrontDoorOptions
 
 #: The file ``load_settings()`` reads when given no path, relative to the current directory.
 DEFAULT_PATH = Path("conf/zodbsession.toml")
@@ -124,6 +125,16 @@ class PublisherSettings:
     max_request_body: int = 10485760  # bytes; a longer body is answered 413 unread; 0: no limit
     max_waiting_per_session: int = 5  # requests queued behind one session's; past it 429
     session_wait_timeout: float = 10.0  # seconds a request may wait for its session; past it 503
+
+    def options(self) -> FrontDoorOptions:
+        """These settings as the front doors' options (which check the values, naming the option)."""
+        return FrontDoorOptions.of(
+            retry_attempts=self.retry_attempts, retry_backoff=self.retry_backoff,
+            retry_deadline=self.retry_deadline, max_replay_bytes=self.max_replay_bytes,
+            streaming=self.streaming, serialize_same_session=self.serialize_same_session,
+            max_request_body=self.max_request_body or None,  # 0: no limit
+            max_waiting_per_session=self.max_waiting_per_session,
+            session_wait_timeout=self.session_wait_timeout)
 
 
 @dataclass(frozen=True)
@@ -268,6 +279,10 @@ class Settings:
             database=SESSIONS_DATABASE if self.storage.sessions_uri else None,
             clock=clock,
         )
+
+    def front_door_options(self) -> FrontDoorOptions:
+        """The [publisher] section as the options both front doors take."""
+        return self.publisher.options()
 
     def open_db(self, *, read_only: bool = False, **db_options: Any) -> DB:
         """Open the [storage] database(s); extra keywords go to ``ZODB.DB``."""
@@ -446,6 +461,11 @@ _POSITIVE = "must be greater than 0"
 
 def _validate(s: Settings) -> None:
     """Check ranges and the rules between settings; raise on the first failure."""
+    try:
+        s.publisher.options()  # the front doors check their own options; the key gets its section
+    except ConfigError as exc:
+        # The option's rule, as the doors state it; the value comes from _fail, with its source.
+        _fail(s, f"publisher.{exc.key}", re.sub(r", not [^,]*$", "", exc.problem))
     ss, ck, srv = s.sessions, s.cookie, s.server
     rules: list[tuple[str, bool, str]] = [
         ("storage.pool_size", s.storage.pool_size >= 1, "must be at least 1"),
@@ -462,20 +482,6 @@ def _validate(s: Settings) -> None:
         ("cookie.domain", not re.search(r"[;\s]", ck.domain), "must hold no ';' or whitespace"),
         ("cookie.samesite", ck.samesite != "None" or ck.secure is True,
          "'None' needs cookie.secure = true, or browsers drop the cookie"),
-        ("publisher.retry_attempts", s.publisher.retry_attempts >= 0,
-         "must be at least 0 (0: no limit but publisher.retry_deadline)"),
-        ("publisher.retry_backoff", s.publisher.retry_backoff >= 0, "must be at least 0 seconds"),
-        ("publisher.retry_deadline", s.publisher.retry_deadline >= 0,
-         "must be at least 0 seconds (0: no limit but publisher.retry_attempts)"),
-        ("publisher.retry_deadline", s.publisher.retry_deadline > 0 or s.publisher.retry_attempts > 0,
-         "cannot be 0 while publisher.retry_attempts is 0 too: one of them must bound the retries"),
-        ("publisher.max_replay_bytes", s.publisher.max_replay_bytes >= 0, "must be at least 0"),
-        ("publisher.max_request_body", s.publisher.max_request_body >= 0,
-         "must be at least 0 bytes (0: no limit)"),
-        ("publisher.max_waiting_per_session", s.publisher.max_waiting_per_session >= 0,
-         "must be at least 0"),
-        ("publisher.session_wait_timeout", s.publisher.session_wait_timeout > 0,
-         "must be above 0 seconds"),
         ("janitor.lease", s.janitor.lease == 0 or s.janitor.lease >= s.janitor.interval,
          "must be 0 (three intervals) or at least janitor.interval"),
         ("server.connection_limit", srv.connection_limit >= 1, "must be at least 1"),

@@ -223,8 +223,8 @@ def test_app_that_never_calls_start_response_gets_500_and_aborts(database):
 
 @pytest.mark.parametrize(
     ("options", "match"),
-    [({"retry_attempts": -1}, "retry_attempts must be at least 0"),
-     ({"retry_deadline": -1}, "retry_deadline must be at least 0"),
+    [({"retry_attempts": -1}, "retry_attempts: must be at least 0"),
+     ({"retry_deadline": -1}, "retry_deadline: must be at least 0"),
      ({"retry_attempts": 0, "retry_deadline": 0}, "cannot both be 0")],
     ids=["attempts-negative", "deadline-negative", "no-limit-at-all"],
 )

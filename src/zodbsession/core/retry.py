@@ -35,11 +35,13 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from transaction.interfaces import TransientError
+
+from zodbsession.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -60,17 +62,23 @@ class RetryPolicy:
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        for key, problem in self._problems():
+            raise ConfigError(key, problem)
+
+    def _problems(self) -> Iterator[tuple[str, str]]:
+        """(option, problem) for each rule broken, under the front doors' option names."""
         if self.attempts < 0:
-            raise ValueError(f"retry_attempts must be at least 0 (0: no limit), not {self.attempts}")
+            yield "retry_attempts", f"must be at least 0 (0: no limit), not {self.attempts}"
         if self.backoff < 0:
-            raise ValueError(f"retry_backoff must be at least 0 seconds, not {self.backoff}")
+            yield "retry_backoff", f"must be at least 0 seconds, not {self.backoff}"
         if self.max_backoff < 0:
-            raise ValueError(f"max_backoff must be at least 0 seconds, not {self.max_backoff}")
+            yield "max_backoff", f"must be at least 0 seconds, not {self.max_backoff}"
         if self.deadline < 0:
-            raise ValueError(f"retry_deadline must be at least 0 seconds (0: no limit), not {self.deadline}")
+            yield "retry_deadline", f"must be at least 0 seconds (0: no limit), not {self.deadline}"
         if self.attempts == 0 and self.deadline == 0:
-            raise ValueError("retry_attempts and retry_deadline cannot both be 0 (no limit): "
-                             "set a number of attempts, a deadline in seconds, or both")
+            yield "retry_deadline", ("cannot be 0 while retry_attempts is 0 too: retry_attempts and "
+                                     "retry_deadline cannot both be 0 (no limit); one of them must bound "
+                                     "the retries")
 
     def retryable(self, error: BaseException, txn: Any = None) -> bool:
         """Whether *error* is worth another attempt, as ``transaction`` decides it.

@@ -103,7 +103,9 @@ class ZodbSessions:
         self.cookie: CookiePolicy = cookie_policy(settings)
         self.own_uri = own_uri
         # One lock per session id, so that one session's requests run one at a time here.
-        self.session_locks = KeyedLocks() if settings.publisher.serialize_same_session else None
+        options = settings.front_door_options()
+        self.session_locks = (KeyedLocks(options.max_waiting_per_session, options.session_wait_timeout)
+                              if options.serialize_same_session else None)
         self.db: DB | None = None
         self.zodbconn = False
         self.janitor: Janitor | None = None

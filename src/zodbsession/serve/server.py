@@ -66,28 +66,19 @@ ADMIN_CONNECTION_LIMIT = 50
 ADMIN_CHANNEL_TIMEOUT = 30
 
 
-def front_door_options(settings: Settings, manager: SessionManager | None = None) -> dict[str, Any]:
-    """The keywords both front doors take, from the [publisher], [sessions] and [cookie] settings."""
-    options = settings.publisher
+def front_door_keywords(settings: Settings, manager: SessionManager | None = None) -> dict[str, Any]:
+    """What both front doors take from the settings: the manager, the cookie and the options."""
     return {
         "manager": manager if manager is not None else settings.session_manager(),
         "cookie": cookie_policy(settings),
-        "retry_attempts": options.retry_attempts,
-        "retry_backoff": options.retry_backoff,
-        "retry_deadline": options.retry_deadline,
-        "max_replay_bytes": options.max_replay_bytes,
-        "streaming": options.streaming,
-        "serialize_same_session": options.serialize_same_session,
-        "max_request_body": options.max_request_body or None,
-        "max_waiting_per_session": options.max_waiting_per_session,
-        "session_wait_timeout": options.session_wait_timeout,
+        "options": settings.front_door_options(),
     }
 
 
 def make_publisher(app: WSGIApp, db: DB, settings: Settings,
                    manager: SessionManager | None = None) -> SessionPublisher:
     """A ``SessionPublisher`` around *app* configured from *settings*."""
-    return SessionPublisher(app, db, **front_door_options(settings, manager))
+    return SessionPublisher(app, db, **front_door_keywords(settings, manager))
 
 
 def front_door(loaded: LoadedApp, db: DB, settings: Settings, manager: SessionManager) -> Any:
@@ -101,7 +92,7 @@ def make_middleware(app: Any, db: DB, settings: Settings, manager: SessionManage
     """``zodbsession.web.asgi.SessionMiddleware`` around *app*, with the publisher's settings."""
     from zodbsession.web.asgi import SessionMiddleware
 
-    return SessionMiddleware(app, db, **front_door_options(settings, manager))
+    return SessionMiddleware(app, db, **front_door_keywords(settings, manager))
 
 
 def serve(settings: Settings, *, app_spec: str | None = None, config_name: str = "defaults",

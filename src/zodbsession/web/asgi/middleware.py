@@ -35,12 +35,11 @@ from typing import Any
 from ZODB import DB
 
 from zodbsession.core.errors import PublishError, RequestBodyTooLarge, SessionBusy
-from zodbsession.core.locks import MAX_WAITING, WAIT_TIMEOUT, AsyncKeyedLocks, takes_turn
+from zodbsession.core.locks import AsyncKeyedLocks, takes_turn
 from zodbsession.core.manager import SessionManager
 from zodbsession.core.outcomes import CLIENT_GONE, ROWS
 from zodbsession.core.registry import SessionRegistry
 from zodbsession.core.registry import registry as default_registry
-from zodbsession.core.retry import RetryPolicy
 from zodbsession.core.transact import (
     Attempt,
     CommitVeto,
@@ -62,7 +61,7 @@ from zodbsession.web.asgi.messages import (
 from zodbsession.web.asgi.threads import ConnectionRunner, WorkerThreads
 from zodbsession.web.cookies import CookiePolicy, session_cookie_ids
 from zodbsession.web.headers import session_headers
-from zodbsession.web.wsgi.publisher import MAX_BACKOFF, MAX_REQUEST_BODY
+from zodbsession.web.options import FrontDoorOptions, front_door_options
 
 log = logging.getLogger(__name__)
 
@@ -126,33 +125,21 @@ class SessionMiddleware:
         manager: SessionManager | None = None,
         cookie: CookiePolicy | None = None,
         commit_veto: CommitVeto = default_commit_veto,
-        retry_attempts: int = 0,
-        retry_backoff: float = 0.0,
-        retry_deadline: float = 10.0,
-        max_replay_bytes: int = 1 << 20,
-        streaming: bool = False,
-        serialize_same_session: bool = True,
-        join_outer_transaction: bool = False,
         registry: SessionRegistry = default_registry,
-        retry: RetryPolicy | None = None,
-        max_request_body: int | None = MAX_REQUEST_BODY,
-        max_waiting_per_session: int | None = MAX_WAITING,
-        session_wait_timeout: float | None = WAIT_TIMEOUT,
+        options: FrontDoorOptions | None = None,
+        join_outer_transaction: bool = False,
         max_connections: int | None = None,
         executor: Executor | None = None,
+        **option_keywords: Any,
     ) -> None:
         if join_outer_transaction:
             raise ValueError("join_outer_transaction is for WSGI stacks (pyramid_tm); an ASGI request's "
                              "transaction is always the middleware's own")
-        if max_request_body is not None and max_request_body < 0:
-            raise ValueError(f"max_request_body must be at least 0 (or None), not {max_request_body}")
+        self.options = front_door_options(options, option_keywords)
         self.app = app
         self.db = db
         self.manager = manager if manager is not None else SessionManager()
         self.cookie = cookie if cookie is not None else CookiePolicy()
-        self.max_replay_bytes = max_replay_bytes
-        self.max_request_body = max_request_body
-        self.streaming = streaming
         self.registry = registry
         if max_connections is None:
             max_connections = db.getPoolSize()
@@ -162,12 +149,11 @@ class SessionMiddleware:
         # thread, nor compete with the application's own to_thread work.
         self.threads = WorkerThreads(executor, max_connections)
         self._in_thread = self.threads.run
-        policy = retry if retry is not None else RetryPolicy(retry_attempts, retry_backoff, MAX_BACKOFF,
-                                                             retry_deadline)
-        self.core = TransactionCore(db, manager=self.manager, retry=policy, commit_veto=commit_veto,
-                                    registry=registry)
-        self.session_locks = (AsyncKeyedLocks(max_waiting_per_session, session_wait_timeout)
-                              if serialize_same_session else None)
+        self.core = TransactionCore(db, manager=self.manager, retry=self.options.retry,
+                                    commit_veto=commit_veto, registry=registry)
+        self.session_locks = (AsyncKeyedLocks(self.options.max_waiting_per_session,
+                                              self.options.session_wait_timeout)
+                              if self.options.serialize_same_session else None)
         self.max_connections = max_connections
         self._connections = asyncio.Semaphore(max_connections)
         #: Attempts waiting for a connection now (all ``max_connections`` are in use).
@@ -194,7 +180,7 @@ class SessionMiddleware:
         cookie_id, more_ids = (ids[0], tuple(ids[1:])) if ids else (None, ())
         where = f"{scope.get('method', '')} {scope.get('path', '')}"
         try:
-            _check_length(scope, self.max_request_body)
+            _check_length(scope, self.options.max_request_body)
             ending, answer = await self._run_attempts(scope, receive, send, cookie_id, where, more_ids)
         except (RequestBodyTooLarge, SessionBusy) as exc:
             # A huge body (refused unread, or found while buffering it), a full
@@ -209,12 +195,13 @@ class SessionMiddleware:
                             cookie_id: str | None, where: str, more_ids: tuple[str, ...] = (),
                             ) -> tuple[Ending, list[Message]]:
         """Run attempts until one is not to be retried; its ending and the messages still to send."""
-        body = await read_body(receive, self.max_replay_bytes, self.max_request_body)
+        body = await read_body(receive, self.options.max_replay_bytes, self.options.max_request_body)
         if body.disconnected:
             log.info("%s: the client disconnected before the end of its body; not run", where)
             return Ending(CLIENT_GONE), []
         if not body.replayable:
-            log.info("%s: body over max_replay_bytes (%d); not retryable", where, self.max_replay_bytes)
+            log.info("%s: body over max_replay_bytes (%d); not retryable", where,
+                     self.options.max_replay_bytes)
         run = self.core.attempts(cookie_id, replayable=body.replayable, where=where, request=scope,
                                  more_ids=more_ids)
         answer: list[Message] = []
@@ -265,7 +252,8 @@ class SessionMiddleware:
         request[RUNNER_KEY] = ConnectionRunner(self.threads, lambda: attempt.connection)
         core.enter(attempt)
         try:
-            return await self._run_app(attempt, ReplayReceive(body, receive, self.max_request_body), send)
+            replay = ReplayReceive(body, receive, self.options.max_request_body)
+            return await self._run_app(attempt, replay, send)
         finally:
             core.leave()
             if attempt.tm is not None or attempt.connection is not None:  # not closed with its ending
@@ -277,7 +265,7 @@ class SessionMiddleware:
         core, request = self.core, attempt.request
         head: list[Ending] = []  # streaming: the ending decided at the first chunk
         response = ResponseBuffer(send, functools.partial(self._commit_head, attempt, head)
-                                  if self.streaming else None)
+                                  if self.options.streaming else None)
         try:
             await self.app(request, replay, response)
         except Exception as raised:

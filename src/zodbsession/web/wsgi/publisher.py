@@ -80,12 +80,11 @@ from typing import Any
 from ZODB import DB
 
 from zodbsession.core.errors import PublishError, RequestBodyTooLarge, SessionBusy
-from zodbsession.core.locks import MAX_WAITING, WAIT_TIMEOUT, KeyedLocks, takes_turn
+from zodbsession.core.locks import KeyedLocks, takes_turn
 from zodbsession.core.manager import SessionManager
 from zodbsession.core.outcomes import VETOED
 from zodbsession.core.registry import SessionRegistry
 from zodbsession.core.registry import registry as default_registry
-from zodbsession.core.retry import RetryPolicy
 from zodbsession.core.transact import (
     IDLE_MANAGERS,
     Attempt,
@@ -97,21 +96,15 @@ from zodbsession.core.transact import (
 )
 from zodbsession.web.cookies import CookiePolicy, session_cookie_ids
 from zodbsession.web.headers import session_headers
+from zodbsession.web.options import FrontDoorOptions, front_door_options
 from zodbsession.web.wsgi.replay import attempt_environ, check_length, replayable_body
 from zodbsession.web.wsgi.response import Response, StreamAfterCommit
 
 StartResponse = Callable[..., Callable[[bytes], Any]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
-#: The longest back-off between two attempts, in seconds, however many are allowed:
-#: the doubling would otherwise hold a request for seconds at ten attempts.
-MAX_BACKOFF = 0.5
-
-#: The largest request body accepted, by default: 10 MiB.
-MAX_REQUEST_BODY = 10 << 20
-
-__all__ = ["IDLE_MANAGERS", "MAX_BACKOFF", "MAX_REQUEST_BODY", "CommitVeto", "SessionPublisher",
-           "StartResponse", "WSGIApp", "default_commit_veto"]
+__all__ = ["IDLE_MANAGERS", "CommitVeto", "FrontDoorOptions", "SessionPublisher", "StartResponse", "WSGIApp",
+           "default_commit_veto"]
 
 
 class SessionPublisher:
@@ -135,18 +128,21 @@ class SessionPublisher:
     commits, aborts nor retries; the connection goes back to the pool when
     that transaction ends.
 
-    A request that conflicts is retried until it commits, for at most
-    *retry_deadline* seconds after its first attempt began and at most
-    *retry_attempts* attempts, whichever limit comes first (0: no limit;
-    not both). *retry* (a ``RetryPolicy``) replaces the three when given.
-    *max_request_body* (None: no limit) bounds a body in bytes;
-    *max_waiting_per_session* and *session_wait_timeout* (None: unbounded)
-    bound the queue of same-session requests.
+    How requests are retried, buffered, bounded and queued is *options*, a
+    ``FrontDoorOptions`` (the ASGI door takes the same), or its fields as
+    keywords: ``retry_attempts``, ``retry_backoff`` and ``retry_deadline``
+    (or ``retry``, a ``RetryPolicy``), ``max_replay_bytes``, ``streaming``,
+    ``serialize_same_session``, ``max_request_body``,
+    ``max_waiting_per_session``, ``session_wait_timeout``. A request that
+    conflicts is retried until it commits, for at most ``retry_deadline``
+    seconds after its first attempt began and at most ``retry_attempts``
+    attempts, whichever limit comes first.
 
     Threading: one publisher serves every thread of a server. With
-    ``serialize_same_session`` concurrent requests that carry the same
+    ``serialize_same_session`` concurrent writes that carry the same
     session cookie run one after another inside this process, so a page
-    firing parallel calls on one session does not conflict with itself.
+    firing parallel calls on one session does not conflict with itself;
+    its reads run side by side (``locks.takes_turn``).
     The explicit transaction manager a request gets (the connection's
     ``transaction_manager``) is handed to a later request once this one is
     done with it: register data managers with it per request, never keep it.
@@ -164,35 +160,22 @@ class SessionPublisher:
         manager: SessionManager | None = None,
         cookie: CookiePolicy | None = None,
         commit_veto: CommitVeto = default_commit_veto,
-        retry_attempts: int = 0,
-        retry_backoff: float = 0.0,
-        retry_deadline: float = 10.0,
-        max_replay_bytes: int = 1 << 20,
-        streaming: bool = False,
-        serialize_same_session: bool = True,
-        join_outer_transaction: bool = False,
         registry: SessionRegistry = default_registry,
-        retry: RetryPolicy | None = None,
-        max_request_body: int | None = MAX_REQUEST_BODY,
-        max_waiting_per_session: int | None = MAX_WAITING,
-        session_wait_timeout: float | None = WAIT_TIMEOUT,
+        options: FrontDoorOptions | None = None,
+        join_outer_transaction: bool = False,
+        **option_keywords: Any,
     ) -> None:
-        if retry is None:
-            retry = RetryPolicy(retry_attempts, retry_backoff, MAX_BACKOFF, retry_deadline)
-        if max_request_body is not None and max_request_body < 0:
-            raise ValueError(f"max_request_body must be at least 0 (or None), not {max_request_body}")
+        self.options = front_door_options(options, option_keywords)
         self.app = app
         self.db = db
         self.manager = manager if manager is not None else SessionManager()
         self.cookie = cookie if cookie is not None else CookiePolicy()
-        self.max_replay_bytes = max_replay_bytes
-        self.max_request_body = max_request_body
-        self.streaming = streaming
         self.join_outer_transaction = join_outer_transaction
-        self.core = TransactionCore(db, manager=self.manager, retry=retry, commit_veto=commit_veto,
-                                    registry=registry)
-        self.session_locks = (KeyedLocks(max_waiting_per_session, session_wait_timeout)
-                              if serialize_same_session else None)
+        self.core = TransactionCore(db, manager=self.manager, retry=self.options.retry,
+                                    commit_veto=commit_veto, registry=registry)
+        self.session_locks = (KeyedLocks(self.options.max_waiting_per_session,
+                                         self.options.session_wait_timeout)
+                              if self.options.serialize_same_session else None)
         self._ensure_container()
 
     # The core's parts, under the names the publisher has always had.
@@ -202,6 +185,7 @@ class SessionPublisher:
     retry_attempts = property(lambda self: self.core.retry.attempts)
     retry_backoff = property(lambda self: self.core.retry.backoff)
     retry_deadline = property(lambda self: self.core.retry.deadline)
+    max_request_body = property(lambda self: self.options.max_request_body)
     _idle_managers = property(lambda self: self.core.idle_managers)
 
     def _ensure_container(self) -> None:
@@ -227,8 +211,8 @@ class SessionPublisher:
                     more_ids: tuple[str, ...] = ()) -> Response:
         where = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
         try:
-            check_length(environ, self.max_request_body)
-            body = replayable_body(environ, self.max_replay_bytes, self.max_request_body)
+            check_length(environ, self.options.max_request_body)
+            body = replayable_body(environ, self.options.max_replay_bytes, self.options.max_request_body)
             ending, response = self._run_with_retries(environ, cookie_id, where, body, more_ids)
         except (RequestBodyTooLarge, SessionBusy) as exc:
             ending = self.core.refuse(exc, where=where, request=environ)
@@ -284,7 +268,7 @@ class SessionPublisher:
         try:
             response, raised = self._call_app(environ)
             # (A stream that never called it fails later, where its stream gets closed.)
-            if response.status is None and not self.streaming:
+            if response.status is None and not self.options.streaming:
                 raise RuntimeError("the application returned without calling start_response")
             ending = core.finish(attempt, response.status or "", response.headers, raised=raised)
             if ending.committed:
@@ -330,7 +314,7 @@ class SessionPublisher:
         """
         response = Response()
         try:
-            response.collect(self.app(environ, response.start_response), streaming=self.streaming)
+            response.collect(self.app(environ, response.start_response), streaming=self.options.streaming)
         except PublishError as exc:
             return Response.plain(exc.status, exc.message, exc.headers), exc
         return response, None
