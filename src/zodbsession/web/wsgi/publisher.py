@@ -103,7 +103,7 @@ from zodbsession.web.wsgi.response import Response, StreamAfterCommit
 StartResponse = Callable[..., Callable[[bytes], Any]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
-__all__ = ["IDLE_MANAGERS", "CommitVeto", "FrontDoorOptions", "SessionPublisher", "StartResponse", "WSGIApp",
+__all__ = ["IDLE_MANAGERS", "CommitVeto", "SessionPublisher", "StartResponse", "WSGIApp",
            "default_commit_veto"]
 
 
