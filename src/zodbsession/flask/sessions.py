@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -28,6 +28,7 @@ from zodbsession.core.commit import abort_quietly, commit
 from zodbsession.core.manager import SessionManager
 from zodbsession.core.request_session import RequestSession
 from zodbsession.core.session import is_well_formed_id
+from zodbsession.core.session_dict import DictMethods
 from zodbsession.web.cookies import CookiePolicy, read_cookie
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class SessionSource(Protocol):
     def get_db(self) -> DB: ...
 
 
-class FlaskSession(SessionMixin, MutableMapping[str, Any]):
+class FlaskSession(SessionMixin, DictMethods):
     """``flask.session``: Flask's session protocol over one request's ``RequestSession``.
 
     ``modified`` is True once the view changed the session; setting it to
@@ -72,7 +73,9 @@ class FlaskSession(SessionMixin, MutableMapping[str, Any]):
     in the ``_permanent`` key, as with Flask's own sessions, and makes the
     cookie last ``PERMANENT_SESSION_LIFETIME``. ``new`` says whether the
     session was started in this request. zodbsession's verbs (``login``,
-    ``logout``, ``rotate``, ``id``, ``user_id``...) are forwarded.
+    ``logout``, ``rotate``, ``id``, ``user_id``...) are forwarded. It has
+    dict's methods (``DictMethods``); like Flask's own ``session`` proxy it
+    is no ``dict`` instance to ``json.dumps`` (``session.copy()`` is one).
 
     Threading: belongs to the one request it was opened for.
     """
@@ -174,6 +177,10 @@ class FlaskSession(SessionMixin, MutableMapping[str, Any]):
         self.accessed = True
         return iter(self.request_session)
 
+    def __reversed__(self) -> Iterator[str]:
+        self.accessed = True
+        return reversed(self.request_session)
+
     def __len__(self) -> int:
         self.accessed = True
         return len(self.request_session)
@@ -184,8 +191,9 @@ class FlaskSession(SessionMixin, MutableMapping[str, Any]):
 
     def clear(self) -> None:
         """Remove every key with one write; the session and its id stay (``logout()`` ends it)."""
+        self.accessed = True
         if len(self.request_session):
-            self.request_session._zodbsession_unwrap().clear()
+            self.request_session.clear()
             self._modified = True
 
     def __getattr__(self, name: str) -> Any:
