@@ -37,7 +37,7 @@ def run_step(session: MutableMapping[str, Any], step: str) -> Any:
             "copy": copied,
             "copy_is_plain_dict": type(copied) is dict,
             "eq": session == {"a": 1, "b": 2, "c": 3, "d": []},
-            "eq_reflected": {"a": 1, "b": 2, "c": 3, "d": []} == session,
+            "eq_reflected": {"a": 1, "b": 2, "c": 3, "d": []} == session,  # noqa: SIM300 (dict on the left)
             "ne": session != {"a": 1},
             "reversed": list(reversed(session)),  # type: ignore[call-overload]
             "or": session | {"e": 5},  # type: ignore[operator]

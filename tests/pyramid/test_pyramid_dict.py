@@ -1,4 +1,4 @@
-"""Pyramid's ``request.session`` is an actual dict (the ``dictkit`` script), as Pyramid's cookie sessions are."""
+"""Pyramid's ``request.session`` is an actual dict (the ``dictkit`` script), like Pyramid's own."""
 
 from __future__ import annotations
 
