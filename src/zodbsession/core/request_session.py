@@ -29,7 +29,7 @@ from ZODB.Connection import Connection
 
 from zodbsession.core.errors import UnsavedSessionChanges
 from zodbsession.core.manager import SessionManager
-from zodbsession.core.session import ExpiryValue, Session
+from zodbsession.core.session import ExpiryValue, Session, ids_equal
 from zodbsession.core.session_dict import DictMethods, SessionDict
 from zodbsession.core.unsaved import Fingerprint, changed_keys, fingerprint
 from zodbsession.core.unsaved import log as unsaved_log
@@ -108,6 +108,27 @@ class RequestSession(DictMethods):
             return
         if session._p_changed is False and changed_keys(loaded, session._data):
             session._p_invalidate()
+
+    def peek(self, key: str, default: Any = None) -> Any:
+        """The value of *key* in the cookie's session, read without counting as a use.
+
+        For an adapter that must decide from the session whether to send its
+        cookie again (Flask's ``SESSION_REFRESH_EACH_REQUEST`` for a
+        permanent session): the view stays unresolved, records no access,
+        and a session that is not live (or no cookie) gives *default*.
+        """
+        if self._session is not None:
+            return self._session._data.get(key, default)
+        if self._cookie_id is None or self._invalidated:
+            return default
+        container = self._manager.container(self._connection, create=False)
+        if container is None:
+            return default
+        for session_id in (self._cookie_id, *self._more_ids):
+            session = container.get(session_id)
+            if session is not None and ids_equal(session.id, session_id) and self._manager.is_live(session):
+                return session._data.get(key, default)
+        return default
 
     @property
     def resolved(self) -> bool:
