@@ -6,7 +6,7 @@ the Flask version installed, looked for in ``$ZODBSESSION_FLASK_SDIST`` (the
 is downloaded at test time: without it this test skips, saying how to fetch
 it once::
 
-    .venv/bin/pip download "flask==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("flask"))')" \\
+    .venv/bin/pip download "flask==$(.venv/bin/flask --version | sed -n 's/^Flask //p')" \\
         --no-binary :all: --no-deps -d var/flask-sdist
 
 The suite is copied to a temporary directory, its ``conftest.py`` gets an
