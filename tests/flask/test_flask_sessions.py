@@ -13,6 +13,7 @@ from flaskkit import make_app, set_cookies
 from ZODB import DB
 from ZODB.MappingStorage import MappingStorage
 
+from zodbsession import SessionManager
 from zodbsession.flask import ZODBSession
 
 
@@ -39,9 +40,12 @@ def test_cookie_is_named_by_session_cookie_name_and_sent_once(db):
     cookies = set_cookies(response)
     assert len(cookies) == 1
     assert cookies[0].startswith("basket=")
-    assert "HttpOnly" in cookies[0] and "SameSite=Lax" in cookies[0]
+    assert "HttpOnly" in cookies[0]
+    assert "SameSite" not in cookies[0]  # Flask's default SESSION_COOKIE_SAMESITE is None: none sent
     assert "Max-Age" not in cookies[0]  # not permanent: a browser-session cookie
-    assert set_cookies(client.get("/put/a/2")) == []  # same session: the cookie stays
+    # a changed session has its cookie sent again, the same id (as Flask does)
+    assert set_cookies(client.get("/put/a/2")) == cookies
+    assert set_cookies(client.get("/get/a")) == []  # only read: no cookie
 
 
 def test_a_request_that_never_touches_the_session_writes_nothing(client, db):
@@ -156,15 +160,29 @@ def test_a_permanent_session_keeps_its_max_age_when_login_rotates_it(db):
     assert rotated[0].split(";")[0] != first.split(";")[0]
 
 
-def test_clear_empties_the_session_in_one_write_and_keeps_it(client):
+def test_clear_empties_the_session_and_like_flask_deletes_its_cookie(client, db):
     client.get("/put/a/1")
     client.get("/put/b/2")
     with client.session_transaction() as s:
         session_id = s.id
         s.clear()
         assert len(s) == 0
+    assert client.get_cookie("session") is None  # deleted, as Flask deletes an emptied session's
+    with db.transaction() as conn:
+        assert SessionManager().get(conn, session_id) is None  # and ended on the server
     with client.session_transaction() as s:
-        assert s.id == session_id and dict(s) == {}
+        assert dict(s) == {} and s.id != session_id
+
+
+def test_clear_keeps_a_session_bound_to_a_user(client):
+    client.get("/put/a/1")
+    with client.session_transaction() as s:
+        s.login("ada")
+    with client.session_transaction() as s:
+        session_id = s.id
+        s.clear()
+    with client.session_transaction() as s:
+        assert s.id == session_id and s.user_id == "ada" and dict(s) == {}
 
 
 def test_using_the_data_marks_the_session_accessed_whatever_flasks_version(app):

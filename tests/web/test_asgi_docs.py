@@ -66,3 +66,10 @@ def test_the_fastapi_example_counts(tmp_path, database):
     with serving(SessionMiddleware(example.api, database)) as server, http_client(server) as c:
         assert c.post("/count").json() == {"count": 1}
         assert c.post("/count").json() == {"count": 2}
+
+
+def test_the_request_session_example_counts_visits_and_answers_the_session_as_json(tmp_path, database):
+    example = load(python_blocks()[2], tmp_path / "asgi_doc_visit.py")
+    with serving(SessionMiddleware(example.api, database)) as server, http_client(server) as c:
+        assert c.get("/visit").json() == {"visits": 1}
+        assert c.get("/visit").json() == {"visits": 2}

@@ -12,11 +12,15 @@ called by the front door once per attempt before it commits, saves (or
 reports) what the application changed in place without marking it. The session's
 flash queues, CSRF token and expiry readers are forwarded under the names of
 ``Session``, so framework adapters can hand this view out as it is.
+
+To application code the view is a dict (``core.session_dict``): it has every
+method of one, and ``as_dict()`` gives an actual ``dict`` whose storage the
+view keeps in step with the data, for ``json.dumps`` and ``JSONResponse``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -25,12 +29,13 @@ from ZODB.Connection import Connection
 
 from zodbsession.core.errors import UnsavedSessionChanges
 from zodbsession.core.manager import SessionManager
-from zodbsession.core.session import ExpiryValue, Session
+from zodbsession.core.session import ExpiryValue, Session, ids_equal
+from zodbsession.core.session_dict import DictMethods, SessionDict
 from zodbsession.core.unsaved import Fingerprint, changed_keys, fingerprint
 from zodbsession.core.unsaved import log as unsaved_log
 
 
-class RequestSession(MutableMapping[str, Any]):
+class RequestSession(DictMethods):
     """The current request's session, resolved on first use.
 
     *cookie_id* is the id the request's cookie names, already checked to be
@@ -38,6 +43,10 @@ class RequestSession(MutableMapping[str, Any]):
     *more_ids* are further well-formed ids from cookies of the same name
     (``cookies.session_cookie_ids``), tried in order when *cookie_id* names no
     live session; the cookie is then sent again with the one found.
+
+    To application code it is a dict with dict's methods (``DictMethods``:
+    ``popitem`` takes the last key, ``copy`` gives a plain dict, ``==``
+    compares contents), but not an instance of ``dict``: ``as_dict()`` is one.
 
     Threading: belongs to the one request (thread or task) it was made for.
     """
@@ -55,11 +64,7 @@ class RequestSession(MutableMapping[str, Any]):
         self._loaded: Fingerprint | None = None  # the found session's data as it was loaded
         self._clean = False  # settle() found the data as loaded
         self._used = False  # the application asked for the session (not only a preload)
-
-    # An entity, compared by identity (MutableMapping would compare contents).
-    __eq__ = object.__eq__
-    __ne__ = object.__ne__
-    __hash__ = object.__hash__
+        self._faces: list[SessionDict] = []  # as_dict()'s, whose storage mirrors the data
 
     # -- resolution ---------------------------------------------------------
 
@@ -91,6 +96,8 @@ class RequestSession(MutableMapping[str, Any]):
             if self._loaded is not None:
                 self._on_abort_drop_unsaved()
             self._session = session if session is not None else self._manager.new(self._connection)
+            if self._faces:
+                self._mirror()
         return self._session
 
     def _on_abort_drop_unsaved(self) -> None:
@@ -111,6 +118,27 @@ class RequestSession(MutableMapping[str, Any]):
             return
         if session._p_changed is False and changed_keys(loaded, session._data):
             session._p_invalidate()
+
+    def peek(self, key: str, default: Any = None) -> Any:
+        """The value of *key* in the cookie's session, read without counting as a use.
+
+        For an adapter that must decide from the session whether to send its
+        cookie again (Flask's ``SESSION_REFRESH_EACH_REQUEST`` for a
+        permanent session): the view stays unresolved, records no access,
+        and a session that is not live (or no cookie) gives *default*.
+        """
+        if self._session is not None:
+            return self._session._data.get(key, default)
+        if self._cookie_id is None or self._invalidated:
+            return default
+        container = self._manager.container(self._connection, create=False)
+        if container is None:
+            return default
+        for session_id in (self._cookie_id, *self._more_ids):
+            session = container.get(session_id)
+            if session is not None and ids_equal(session.id, session_id) and self._manager.is_live(session):
+                return session._data.get(key, default)
+        return default
 
     @property
     def resolved(self) -> bool:
@@ -168,6 +196,7 @@ class RequestSession(MutableMapping[str, Any]):
         self._session = None
         self._invalidated = True
         self._expiry_changed = False
+        self._mirror()  # the next use starts a new, empty session
 
     logout = invalidate
 
@@ -204,6 +233,8 @@ class RequestSession(MutableMapping[str, Any]):
         self._found = False
         self._invalidated = False
         self._expiry_changed = False
+        if self._faces:
+            self._zodbsession_unwrap()  # a dict face shows the data as stored, now
 
     # -- per-session expiry ---------------------------------------------------
 
@@ -233,6 +264,7 @@ class RequestSession(MutableMapping[str, Any]):
     def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
         """Queue *msg* for a later request (Pyramid's ``flash``)."""
         self._zodbsession_unwrap().flash(msg, queue, allow_duplicate)
+        self._mirror()
 
     def peek_flash(self, queue: str = "") -> list[Any]:
         """The messages queued in *queue*, left in place."""
@@ -240,15 +272,21 @@ class RequestSession(MutableMapping[str, Any]):
 
     def pop_flash(self, queue: str = "") -> list[Any]:
         """The messages queued in *queue*, removed from it."""
-        return self._zodbsession_unwrap().pop_flash(queue)
+        messages = self._zodbsession_unwrap().pop_flash(queue)
+        self._mirror()
+        return messages
 
     def new_csrf_token(self) -> str:
         """A fresh CSRF token, stored in the session."""
-        return self._zodbsession_unwrap().new_csrf_token()
+        token = self._zodbsession_unwrap().new_csrf_token()
+        self._mirror()
+        return token
 
     def get_csrf_token(self) -> str:
         """The session's CSRF token, made if it has none."""
-        return self._zodbsession_unwrap().get_csrf_token()
+        token = self._zodbsession_unwrap().get_csrf_token()
+        self._mirror()
+        return token
 
     def check_csrf_token(self, token: object) -> bool:
         """Whether *token* is the session's CSRF token (constant time; makes none)."""
@@ -322,6 +360,40 @@ class RequestSession(MutableMapping[str, Any]):
             return None
         return self._manager.cookie_max_age(self._session)
 
+    # -- the dict face ---------------------------------------------------------
+
+    def as_dict(self) -> SessionDict:
+        """The session as an actual ``dict`` (a ``SessionDict``), for ``json.dumps`` and ``JSONResponse``.
+
+        Its storage mirrors the data, kept in step by this view; its methods
+        are this view's. A cookie's session is looked up now, so that the
+        mirror is right from the start (a new session is empty). One per
+        view: asking again gives the same dict.
+        """
+        if not self._faces:
+            self.add_face(SessionDict())
+        return self._faces[0]
+
+    def add_face(self, face: SessionDict) -> None:
+        """Make *face* (a ``SessionDict``, or an adapter's subclass of it) a dict face of this view.
+
+        The cookie's session is looked up now, so that its storage is right
+        from the start; from now on this view keeps it in step.
+        """
+        face._view = self
+        self._faces.append(face)
+        if self._cookie_id is not None and not self._invalidated:
+            self._resolve()  # not a use: the ASGI door makes the face for every request
+        self._mirror()
+
+    def _mirror(self) -> None:
+        """Make the dict faces' storage the session's data again (after a change not by one key)."""
+        if self._faces:
+            session = self._session
+            data = session._data if session is not None else {}
+            for face in self._faces:
+                face._mirror(data)
+
     # -- the mapping, delegated ---------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
@@ -329,18 +401,30 @@ class RequestSession(MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._zodbsession_unwrap()[key] = value
+        for face in self._faces:
+            face._mirror_set(key, value)
 
     def __delitem__(self, key: str) -> None:
         del self._zodbsession_unwrap()[key]
+        for face in self._faces:
+            face._mirror_del(key)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._zodbsession_unwrap())
+
+    def __reversed__(self) -> Iterator[str]:
+        return reversed(self._zodbsession_unwrap()._data)
 
     def __len__(self) -> int:
         return len(self._zodbsession_unwrap())
 
     def __contains__(self, key: object) -> bool:
         return key in self._zodbsession_unwrap()
+
+    def clear(self) -> None:
+        """Remove every key with one write; the session and its id stay (``invalidate()`` ends it)."""
+        self._zodbsession_unwrap().clear()
+        self._mirror()
 
     def __repr__(self) -> str:
         state = repr(self._session) if self._session is not None else "unresolved"

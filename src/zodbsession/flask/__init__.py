@@ -59,7 +59,7 @@ from zodbsession.flask.sessions import (
     AttemptReport,
     FlaskSession,
     ZODBSessionInterface,
-    with_max_age,
+    flask_cookie,
 )
 from zodbsession.web.cookies import CookiePolicy
 from zodbsession.web.wsgi.publisher import SessionPublisher, StartResponse, WSGIApp
@@ -98,6 +98,8 @@ class ExtensionState:
         self._owns_db = False  # True once opened from ZODBSESSION_URI: ours to close
         self.manager = manager if manager is not None else _manager_from(config)
         self.cookie = cookie if cookie is not None else cookie_policy_from(config)
+        self._fixed_cookie = cookie is not None
+        self._cookie_settings = _cookie_settings(config)  # what self.cookie was made from
         self.janitor_interval = _seconds(config, "ZODBSESSION_JANITOR_INTERVAL", 60.0)
         self.janitor: _Sweeper | None = None  # started with the publisher
         options = dict(publisher_options)
@@ -124,6 +126,26 @@ class ExtensionState:
                     self._db = open_db(uri)
                     self._owns_db = True
         return self._db
+
+    def current_cookie(self) -> CookiePolicy:
+        """The cookie policy of the configuration as it is now: Flask reads ``SESSION_COOKIE_*`` each request.
+
+        Made again (and checked, raising ``ConfigError`` naming the key) only
+        when those settings changed; the cookie's name stays the one read at
+        ``init_app``, which the publisher reads requests' cookies by. A
+        policy passed to ``ZODBSession(cookie=...)`` is used as it is.
+        """
+        if self._fixed_cookie:
+            return self.cookie
+        settings = _cookie_settings(self._config)
+        if settings != self._cookie_settings:
+            policy = cookie_policy_from(self._config)
+            if policy.name != self.cookie.name:
+                raise ConfigError("SESSION_COOKIE_NAME", f"changed from {self.cookie.name!r} to "
+                                  f"{policy.name!r} after init_app: the extension reads requests' "
+                                  "cookies by the name it was installed with; set it before")
+            self.cookie, self._cookie_settings = policy, settings
+        return self.cookie
 
     def close(self) -> None:
         """Stop the janitor; close the database if it was opened from ``ZODBSESSION_URI``.
@@ -230,7 +252,8 @@ class _Front:
             # Already inside a publisher (zodbsession serve): join its transaction.
             return _RaiseTransient(self.state.wsgi_app)(environ, start_response)
         report = environ[REPORT_KEY] = AttemptReport()
-        name = self.state.cookie.name
+        policy = self.state.current_cookie()  # a bad SESSION_COOKIE_* fails the request, naming it
+        https = environ.get("wsgi.url_scheme") == "https"
         propagate = self.state.propagate_exceptions()
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -239,19 +262,33 @@ class _Front:
                 # As Flask does under TESTING or debug (its test client, the
                 # debugger), now that the transaction has been aborted.
                 raise report.error
-            if report.max_age is not None:
-                headers = [_permanent_cookie(header, name, report.max_age) for header in headers]
+            headers = [_flask_session_cookie(header, policy, https, report.max_age) for header in headers]
             return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
 
         return self.state.get_publisher()(environ, start)
 
 
-def _permanent_cookie(header: tuple[str, str], name: str, max_age: int) -> tuple[str, str]:
-    """The publisher's Set-Cookie for the session, given the permanent session's Max-Age."""
+def _flask_session_cookie(header: tuple[str, str], policy: CookiePolicy, https: bool,
+                          max_age: int | None) -> tuple[str, str]:
+    """A session ``Set-Cookie`` (the publisher's or ``save_session``'s) as Flask's settings now ask.
+
+    The same id (or the same deletion), with *policy*'s attributes; a
+    permanent session's *max_age*, else the ``Max-Age`` it had (a session's
+    own ``set_expiry``).
+    """
     key, value = header
-    if key.lower() == "set-cookie" and value.startswith(f"{name}=") and not value.startswith(f"{name}=;"):
-        return key, with_max_age(value, max_age)
-    return header
+    if key.lower() != "set-cookie" or not value.startswith(f"{policy.name}="):
+        return header
+    head, *attributes = value.split(";")
+    session_id = head[len(policy.name) + 1:].strip()
+    if not session_id:
+        return policy.delete_header(https=https)
+    if max_age is None:
+        for attribute in attributes:
+            name, _, number = attribute.strip().partition("=")
+            if name.lower() == "max-age" and number.isdigit():
+                max_age = int(number)
+    return flask_cookie(policy, session_id, https, max_age)
 
 
 class ZODBSession:
@@ -269,8 +306,12 @@ class ZODBSession:
     between the expiry sweeps of the janitor started with the extension's own
     publisher; 0: none), and Flask's ``SESSION_COOKIE_NAME``,
     ``_DOMAIN``, ``_PATH`` (else ``APPLICATION_ROOT``), ``_HTTPONLY``,
-    ``_SECURE`` (False means "when the request is HTTPS") and ``_SAMESITE``
-    (None means zodbsession's ``Lax``); ``SESSION_COOKIE_PARTITIONED`` is refused.
+    ``_SECURE`` (False means "when the request is HTTPS"), ``_SAMESITE``
+    (None: no ``SameSite`` attribute, as Flask; ``"None"`` needs ``_SECURE``)
+    and ``_PARTITIONED`` (needs ``_SECURE``), ``SESSION_REFRESH_EACH_REQUEST``
+    and ``PERMANENT_SESSION_LIFETIME``. The ``SESSION_COOKIE_*`` settings
+    are read again on each request, as Flask does (``ExtensionState.current_cookie``),
+    but the cookie's name.
 
     Threading: one extension serves every thread; per-application state is
     in ``app.extensions["zodbsession"]``.
@@ -390,27 +431,45 @@ def root() -> Any:
     return connection().root()
 
 
+#: The Flask settings a ``CookiePolicy`` attribute comes from, to name them in an error.
+_COOKIE_KEYS = {"name": "SESSION_COOKIE_NAME", "path": "SESSION_COOKIE_PATH",
+                "domain": "SESSION_COOKIE_DOMAIN", "secure": "SESSION_COOKIE_SECURE",
+                "httponly": "SESSION_COOKIE_HTTPONLY", "samesite": "SESSION_COOKIE_SAMESITE",
+                "partitioned": "SESSION_COOKIE_PARTITIONED"}
+
+
+def _cookie_settings(config: Any) -> tuple[Any, ...]:
+    return tuple(config.get(key) for key in (*_COOKIE_KEYS.values(), "APPLICATION_ROOT"))
+
+
 def cookie_policy_from(config: Any) -> CookiePolicy:
-    """The cookie policy Flask's ``SESSION_COOKIE_*`` settings ask for."""
-    if config.get("SESSION_COOKIE_PARTITIONED"):
-        raise ConfigError("SESSION_COOKIE_PARTITIONED", "is not supported by zodbsession's cookie; "
-                          "set it to False")
+    """The cookie policy Flask's ``SESSION_COOKIE_*`` settings ask for; ``ConfigError`` names a bad one.
+
+    As Flask: ``SESSION_COOKIE_SAMESITE`` None sends no ``SameSite``
+    attribute, ``"Lax"``, ``"Strict"`` or ``"None"`` (any case) that one;
+    ``"None"`` and ``SESSION_COOKIE_PARTITIONED`` need
+    ``SESSION_COOKIE_SECURE``, or browsers drop the cookie.
+    """
     samesite = config.get("SESSION_COOKIE_SAMESITE")
-    if samesite is not None and samesite not in ("Lax", "Strict", "None"):
-        raise ConfigError("SESSION_COOKIE_SAMESITE", f"must be 'Lax', 'Strict', 'None' or None, "
-                          f"not {samesite!r}")
+    if samesite is not None:
+        if not isinstance(samesite, str) or samesite.title() not in ("Lax", "Strict", "None"):
+            raise ConfigError("SESSION_COOKIE_SAMESITE", f"must be 'Lax', 'Strict', 'None' or None, "
+                              f"not {samesite!r}")
+        samesite = samesite.title()
     try:
         return CookiePolicy(
             name=config.get("SESSION_COOKIE_NAME") or "session",
             path=config.get("SESSION_COOKIE_PATH") or config.get("APPLICATION_ROOT") or "/",
-            domain=config.get("SESSION_COOKIE_DOMAIN") or None,
+            # RFC 6265 ignores a leading dot (werkzeug drops it too, and its test client needs that)
+            domain=(config.get("SESSION_COOKIE_DOMAIN") or "").lstrip(".") or None,
             secure=True if config.get("SESSION_COOKIE_SECURE") else "auto",
             httponly=bool(config.get("SESSION_COOKIE_HTTPONLY", True)),
-            samesite=samesite or "Lax",
+            samesite=samesite,
             max_age=None,  # a browser-session cookie unless session.permanent
+            partitioned=bool(config.get("SESSION_COOKIE_PARTITIONED", False)),
         )
-    except ValueError as exc:
-        raise ConfigError("SESSION_COOKIE_*", str(exc)) from exc
+    except ConfigError as exc:  # named by the policy's attribute: name it by the Flask key
+        raise ConfigError(_COOKIE_KEYS.get(exc.key, "SESSION_COOKIE_*"), exc.problem) from None
 
 
 class _ManagerOptions(TypedDict, total=False):

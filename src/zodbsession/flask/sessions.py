@@ -10,10 +10,12 @@ sets the cookie itself. The extension that installs it is ``zodbsession.flask``.
 from __future__ import annotations
 
 import logging
+import time
 import weakref
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from email.utils import formatdate
 from functools import partial
 from typing import Any, Protocol
 
@@ -28,6 +30,7 @@ from zodbsession.core.commit import abort_quietly, commit
 from zodbsession.core.manager import SessionManager
 from zodbsession.core.request_session import RequestSession
 from zodbsession.core.session import is_well_formed_id
+from zodbsession.core.session_dict import DictMethods
 from zodbsession.web.cookies import CookiePolicy, read_cookie
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,12 @@ class SessionSource(Protocol):
 
     def get_db(self) -> DB: ...
 
+    def current_cookie(self) -> CookiePolicy:
+        """The cookie policy the application's configuration asks for now (Flask reads it each request)."""
+        ...
 
-class FlaskSession(SessionMixin, MutableMapping[str, Any]):
+
+class FlaskSession(SessionMixin, DictMethods):
     """``flask.session``: Flask's session protocol over one request's ``RequestSession``.
 
     ``modified`` is True once the view changed the session; setting it to
@@ -72,7 +79,9 @@ class FlaskSession(SessionMixin, MutableMapping[str, Any]):
     in the ``_permanent`` key, as with Flask's own sessions, and makes the
     cookie last ``PERMANENT_SESSION_LIFETIME``. ``new`` says whether the
     session was started in this request. zodbsession's verbs (``login``,
-    ``logout``, ``rotate``, ``id``, ``user_id``...) are forwarded.
+    ``logout``, ``rotate``, ``id``, ``user_id``...) are forwarded. It has
+    dict's methods (``DictMethods``); like Flask's own ``session`` proxy it
+    is no ``dict`` instance to ``json.dumps`` (``session.copy()`` is one).
 
     Threading: belongs to the one request it was opened for.
     """
@@ -174,6 +183,10 @@ class FlaskSession(SessionMixin, MutableMapping[str, Any]):
         self.accessed = True
         return iter(self.request_session)
 
+    def __reversed__(self) -> Iterator[str]:
+        self.accessed = True
+        return reversed(self.request_session)
+
     def __len__(self) -> int:
         self.accessed = True
         return len(self.request_session)
@@ -184,8 +197,9 @@ class FlaskSession(SessionMixin, MutableMapping[str, Any]):
 
     def clear(self) -> None:
         """Remove every key with one write; the session and its id stay (``logout()`` ends it)."""
+        self.accessed = True
         if len(self.request_session):
-            self.request_session._zodbsession_unwrap().clear()
+            self.request_session.clear()
             self._modified = True
 
     def __getattr__(self, name: str) -> Any:
@@ -245,13 +259,26 @@ class _OwnTransaction:
 class ZODBSessionInterface(SessionInterface):
     """Hands Flask the publisher's session; opens one of its own outside a publisher.
 
-    Inside a publisher ``save_session`` sets no cookie of its own for a new,
-    rotated or ended session (the publisher sends that one after the
-    commit); it only adds ``Vary: Cookie`` when the session was accessed and
-    refreshes a permanent session's cookie, as ``SESSION_REFRESH_EACH_REQUEST``
-    asks. Outside one it commits its own transaction and sets the cookie on
-    the response itself, which is how ``client.session_transaction()`` hands
-    the test client its cookie.
+    What ``save_session`` does, as Flask's own cookie sessions do:
+
+    - ``Vary: Cookie`` when the request accessed the session, and whenever
+      it sends the cookie or deletes it;
+    - a session emptied in this request (``clear()``, the last key popped)
+      and bound to no user is ended on the server (``invalidate``) and its
+      cookie deleted, as Flask deletes the cookie of an emptied session;
+    - the cookie is sent again when the session changed, and a permanent
+      session's on every request that carries it when
+      ``SESSION_REFRESH_EACH_REQUEST`` is true (its ``_permanent`` key is
+      read without counting as a use; the refresh records an access); a
+      permanent cookie's ``Max-Age`` and ``Expires`` are
+      ``PERMANENT_SESSION_LIFETIME``.
+
+    Inside a publisher it sets no cookie of its own for a new, rotated or
+    ended session: the publisher sends that one after the commit, and the
+    extension's front gives it the attributes of the configuration of the
+    moment. Outside one it commits its own transaction and sets the cookie
+    on the response itself, which is how ``client.session_transaction()``
+    hands the test client its cookie.
     """
 
     #: The session's values are pickled into ZODB, not serialized to JSON.
@@ -291,45 +318,78 @@ class ZODBSessionInterface(SessionInterface):
         if own is None:
             return  # never used: nothing to commit, no cookie to change
         rs = session.request_session
+        if _end_if_emptied(session):
+            response.vary.add("Cookie")
+        refresh = self._refresh(app, session)
         to_send = rs.cookie_to_send()
-        max_age = session.cookie_max_age() if rs.resolved else None
+        max_age = session.lifetime_seconds if rs.peek("_permanent") else None
         stored = rs.resolved and rs._zodbsession_unwrap().is_stored
         own.commit(rs, self.state.manager)
         https = bool(has_request_context() and request.is_secure)
-        if isinstance(to_send, str):
-            response.headers.add(*_set_cookie(self.state.cookie, to_send, https, max_age))
+        policy = self.state.current_cookie()
+        if isinstance(to_send, str) or (refresh and stored):
+            response.headers.add(*flask_cookie(policy, rs.id, https, max_age))
+            response.vary.add("Cookie")
         elif to_send is False:
-            response.headers.add(*self.state.cookie.delete_header(https=https))
-        elif stored and max_age is not None and self.should_set_cookie(app, session):
-            response.headers.add(*_set_cookie(self.state.cookie, rs.id, https, max_age))
+            response.headers.add(*policy.delete_header(https=https))
+            response.vary.add("Cookie")
 
     def _save_in_publisher(self, app: Flask, session: FlaskSession, response: Response) -> None:
         rs = session.request_session
-        if not rs.resolved:
+        if _end_if_emptied(session):
+            response.vary.add("Cookie")  # the publisher deletes the cookie after the commit
             return
-        max_age = session.cookie_max_age()
         report = request.environ.get(REPORT_KEY)
-        if report is None or max_age is None:
-            # A browser-session cookie; or not our own publisher (zodbsession
-            # serve), whose cookie policy is the server's.
-            return
-        report.max_age = max_age  # for the cookie the publisher sends, when it sends one
-        if (rs.cookie_to_send() is None and rs._zodbsession_unwrap().is_stored
-                and self.should_set_cookie(app, session)):
-            # The publisher sends the cookie only when the id changes; a
-            # permanent session's Max-Age is renewed here, as Flask does.
-            response.headers.add(*_set_cookie(self.state.cookie, rs.id, request.is_secure, max_age))
+        if report is None:
+            return  # not our own publisher (zodbsession serve): the server's cookie policy
+        permanent = bool(rs.peek("_permanent"))
+        report.max_age = session.lifetime_seconds if permanent else None
+        if not self._refresh(app, session) or rs.cookie_to_send() is not None:
+            return  # no refresh asked, or the publisher sends the cookie anyway
+        if rs._zodbsession_unwrap().is_stored:  # a refreshed cookie is an access: recorded
+            policy = self.state.current_cookie()
+            response.headers.add(*flask_cookie(policy, rs.id, request.is_secure, report.max_age))
+            response.vary.add("Cookie")
+
+    def _refresh(self, app: Flask, session: FlaskSession) -> bool:
+        """Whether the session's cookie is sent again: Flask's ``should_set_cookie``.
+
+        When the session changed, or it is permanent and
+        ``SESSION_REFRESH_EACH_REQUEST`` asks. ``permanent`` is read without
+        marking the session accessed (Flask's own reads it after deciding
+        ``Vary``, too).
+        """
+        rs = session.request_session
+        if rs.resolved and rs.written_session() is not None:
+            return True
+        return bool(rs.peek("_permanent") and app.config["SESSION_REFRESH_EACH_REQUEST"])
 
 
-def _set_cookie(policy: CookiePolicy, session_id: str, https: bool, max_age: int | None) -> tuple[str, str]:
-    name, value = policy.set_header(session_id, https=https)
+def _end_if_emptied(session: FlaskSession) -> bool:
+    """End a stored session this request emptied and no user is bound to; whether it was ended.
+
+    Flask deletes the cookie of a session modified to be empty; zodbsession
+    also removes the session it named. A session with a user (``login``)
+    holds the login, so it stays.
+    """
+    rs = session.request_session
+    if not rs.resolved or rs.written_session() is None or len(rs) or rs.user_id is not None:
+        return False
+    rs.invalidate()
+    return True
+
+
+def flask_cookie(policy: CookiePolicy, session_id: str, https: bool, max_age: int | None) -> tuple[str, str]:
+    """The ``Set-Cookie`` Flask would send: *policy*'s, with ``Max-Age`` and ``Expires`` if permanent."""
+    name, value = policy.set_header(session_id, https=https, max_age="session")
     return name, with_max_age(value, max_age)
 
 
 def with_max_age(cookie: str, max_age: int | None) -> str:
-    """*cookie* (a Set-Cookie value) carrying ``Max-Age=max_age``, in place of any it had."""
+    """*cookie* (a Set-Cookie value) with ``Max-Age=max_age`` and its ``Expires``, in place of any."""
     if max_age is None:
         return cookie
     head, *attributes = cookie.split(";")
-    kept = [a for a in attributes if not a.strip().lower().startswith("max-age=")]
-    return "; ".join([head, f"Max-Age={int(max_age)}", *(a.strip() for a in kept)])
+    kept = [a.strip() for a in attributes if not a.strip().lower().startswith(("max-age=", "expires="))]
+    expires = formatdate(time.time() + int(max_age), usegmt=True)
+    return "; ".join([head, f"Max-Age={int(max_age)}", f"Expires={expires}", *kept])

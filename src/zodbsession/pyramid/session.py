@@ -7,7 +7,6 @@ commit, what the response's ``Set-Cookie`` must say.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import transaction
@@ -18,6 +17,7 @@ from zope.interface import implementer
 
 from zodbsession.core.attempt import SessionUse
 from zodbsession.core.request_session import RequestSession
+from zodbsession.core.session_dict import SessionDict
 from zodbsession.web.headers import session_headers
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 @implementer(ISession)
-class PyramidSession(MutableMapping[str, Any]):
+class PyramidSession(SessionDict):
     """``request.session``: Pyramid's ``ISession`` over the request's ``RequestSession``.
 
     Everything else zodbsession's session offers (``login``, ``rotate``,
@@ -37,24 +37,18 @@ class PyramidSession(MutableMapping[str, Any]):
     commit (the manager's ``unsaved_changes`` policy); ``changed()`` says so
     explicitly, as Pyramid asks.
 
+    Like Pyramid's own cookie sessions it is an actual ``dict`` (a
+    ``SessionDict``: ``json.dumps(request.session)`` works), whose every
+    method is the session's; it is made on the first use of
+    ``request.session``, which looks the cookie's session up then.
+
     Threading: belongs to the one request it was made for.
     """
 
     def __init__(self, request_session: RequestSession, decision: CookieDecision | None = None) -> None:
-        self.request_session = request_session
+        super().__init__()
         self._decision = decision
-
-    __eq__ = object.__eq__
-    __ne__ = object.__ne__
-    __hash__ = object.__hash__
-
-    def __getattr__(self, name: str) -> Any:
-        # Only called for names not found here: zodbsession's own verbs.
-        try:
-            request_session = self.__dict__["request_session"]
-        except KeyError:  # not yet initialised (copy, pickle): no forwarding
-            raise AttributeError(name) from None
-        return getattr(request_session, name)
+        request_session.add_face(self)
 
     # -- ISession's attributes and special methods ----------------------------
 
@@ -115,26 +109,6 @@ class PyramidSession(MutableMapping[str, Any]):
     def get_csrf_token(self) -> str:
         """This session's CSRF token, made now if it has none."""
         return self.request_session.get_csrf_token()
-
-    # -- the mapping, delegated -----------------------------------------------
-
-    def __getitem__(self, key: str) -> Any:
-        return self.request_session[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.request_session[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self.request_session[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.request_session)
-
-    def __len__(self) -> int:
-        return len(self.request_session)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.request_session
 
     def __repr__(self) -> str:
         return f"<PyramidSession {self.request_session!r}>"

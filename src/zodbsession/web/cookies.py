@@ -109,11 +109,13 @@ class CookiePolicy:
     ``secure="auto"`` sets the Secure flag when the request came over HTTPS.
     ``max_age`` None makes a browser-session cookie, gone when the browser
     closes; a number makes it outlive the browser for that many seconds.
+    ``partitioned`` adds ``Partitioned`` (CHIPS: a third-party cookie kept
+    per top-level site); ``samesite`` None sends no ``SameSite`` attribute.
 
     Made only valid: the name must be an RFC 6265 token; ``SameSite=None``
     needs ``secure=True``; a ``__Secure-`` name needs ``secure=True``, and a
     ``__Host-`` name ``secure=True``, ``path="/"`` and no domain (browsers
-    silently drop such cookies otherwise); a path starts with ``/``; neither
+    silently drop such cookies otherwise), and so does ``partitioned``; a path starts with ``/``; neither
     path nor domain holds ``;``, ``,``, whitespace or control characters.
     Anything else raises ``ConfigError`` naming the attribute.
     """
@@ -125,6 +127,7 @@ class CookiePolicy:
     httponly: bool = True
     samesite: SameSite | None = "Lax"
     max_age: int | None = None
+    partitioned: bool = False
 
     def __post_init__(self) -> None:
         for problem in self._problems():
@@ -149,6 +152,10 @@ class CookiePolicy:
             yield "max_age", f"must be None or a positive whole number of seconds, not {self.max_age!r}"
         if self.samesite == "None" and self.secure is not True:
             yield "samesite", "'None' needs secure=True: browsers drop a SameSite=None cookie without Secure"
+        if not isinstance(self.partitioned, bool):
+            yield "partitioned", f"must be true or false, not {self.partitioned!r}"
+        elif self.partitioned and self.secure is not True:
+            yield "partitioned", "needs secure=True: browsers drop a Partitioned cookie without Secure"
         lowered = name.lower() if isinstance(name, str) else ""
         if lowered.startswith("__secure-") and self.secure is not True:
             yield "secure", f"a {name!r} cookie needs secure=True, or browsers drop it"
@@ -193,4 +200,6 @@ class CookiePolicy:
             attributes.append("HttpOnly")
         if self.samesite:
             attributes.append(f"SameSite={self.samesite}")
+        if self.partitioned:
+            attributes.append("Partitioned")
         return attributes

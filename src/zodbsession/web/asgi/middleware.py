@@ -76,7 +76,8 @@ class SessionMiddleware:
     """Wraps an ASGI 3 application so that each HTTP request is one ZODB transaction.
 
     The scope of each attempt gets ``zodbsession.session`` (a
-    ``RequestSession``, already loaded), ``zodbsession.connection`` and
+    ``RequestSession``, already loaded), ``session`` (the same session as a
+    ``dict``, ``as_dict()``: Starlette's ``request.session``), ``zodbsession.connection`` and
     ``zodbsession.attempt`` (1 for the first try); ``current_session`` and
     ``current_connection`` work in the application's task (and in threads it
     starts with ``asyncio.to_thread``, which copy the context). The keywords
@@ -247,6 +248,10 @@ class SessionMiddleware:
             return ending, []
         request = attempt.request
         request["zodbsession.session"] = attempt.session
+        # Starlette's request.session: the same session as an actual dict
+        # (loaded already, so its mirror is right). Nearer the application, a
+        # Starlette SessionMiddleware would put its own here instead.
+        request["session"] = attempt.opened_session.as_dict()
         request["zodbsession.connection"] = attempt.connection
         request["zodbsession.attempt"] = attempt.number
         request[RUNNER_KEY] = ConnectionRunner(self.threads, lambda: attempt.connection)
