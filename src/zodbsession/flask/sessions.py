@@ -26,12 +26,14 @@ from transaction.interfaces import NoTransaction
 from ZODB import DB
 from ZODB.Connection import Connection
 
+from zodbsession.core.attempt import SessionUse
 from zodbsession.core.commit import abort_quietly, commit
 from zodbsession.core.manager import SessionManager
 from zodbsession.core.request_session import RequestSession
 from zodbsession.core.session import is_well_formed_id
 from zodbsession.core.session_dict import DictMethods
 from zodbsession.web.cookies import CookiePolicy, read_cookie
+from zodbsession.web.headers import session_headers
 
 log = logging.getLogger(__name__)
 
@@ -328,11 +330,10 @@ class ZODBSessionInterface(SessionInterface):
         https = bool(has_request_context() and request.is_secure)
         policy = self.state.current_cookie()
         if isinstance(to_send, str) or (refresh and stored):
-            response.headers.add(*flask_cookie(policy, rs.id, https, max_age))
-            response.vary.add("Cookie")
+            _add_session_headers(response, policy, SessionUse(rs.id, max_age, used=True), https,
+                                 flask_cookie(policy, rs.id, https, max_age))
         elif to_send is False:
-            response.headers.add(*policy.delete_header(https=https))
-            response.vary.add("Cookie")
+            _add_session_headers(response, policy, SessionUse(False, used=True), https)
 
     def _save_in_publisher(self, app: Flask, session: FlaskSession, response: Response) -> None:
         rs = session.request_session
@@ -348,8 +349,9 @@ class ZODBSessionInterface(SessionInterface):
             return  # no refresh asked, or the publisher sends the cookie anyway
         if rs._zodbsession_unwrap().is_stored:  # a refreshed cookie is an access: recorded
             policy = self.state.current_cookie()
-            response.headers.add(*flask_cookie(policy, rs.id, request.is_secure, report.max_age))
-            response.vary.add("Cookie")
+            _add_session_headers(response, policy, SessionUse(rs.id, report.max_age, used=True),
+                                 request.is_secure,
+                                 flask_cookie(policy, rs.id, request.is_secure, report.max_age))
 
     def _refresh(self, app: Flask, session: FlaskSession) -> bool:
         """Whether the session's cookie is sent again: Flask's ``should_set_cookie``.
@@ -363,6 +365,15 @@ class ZODBSessionInterface(SessionInterface):
         if rs.resolved and rs.written_session() is not None:
             return True
         return bool(rs.peek("_permanent") and app.config["SESSION_REFRESH_EACH_REQUEST"])
+
+
+def _add_session_headers(response: Response, policy: CookiePolicy, use: SessionUse, https: bool,
+                         set_cookie: tuple[str, str] | None = None) -> None:
+    """Give *response* the session's headers, as ``zodbsession.web.headers`` decides them for every door."""
+    headers = session_headers(response.headers.to_wsgi_list(), policy, use, https=https,
+                              set_cookie=set_cookie)
+    response.headers.clear()
+    response.headers.extend(headers)
 
 
 def _end_if_emptied(session: FlaskSession) -> bool:

@@ -31,12 +31,13 @@ Headers = list[tuple[str, str]]
 
 
 def session_headers(headers: Iterable[tuple[str, str]], cookie: CookiePolicy, use: SessionUse, *,
-                    https: bool) -> Headers:
+                    https: bool, set_cookie: tuple[str, str] | None = None) -> Headers:
     """*headers* (the application's) with what *use* asks for: the headers the response goes out with.
 
     The application's own headers keep their order; ``Vary`` and
     ``Cache-Control`` are merged into the application's first line of each
-    (or added), ``Set-Cookie`` is appended.
+    (or added), ``Set-Cookie`` is appended: *cookie*'s, or *set_cookie* when
+    an adapter formats its own (Flask's carries ``Expires`` too).
     """
     result = list(headers)
     sends_cookie = use.cookie is not None and use.cookie is not True
@@ -45,7 +46,7 @@ def session_headers(headers: Iterable[tuple[str, str]], cookie: CookiePolicy, us
     _merge(result, "Vary", _vary_on_cookie)
     if sends_cookie:
         _merge(result, "Cache-Control", _private)
-        result.append(_set_cookie(cookie, use, https))
+        result.append(set_cookie if set_cookie is not None else _set_cookie(cookie, use, https))
     return result
 
 
