@@ -8,7 +8,8 @@ import textwrap
 import pytest
 
 from zodbsession.core.errors import ConfigError
-from zodbsession.serve.apps import is_asgi, load_app
+from zodbsession.serve.apps import load_app
+from zodbsession.web.interface import is_asgi
 
 MODULE = '''
 calls = []

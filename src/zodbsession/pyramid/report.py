@@ -17,18 +17,8 @@ from pyramid.response import Response
 from pyramid_retry import is_error_retryable
 from transaction.interfaces import TransientError
 
-from zodbsession.core.errors import SessionLimitReached, SessionTooLarge, UnstorableSessionValue
 from zodbsession.core.observe import RequestOutcome
-
-#: (what ended the attempt, the outcome reported), first match wins; a commit is "committed".
-OUTCOMES: tuple[tuple[type[BaseException] | None, RequestOutcome], ...] = (
-    (TransientError, "gave_up"),  # the last attempt's conflict: earlier ones are retries
-    (SessionTooLarge, "aborted_invalid"),
-    (UnstorableSessionValue, "aborted_invalid"),
-    (SessionLimitReached, "session_limit"),
-    (BaseException, "aborted_exception"),  # anything else raised, or rendered by an exception view
-    (None, "aborted_veto"),  # no exception: pyramid_tm's commit veto, or a doomed transaction
-)
+from zodbsession.core.outcomes import VETOED, classify
 
 
 class _Watch:
@@ -59,13 +49,18 @@ class _Watch:
 
 
 def outcome_of(error: BaseException | None) -> RequestOutcome:
-    """The outcome an attempt that did not commit reports, by ``OUTCOMES``."""
-    for kind, outcome in OUTCOMES:
-        if kind is None and error is None:
-            return outcome
-        if kind is not None and error is not None and isinstance(error, kind):
-            return outcome
-    raise AssertionError("unreachable: OUTCOMES ends with a row for every case")
+    """The outcome an attempt that did not commit reports: the core's outcome table's (``classify``).
+
+    No error is pyramid_tm's commit veto (or a doomed transaction); an error
+    is classified as the last attempt's, since pyramid_retry replays the
+    others (reported by ``report_retry``).
+    """
+    if error is None:
+        return VETOED.reported or "aborted_veto"
+    if not isinstance(error, Exception):
+        return "aborted_exception"
+    row = classify(error, retryable=isinstance(error, TransientError), last=True)
+    return row.reported or "aborted_exception"
 
 
 def report_tween_factory(handler: Callable[[Request], Response], registry: Any

@@ -14,13 +14,13 @@ WSGI; ``--asgi`` forces ASGI for the applications that hide it.
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from zodbsession.core.errors import ConfigError
+from zodbsession.web.interface import accepts, is_asgi
 
 #: Which front door an application needs: the WSGI publisher or the ASGI middleware.
 Interface = Literal["wsgi", "asgi"]
@@ -77,18 +77,6 @@ def resolve(spec: str, key: str = "server.app") -> Any:
     return target
 
 
-def is_asgi(app: Any) -> bool:
-    """Whether *app* is an ASGI 3 application: an ``async def`` taking (scope, receive, send)."""
-    if inspect.iscoroutinefunction(inspect.unwrap(app)):
-        return _accepts(app, 3)
-    call = None if inspect.isroutine(app) else inspect.getattr_static(type(app), "__call__", None)
-    if isinstance(call, staticmethod | classmethod):
-        call = call.__func__
-    if call is not None and inspect.iscoroutinefunction(inspect.unwrap(call)):
-        return _accepts(app, 3)
-    return False
-
-
 def load_app(spec: str, *, key: str = "server.app", asgi: bool = False) -> LoadedApp:
     """The application *spec* names, with its interface (*asgi* forces ASGI).
 
@@ -98,21 +86,8 @@ def load_app(spec: str, *, key: str = "server.app", asgi: bool = False) -> Loade
     app = resolve(spec, key)
     if asgi or is_asgi(app):
         return LoadedApp(app, "asgi", spec)
-    if not _accepts(app, 2):
+    if not accepts(app, 2):
         raise ConfigError(key, f"{spec!r} cannot be called as a WSGI app (environ, start_response) "
                           f"nor as an ASGI app (scope, receive, send); if it is a factory that "
                           f"returns the app, write {spec.removesuffix('()')}() to call it")
     return LoadedApp(app, "wsgi", spec)
-
-
-def _accepts(app: Any, count: int) -> bool:
-    """Whether *app* can be called with *count* positional arguments (True when unknowable)."""
-    try:
-        signature = inspect.signature(app)
-    except (TypeError, ValueError):  # builtins and some C callables have none
-        return True
-    try:
-        signature.bind(*([None] * count))
-    except TypeError:
-        return False
-    return True

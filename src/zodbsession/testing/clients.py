@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import io
 import json as jsonlib
 import wsgiref.util
@@ -30,6 +29,7 @@ from zodbsession.core.manager import SessionManager
 from zodbsession.core.request_session import RequestSession
 from zodbsession.testing.scopes import as_request
 from zodbsession.web.cookies import CookiePolicy
+from zodbsession.web.interface import is_asgi
 
 
 class Response:
@@ -280,14 +280,6 @@ class ASGIClient(SessionClient):
         except ValueError:
             phrase = ""
         return Response(f"{status} {phrase}", answer["headers"], b"".join(answer["chunks"]))
-
-
-def is_asgi(app: Any) -> bool:
-    """Whether *app* is an ASGI application (a coroutine function, or an object with one as ``__call__``)."""
-    if inspect.iscoroutinefunction(app):
-        return True
-    call = inspect.getattr_static(type(app), "__call__", None)
-    return inspect.iscoroutinefunction(call)
 
 
 def make_client(app: Any, db: DB | None = None, *, manager: SessionManager | None = None,
