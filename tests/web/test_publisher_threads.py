@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pytest
 import transaction
 from waitress.server import create_server
 from ZODB import DB
@@ -26,12 +25,6 @@ from zodbsession.core.store import ROOT_KEY
 
 TIMEOUT = 15  # seconds, for every socket call and every join
 COOKIE = "zodbsession"
-
-
-@pytest.fixture
-def file_db(db: DB) -> DB:
-    """The shared temporary FileStorage database (tests/conftest.py), by this file's name."""
-    return db
 
 
 @contextmanager

@@ -162,12 +162,6 @@ def test_asyncio_locks_have_the_same_bound_and_hold_no_thread():
 # -- end to end on waitress -----------------------------------------------------------------
 
 
-@pytest.fixture
-def file_db(db: DB) -> DB:
-    """The shared temporary FileStorage database (tests/conftest.py)."""
-    return db
-
-
 @contextmanager
 def serving(app: Callable, threads: int = 8) -> Iterator[int]:
     server = create_server(app, host="127.0.0.1", port=0, threads=threads)
