@@ -1,59 +1,38 @@
-"""Shared fixtures: real ZODB databases, connections with their own transaction
-managers, a fake clock, and a storage-load counter.
+"""The fixtures more than one test folder uses: real ZODB databases, the test kit's
+``ManualClock``, a storage-load counter, a ZEO server, a headless browser.
 
 Everything here is a real ZODB object; nothing is mocked. The load counter
 wraps one storage instance's ``load``/``loadBefore`` to count records read,
-which measures the code under test without replacing any of it.
+which measures the code under test without replacing any of it. A folder's
+own fixtures live in its ``conftest.py``; helpers a test imports live in
+``tests/kits/`` (on sys.path from here), never in a conftest: with a
+conftest in several folders, ``import conftest`` gets whichever was last.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import io
 import shutil
 import sys
-import wsgiref.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import transaction
-from transaction.interfaces import NoTransaction
 from ZODB import DB
-from ZODB.Connection import Connection
 from ZODB.FileStorage import FileStorage
 from ZODB.MappingStorage import MappingStorage
 from ZODB.utils import get_pickle_metadata
 
 from zodbsession.core.manager import SessionManager
+from zodbsession.testing import ManualClock
 
 #: The kits the tests share (apps, clients, server processes), importable by name from every folder.
 KITS = str(Path(__file__).resolve().parent / "kits")
 if KITS not in sys.path:
     sys.path.insert(0, KITS)
 
-#: A moment far from zero and from any slot edge, so slot arithmetic is exercised.
-EPOCH = 1_700_000_000.0
-
-
-class FakeClock:
-    """A clock the test moves by hand; call it to read the time."""
-
-    def __init__(self, now: float = EPOCH) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
-
-    def set(self, now: float) -> float:
-        self.now = now
-        return now
+from browserkit import BROWSER_WAIT, CHROME_FLAGS  # noqa: E402 (a kit: importable once KITS is on the path)
+from serverproc import ZeoProcess  # noqa: E402
 
 
 class LoadCounter:
@@ -92,14 +71,17 @@ class LoadCounter:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    """A mutable fake clock starting at ``EPOCH``."""
-    return FakeClock()
+def clock() -> ManualClock:
+    """The test kit's clock, moved by hand, starting at ``zodbsession.testing.EPOCH``.
+
+    EPOCH is far from zero and from any slot edge, so slot arithmetic is exercised.
+    """
+    return ManualClock()
 
 
 @pytest.fixture
-def manager(clock: FakeClock) -> SessionManager:
-    """A manager with the default timeouts on the fake clock."""
+def manager(clock: ManualClock) -> SessionManager:
+    """A manager with the default timeouts on the manual clock."""
     return SessionManager(clock=clock)
 
 
@@ -125,44 +107,10 @@ def db(db_path: str) -> Iterator[DB]:
     database.close()
 
 
-def open_connection(database: DB, *, explicit: bool = False) -> Connection:
-    """Open a connection of *database* with a transaction manager of its own."""
-    return database.open(transaction.TransactionManager(explicit=explicit))
-
-
 @pytest.fixture
-def connect() -> Iterator[Callable[..., Connection]]:
-    """A factory of connections, each with its own transaction manager.
-
-    Every connection it opened is aborted and closed at teardown, so a test
-    that fails half-way does not leave a database that refuses to close.
-    """
-    opened: list[Connection] = []
-
-    def _connect(database: DB, *, explicit: bool = False) -> Connection:
-        conn = open_connection(database, explicit=explicit)
-        opened.append(conn)
-        return conn
-
-    yield _connect
-    for conn in opened:
-        if conn.opened:
-            # An explicit manager with no transaction begun has nothing to abort.
-            with contextlib.suppress(NoTransaction):
-                conn.transaction_manager.abort()
-            conn.close()
-
-
-@pytest.fixture
-def conn(db: DB, connect) -> Connection:
-    """One connection to the FileStorage ``db``."""
-    return connect(db)
-
-
-@pytest.fixture
-def memory_conn(memory_db: DB, connect) -> Connection:
-    """One connection to the MappingStorage ``memory_db``."""
-    return connect(memory_db)
+def file_db(db: DB) -> DB:
+    """The ``db`` fixture, by the name of tests that say which storage they need: FileStorage."""
+    return db
 
 
 @pytest.fixture
@@ -181,43 +129,14 @@ def env(tmp_path):
     }
 
 
-def wsgi_call(app: Any, path: str = "/", *, method: str = "GET", cookie: str | None = None,
-         ) -> tuple[str, dict[str, str], bytes]:
-    """One in-process WSGI request; returns status, headers (last of each name) and body."""
-    environ: dict[str, Any] = {"REQUEST_METHOD": method, "PATH_INFO": path}
-    wsgiref.util.setup_testing_defaults(environ)
-    environ["wsgi.input"] = io.BytesIO(b"")
-    if cookie is not None:
-        environ["HTTP_COOKIE"] = cookie
-    answer: dict[str, Any] = {}
-
-    def start_response(status, headers, exc_info=None):
-        answer["status"], answer["headers"] = status, dict(headers)
-        return lambda data: None
-
-    body = b"".join(app(environ, start_response))
-    return answer["status"], answer["headers"], body
+@pytest.fixture
+def zeo(tmp_path: Path) -> Iterator[ZeoProcess]:
+    """``zodbsession zeo`` serving ``tmp_path/Data.fs`` on a free loopback port."""
+    with ZeoProcess(tmp_path, {"ZODBSESSION_ZEO_STORAGE": str(tmp_path / "Data.fs")}) as server:
+        yield server
 
 
 # -- a real headless browser ---------------------------------------------------------
-
-#: Upper bound, in seconds, of every browser wait: page loads, element look-ups.
-BROWSER_WAIT = 10
-
-#: Chromium's own background traffic is turned off: this machine reaches no
-#: network but loopback, and without these flags its connections are refused.
-CHROME_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1200,1400",
-)
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from zodbsession.core.manager import SessionManager
 from zodbsession.core.session import new_session_id
 from zodbsession.ops import maintenance
 from zodbsession.ops.metrics import Metrics
+from zodbsession.testing import ManualClock
 
 TOKEN = "correct horse battery staple"
 BEARER_HEADERS = {"Authorization": f"Bearer {TOKEN}"}
@@ -160,13 +161,13 @@ def test_the_login_redirect_stays_on_this_host(app, next_url):
 
 
 def test_a_cookie_from_another_process_or_too_old_is_refused():
-    now = [1_700_000_000.0]
-    access = AdminAccess(TOKEN, lifetime=3600, clock=lambda: now[0])
+    clock = ManualClock(1_700_000_000.0)
+    access = AdminAccess(TOKEN, lifetime=3600, clock=clock)
     cookie = access.login_cookie(https=False).split(";")[0]
     environ = {"HTTP_COOKIE": cookie}
     assert access.credential(environ) == cookie.split("=", 1)[1]
     assert AdminAccess(TOKEN).credential(environ) is None  # a restart draws a new key
-    now[0] += 3601
+    clock.advance(3601)
     assert access.credential(environ) is None
     assert "Secure" in access.login_cookie(https=True)
 
@@ -229,15 +230,15 @@ def test_the_dashboard_shows_the_live_count(logged_in, db, manager):
 
 
 def test_the_dashboard_draws_charts_once_there_are_samples(db, manager, metrics):
-    clock = [1000.0]
-    sampler = Sampler(metrics, interval=5, clock=lambda: clock[0])
+    clock = ManualClock(1000.0)
+    sampler = Sampler(metrics, interval=5, clock=clock)
     app = webtest.TestApp(AdminApp(db, manager, metrics, token=TOKEN, sampler=sampler))
     assert "collecting samples" in app.get("/", headers=BEARER_HEADERS).text
     for _ in range(3):
         store(db, manager)
         metrics.request_finished("committed", 1, 0.002)
         metrics.request_retried(Exception(), 1)
-        clock[0] += 5
+        clock.advance(5)
         page = app.get("/", headers=BEARER_HEADERS)
     assert len(sampler.samples()) == 4
     charts = page.html.find_all("svg")
@@ -347,10 +348,10 @@ def test_an_error_is_logged_and_never_shows_a_traceback(db, manager, caplog):
 
 
 def test_the_sampler_keeps_a_bounded_ring(metrics):
-    clock = [0.0]
-    sampler = Sampler(metrics, interval=1, capacity=3, clock=lambda: clock[0])
+    clock = ManualClock(0.0)
+    sampler = Sampler(metrics, interval=1, capacity=3, clock=clock)
     for _ in range(5):
-        clock[0] += 1
+        clock.advance(1)
         sampler.take_if_due()
         sampler.take_if_due()  # not due again at the same moment
     assert [s.at for s in sampler.samples()] == [3.0, 4.0, 5.0]

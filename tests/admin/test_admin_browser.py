@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browserkit import BROWSER_WAIT as WAIT
 from serverproc import Client, ServerProcess
-
-from conftest import BROWSER_WAIT as WAIT
 
 TOKEN = "browser-test-admin-token"
 SCREENSHOT_COPY = Path("/tmp/admin-screenshot.png")

@@ -15,20 +15,17 @@ from zodbsession.admin import AdminApp
 from zodbsession.admin.access import FailureLimiter
 from zodbsession.core.manager import SessionManager
 from zodbsession.ops.metrics import Metrics
+from zodbsession.testing import ManualClock
 
 TOKEN = "a-long-enough-admin-token-for-tests"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+#: Where the limiter tests' clocks (``ManualClock``) begin.
+START = 1000.0
 
 
 def test_a_client_past_its_allowance_waits_as_long_as_retry_after_says() -> None:
-    clock = Clock()
+    clock = ManualClock(START)
     limiter = FailureLimiter(burst=3, per_second=0.5, clock=clock)
     for _ in range(3):
         assert limiter.retry_after("10.0.0.1") == 0
@@ -43,7 +40,7 @@ def test_a_client_past_its_allowance_waits_as_long_as_retry_after_says() -> None
 
 
 def test_the_limiter_remembers_a_bounded_number_of_clients() -> None:
-    limiter = FailureLimiter(burst=1, max_clients=100, clock=Clock())
+    limiter = FailureLimiter(burst=1, max_clients=100, clock=ManualClock(START))
     for n in range(10_000):
         limiter.failed(f"client-{n}")
     assert len(limiter._buckets) == 100
@@ -51,7 +48,7 @@ def test_the_limiter_remembers_a_bounded_number_of_clients() -> None:
 
 
 def test_failures_are_logged_once_per_interval_with_their_count(caplog) -> None:
-    clock = Clock()
+    clock = ManualClock(START)
     limiter = FailureLimiter(burst=5, log_interval=60, clock=clock)
     with caplog.at_level(logging.WARNING, logger="zodbsession.admin"):
         for _ in range(1000):

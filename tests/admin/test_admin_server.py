@@ -20,7 +20,6 @@ from adminkit import TIMEOUT, TOKEN, admin_request, requests_total, scrape, valu
 from serverproc import (
     Client,
     ServerProcess,
-    ZeoProcess,
     free_port,
     pid_app_env,
     port_open,
@@ -197,12 +196,6 @@ def test_stats_shows_the_database_figures_and_reads_counters_only_from_a_metrics
 
 
 # -- several workers on ZEO -------------------------------------------------------------------
-
-
-@pytest.fixture
-def zeo(tmp_path):
-    with ZeoProcess(tmp_path, {"ZODBSESSION_ZEO_STORAGE": str(tmp_path / "Data.fs")}) as server:
-        yield server
 
 
 def worker_pid(server: ServerProcess, index: int, after: int = 0) -> int:

@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import transaction
 import webtest
+from commitkit import FinishFails, VoteFails
 from ZODB import DB
-from ZODB.MappingStorage import MappingStorage
 from ZODB.POSException import ConflictError
 
-from conftest import FakeClock
 from zodbsession import SessionManager, SessionPublisher
 from zodbsession.core.observe import Observer, SessionEvent
 from zodbsession.ops import maintenance
 from zodbsession.ops.janitor import Janitor
+from zodbsession.testing import ManualClock
 
 COOKIE = "zodbsession"
 
@@ -81,17 +80,10 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture
-def events_manager(clock: FakeClock, recorder: Recorder) -> SessionManager:
+def events_manager(clock: ManualClock, recorder: Recorder) -> SessionManager:
     manager = SessionManager(clock=clock)
     manager.observers.subscribe(recorder)
     return manager
-
-
-@pytest.fixture
-def database() -> Iterator[DB]:
-    db = DB(MappingStorage())
-    yield db
-    db.close()
 
 
 def store(db: DB, manager: SessionManager, count: int = 1, user: str | None = None) -> list[str]:
@@ -278,39 +270,6 @@ def test_no_subscriber_costs_no_hook(database):
 
 
 # -- the publisher's outcomes --------------------------------------------------------
-
-
-class VoteFails:
-    """A data manager that votes after ZODB's connection, and refuses."""
-
-    transaction_manager = None
-
-    def __init__(self, error: Exception, key: str = "~ votes after the connection") -> None:
-        self.error = error
-        self.key = key
-
-    def sortKey(self) -> str:  # noqa: N802
-        return self.key
-
-    def tpc_begin(self, txn): ...
-
-    def commit(self, txn): ...
-
-    def tpc_vote(self, txn):
-        raise self.error
-
-    def tpc_finish(self, txn): ...
-
-    def tpc_abort(self, txn): ...
-
-    def abort(self, txn): ...
-
-
-class FinishFails(VoteFails):
-    def tpc_vote(self, txn): ...
-
-    def tpc_finish(self, txn):
-        raise self.error
 
 
 def outcome_app(environ, start_response):

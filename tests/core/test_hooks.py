@@ -8,14 +8,12 @@ connection committing to the same session while the request runs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import transaction
 import webtest
 from ZODB import DB
-from ZODB.MappingStorage import MappingStorage
 
 from zodbsession import SessionManager, SessionPublisher
 from zodbsession.core.observe import Observer
@@ -25,13 +23,6 @@ from zodbsession.core.store import ROOT_KEY
 from zodbsession.ops.metrics import Metrics
 
 COOKIE = "zodbsession"
-
-
-@pytest.fixture
-def database() -> Iterator[DB]:
-    db = DB(MappingStorage())
-    yield db
-    db.close()
 
 
 def write_behind(db: DB, session_id: str, value: Any) -> None:

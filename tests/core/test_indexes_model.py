@@ -21,19 +21,12 @@ from ZODB.MappingStorage import MappingStorage
 
 from zodbsession.core.manager import SessionManager
 from zodbsession.core.store import EXPIRY_SLOT_SECONDS, expiry_slot, get_container
+from zodbsession.testing import ManualClock
 
 IDLE = 1800.0
 LIFETIME = 7200.0
 RESOLUTION = 60.0
 USERS = ["alice", "bob", "carol"]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -85,7 +78,7 @@ class Run:
     """One sequence: the real database and the model, stepped together."""
 
     def __init__(self) -> None:
-        self.clock = Clock()
+        self.clock = ManualClock()
         self.manager = SessionManager(
             idle_timeout=IDLE,
             max_lifetime=LIFETIME,

@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 import transaction
 from persistent.list import PersistentList
+from wsgikit import wsgi_call as call
 from ZODB import DB
 
-from conftest import FakeClock as Clock
-from conftest import wsgi_call as call
 from zodbsession import SessionManager, SessionPublisher
 from zodbsession.core.errors import (
     ConfigError,
@@ -27,16 +26,9 @@ from zodbsession.core.errors import (
 )
 from zodbsession.core.observe import Observer
 from zodbsession.core.store import ROOT_KEY
+from zodbsession.testing import ManualClock
 
 COOKIE = "zodbsession"
-
-
-@pytest.fixture
-def file_db(db: DB) -> DB:
-    """The shared temporary FileStorage database (tests/conftest.py), by this file's name."""
-    return db
-
-
 
 
 def issued(headers: dict[str, str]) -> str | None:
@@ -87,7 +79,7 @@ def test_defaults_are_no_session_cap_and_64_kib_per_session():
 
 def test_new_session_over_a_cap_of_users_sessions_is_refused_at_its_first_write(file_db):
     """Every stored session is a logged-in user's: none may be evicted, so the new one is refused."""
-    clock = Clock()
+    clock = ManualClock()
     manager = SessionManager(max_sessions=3, clock=clock)
     with file_db.transaction() as conn:
         ids = []
@@ -115,7 +107,7 @@ def test_new_session_over_a_cap_of_users_sessions_is_refused_at_its_first_write(
 
 
 def test_at_the_cap_the_least_recently_used_anonymous_session_is_evicted(file_db):
-    clock = Clock()
+    clock = ManualClock()
     manager = SessionManager(max_sessions=3, clock=clock)
     with file_db.transaction() as conn:
         users = manager.new(conn, user_id="alice")

@@ -18,7 +18,6 @@ import pytest
 import transaction
 import webtest
 from ZODB import DB
-from ZODB.MappingStorage import MappingStorage
 from ZODB.POSException import ConflictError
 
 from zodbsession import (
@@ -37,13 +36,6 @@ from zodbsession.core.registry import after_abort, after_commit, before_commit
 from zodbsession.core.store import ROOT_KEY
 
 TEXT = [("Content-Type", "text/plain")]
-
-
-@pytest.fixture
-def database() -> Iterator[DB]:
-    db = DB(MappingStorage())
-    yield db
-    db.close()
 
 
 @pytest.fixture(autouse=True)

@@ -7,56 +7,35 @@ by the publisher and the unit of work retried by ``work``, like a conflict.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import transaction
 import webtest
-from ZODB import DB
-from ZODB.MappingStorage import MappingStorage
+from commitkit import QuietDataManager
 from ZODB.POSException import ConflictError
 
 from zodbsession import SessionPublisher
 from zodbsession.core.retry import DEFAULT_POLICY, RetryPolicy
 from zodbsession.core.work import connection, in_transaction
+from zodbsession.testing import ManualClock
 
 
 class SerializationFailure(Exception):
     """What a database driver raises when its server asks the client to try again."""
 
 
-class Ledger:
+class Ledger(QuietDataManager):
     """A tiny data manager, like zope.sqlalchemy's: it says which errors are worth a retry."""
 
     def __init__(self, tm: transaction.TransactionManager) -> None:
+        super().__init__("ledger")
         self.transaction_manager = tm
         self.finished = 0
 
     def should_retry(self, error: BaseException) -> bool:
         return isinstance(error, SerializationFailure)
 
-    def sortKey(self) -> str:  # noqa: N802 (the IDataManager spelling)
-        return "ledger"
-
-    def abort(self, txn) -> None: ...
-
-    def tpc_begin(self, txn) -> None: ...
-
-    def commit(self, txn) -> None: ...
-
-    def tpc_vote(self, txn) -> None: ...
-
     def tpc_finish(self, txn) -> None:
         self.finished += 1
-
-    def tpc_abort(self, txn) -> None: ...
-
-
-@pytest.fixture
-def database() -> Iterator[DB]:
-    db = DB(MappingStorage())
-    yield db
-    db.close()
 
 
 class Recorded:
@@ -83,21 +62,8 @@ def test_back_off_doubles_with_full_jitter_up_to_its_ceiling():
     assert delays == recorded.slept == [0.01, 0.02, 0.04, 0.05, 0.05]
 
 
-class Clock:
-    """A monotonic clock that moves only when told, or by what ``sleep`` is asked to wait."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def test_the_deadline_ends_retries_when_the_next_attempt_would_begin_past_it():
-    clock = Clock()
+    clock = ManualClock(100.0)
     policy = RetryPolicy(attempts=0, deadline=10.0, clock=clock)
     started = policy.start()
     clock.now += 9.5
@@ -116,7 +82,7 @@ def test_the_deadline_ends_retries_when_the_next_attempt_would_begin_past_it():
 )
 def test_a_count_and_a_deadline_end_retries_at_whichever_comes_first(attempts, deadline, allowed):
     """Each attempt takes one second here: after attempt n, n seconds have passed."""
-    clock = Clock()
+    clock = ManualClock(100.0)
     policy = RetryPolicy(attempts=attempts, deadline=deadline, clock=clock)
     started = policy.start()
     verdicts = []
@@ -246,7 +212,7 @@ def test_a_unit_of_work_gives_up_after_its_attempts(database):
     assert len(calls) == 2
 
 
-def _conflicting_app(conflicts: int, attempts: list[int], clock: Clock | None = None):
+def _conflicting_app(conflicts: int, attempts: list[int], clock: ManualClock | None = None):
     """A WSGI app raising ConflictError on its first *conflicts* attempts; each takes 1 s on *clock*."""
 
     def app(environ, start_response):
@@ -271,8 +237,8 @@ def test_a_request_that_conflicts_far_past_five_attempts_commits_within_the_dead
 
 
 def test_a_request_still_conflicting_at_the_deadline_gets_503_busy(database):
-    clock = Clock()
-    policy = RetryPolicy(deadline=10.0, clock=clock, sleep=clock.sleep)
+    clock = ManualClock(100.0)
+    policy = RetryPolicy(deadline=10.0, clock=clock, sleep=clock.advance)
     attempts: list[int] = []
     pub = SessionPublisher(_conflicting_app(1000, attempts, clock), database, retry=policy)
     response = webtest.TestApp(pub).get("/", expect_errors=True)

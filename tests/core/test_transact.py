@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import transaction
 from ZODB import DB
-from ZODB.MappingStorage import MappingStorage
 
 from zodbsession import SessionManager, current_session
 from zodbsession.core.registry import before_commit, registry
@@ -26,13 +25,6 @@ from zodbsession.core.store import ROOT_KEY
 from zodbsession.core.transact import Attempt, Ending, TransactionCore
 
 App = Callable[[Attempt], Awaitable[str]]
-
-
-@pytest.fixture
-def database() -> Iterator[DB]:
-    db = DB(MappingStorage())
-    yield db
-    db.close()
 
 
 @pytest.fixture

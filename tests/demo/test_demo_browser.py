@@ -13,9 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browserkit import BROWSER_WAIT as WAIT
 from serverproc import ServerProcess
-
-from conftest import BROWSER_WAIT as WAIT
 
 
 @pytest.fixture

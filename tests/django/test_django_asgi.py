@@ -13,20 +13,11 @@ import asyncio
 
 import djangokit  # configures Django for this process
 import httpx
-import pytest
 from django.core.asgi import get_asgi_application
 from ZODB import DB
-from ZODB.MappingStorage import MappingStorage
 
 from zodbsession.django import database
 from zodbsession.web.asgi import SessionMiddleware
-
-
-@pytest.fixture
-def db():
-    db = DB(MappingStorage())
-    yield db
-    db.close()
 
 
 def visit(db: DB, *paths: str) -> list[httpx.Response]:

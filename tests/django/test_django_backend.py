@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Iterator
 from datetime import timedelta
 
 import djangokit  # configures Django for this process
@@ -22,7 +23,6 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from django.utils import timezone
 from ZODB import DB
-from ZODB.MappingStorage import MappingStorage
 
 from zodbsession.core.errors import SessionTooLarge
 from zodbsession.core.manager import SessionManager
@@ -36,13 +36,11 @@ COOKIE_AGE = 1209600  # Django's default SESSION_COOKIE_AGE, two weeks
 
 
 @pytest.fixture
-def db():
-    """A database of the test's own, used by the backend while the test runs."""
-    db = DB(MappingStorage())
+def db(db: DB) -> Iterator[DB]:
+    """The folder's MappingStorage ``db``, used by the backend while the test runs."""
     use_database(db, SessionManager())
     yield db
     database.close_database()
-    db.close()
 
 
 def saved(**data) -> SessionStore:

@@ -11,18 +11,9 @@ import djangokit  # configures Django for this process
 import pytest
 import webtest
 from django.core.wsgi import get_wsgi_application
-from ZODB import DB
-from ZODB.MappingStorage import MappingStorage
 
 from zodbsession import SessionManager, SessionPublisher
 from zodbsession.django import database
-
-
-@pytest.fixture
-def db():
-    db = DB(MappingStorage())
-    yield db
-    db.close()
 
 
 @pytest.fixture

@@ -3,36 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from flask import Flask, request, session
 from flaskkit import commit_elsewhere, make_app, root_value
 from persistent.mapping import PersistentMapping
-from ZODB import DB
-from ZODB.MappingStorage import MappingStorage
 
 from zodbsession import SessionPublisher
 from zodbsession.core.errors import ConfigError, NoActiveRequest
 from zodbsession.flask import ZODBSession, connection, root
-
-
-@pytest.fixture
-def db() -> Iterator[DB]:
-    database = DB(MappingStorage())
-    yield database
-    database.close()
-
-
-@pytest.fixture
-def app(db: DB) -> Flask:
-    return make_app(db)
-
-
-@pytest.fixture
-def client(app: Flask):
-    return app.test_client()
 
 
 def test_session_and_app_data_commit_together(client, db):
@@ -235,7 +215,6 @@ def test_exceptions_propagate_by_flasks_rule_after_the_abort(db, config, propaga
 def test_a_conflict_retried_to_success_raises_nothing_when_propagating(db):
     app = make_app(db, testing=True)
     assert app.test_client().get("/conflict-in-view").text == "after the retry"
-
 
 
 def test_a_short_idle_timeout_records_access_often_enough():

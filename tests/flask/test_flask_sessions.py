@@ -4,34 +4,13 @@ flash and session_transaction."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 from datetime import timedelta
 
-import pytest
-from flask import Flask, request, session
+from flask import request, session
 from flaskkit import make_app, set_cookies
-from ZODB import DB
-from ZODB.MappingStorage import MappingStorage
 
 from zodbsession import SessionManager
 from zodbsession.flask import ZODBSession
-
-
-@pytest.fixture
-def db() -> Iterator[DB]:
-    database = DB(MappingStorage())
-    yield database
-    database.close()
-
-
-@pytest.fixture
-def app(db: DB) -> Flask:
-    return make_app(db)
-
-
-@pytest.fixture
-def client(app: Flask):
-    return app.test_client()
 
 
 def test_cookie_is_named_by_session_cookie_name_and_sent_once(db):

@@ -26,16 +26,6 @@ COOKIE = "zodbsession"
 TEXT = [("Content-Type", "text/plain; charset=utf-8")]
 
 
-class Clock:
-    """A clock moved by hand."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def make_database() -> Iterator[DB]:
     """A ZODB database on a MappingStorage, with ``root()["app"]`` = 0 (the ``database`` fixture)."""
     db = DB(MappingStorage())

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import transaction
 from adminkit import TOKEN, scrape, value
+from commitkit import BEFORE, QuietDataManager
 from persistent.TimeStamp import TimeStamp
-from serverproc import ServerProcess, ZeoProcess
+from serverproc import ServerProcess
 from ZODB import DB
 from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ConflictError
@@ -26,20 +27,10 @@ from zodbsession.core.db import open_db
 from zodbsession.core.manager import SessionManager
 from zodbsession.ops.janitor import Janitor
 from zodbsession.ops.lease import LEASE_KEY, Lease, LeaseLost
+from zodbsession.testing import ManualClock
 
-
-class Clock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def zeo(tmp_path: Path):
-    with ZeoProcess(tmp_path, {"ZODBSESSION_ZEO_STORAGE": str(tmp_path / "Data.fs")}) as server:
-        yield server
+#: Where the lease tests' clocks (``ManualClock``) begin.
+START = 1_000.0
 
 
 @pytest.fixture
@@ -80,7 +71,7 @@ def test_of_three_servers_taking_a_free_lease_at_once_exactly_one_holds_it(clien
 
 def test_a_lapsed_lease_is_taken_over_and_the_old_holder_sweeps_no_more(clients) -> None:
     manager = SessionManager()
-    first_clock, second_clock = Clock(), Clock()
+    first_clock, second_clock = ManualClock(START), ManualClock(START)
     first = Lease(clients[0], manager, period=10, holder="first", clock=first_clock)
     second = Lease(clients[1], manager, period=10, holder="second", clock=second_clock)
     assert first.acquire()
@@ -103,35 +94,25 @@ def test_a_lapsed_lease_is_taken_over_and_the_old_holder_sweeps_no_more(clients)
         assert "swept" not in check.root()
 
 
-class _TakeOverDuringCommit:
+class _TakeOverDuringCommit(QuietDataManager):
     """A data manager that lets another server take the lease between our check and our vote."""
 
-    transaction_manager = None
-
     def __init__(self, take_over) -> None:
+        super().__init__(BEFORE)
         self.take_over = take_over
-
-    def sortKey(self) -> str:  # noqa: N802
-        return "\x00 first"
 
     def tpc_begin(self, txn) -> None:
         worker = threading.Thread(target=self.take_over)
         worker.start()
         worker.join(30)
 
-    def commit(self, txn) -> None: ...
-    def tpc_vote(self, txn) -> None: ...
-    def tpc_finish(self, txn) -> None: ...
-    def tpc_abort(self, txn) -> None: ...
-    def abort(self, txn) -> None: ...
-
 
 def test_a_takeover_between_the_check_and_the_vote_makes_the_old_holders_batch_conflict(clients) -> None:
     """readCurrent: the check passed, then the lease changed hands; the batch must not commit."""
     manager = SessionManager()
-    clock = Clock()
+    clock = ManualClock(START)
     first = Lease(clients[0], manager, period=10, holder="first", clock=clock)
-    later = Clock(clock.now + 11)
+    later = ManualClock(clock.now + 11)
     second = Lease(clients[1], manager, period=10, holder="second", clock=later)
     assert first.acquire()
     tm = transaction.TransactionManager(explicit=True)
@@ -166,7 +147,7 @@ def test_three_janitors_sweep_one_at_a_time_and_remove_every_expired_session(tmp
     The storage's history then shows every sweep batch committed by the
     holder of the lease taken last before it: never by two at once.
     """
-    clock = Clock(time.time())
+    clock = ManualClock(time.time())
     manager = SessionManager(idle_timeout=60, access_resolution=10, clock=clock)
     janitors = {f"janitor-{n}": Janitor(db, manager, interval=0.05, batch_size=20,
                                         lease=Lease(db, manager, period=0.3, holder=f"janitor-{n}"))

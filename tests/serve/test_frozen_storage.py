@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 
 import pytest
 from adminkit import TOKEN, admin_request
@@ -28,10 +29,10 @@ def reachable(server: ServerProcess) -> float | None:
 
 
 @pytest.fixture
-def zeo(tmp_path):
-    with ZeoProcess(tmp_path, {"ZODBSESSION_ZEO_STORAGE": str(tmp_path / "Data.fs")}) as server:
-        yield server
-        os.kill(server.process.pid, signal.SIGCONT)  # never leave it stopped for the teardown
+def zeo(zeo: ZeoProcess) -> Iterator[ZeoProcess]:
+    """tests/conftest.py's ZEO server, never left stopped (SIGSTOP) for its teardown."""
+    yield zeo
+    os.kill(zeo.process.pid, signal.SIGCONT)
 
 
 def test_metrics_and_dashboard_answer_while_zeo_is_frozen_and_recover(tmp_path, env, zeo):

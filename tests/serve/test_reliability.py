@@ -17,10 +17,10 @@ import pytest
 import transaction
 from serverproc import Client, ServerProcess, ZeoProcess, run_cli
 from stresskit import Writer, assert_sound, counter_app_env, run_writers
+from wsgikit import wsgi_call
 from ZODB import DB
 from ZODB.FileStorage import FileStorage
 
-from conftest import wsgi_call
 from zodbsession import SessionManager, SessionPublisher
 from zodbsession.core.store import ROOT_KEY
 

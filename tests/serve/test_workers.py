@@ -11,7 +11,6 @@ import pytest
 from serverproc import (
     Client,
     ServerProcess,
-    ZeoProcess,
     alive,
     free_port,
     pid_app_env,
@@ -19,12 +18,6 @@ from serverproc import (
     run_cli,
     wait_for,
 )
-
-
-@pytest.fixture
-def zeo(tmp_path):
-    with ZeoProcess(tmp_path, {"ZODBSESSION_ZEO_STORAGE": str(tmp_path / "Data.fs")}) as server:
-        yield server
 
 
 @pytest.fixture

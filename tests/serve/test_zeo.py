@@ -38,13 +38,6 @@ WAIT = 2
 
 
 @pytest.fixture
-def zeo(tmp_path):
-    """``zodbsession zeo`` serving ``tmp_path/Data.fs`` on a free loopback port."""
-    with ZeoProcess(tmp_path, {"ZODBSESSION_ZEO_STORAGE": str(tmp_path / "Data.fs")}) as server:
-        yield server
-
-
-@pytest.fixture
 def env(zeo):
     """Settings for an app server that is a client of ``zeo``."""
     return {

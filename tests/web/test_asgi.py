@@ -14,20 +14,19 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import transaction
 from asgikit import http_client, serving
+from commitkit import Gate, HeldVote
 from persistent import Persistent
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from ZODB import DB
-from ZODB.FileStorage import FileStorage
 
 from zodbsession import PublishError, Redirect, SessionManager, current_connection, current_session
 from zodbsession.core.locks import MAX_WAITING
@@ -67,44 +66,6 @@ class Outcomes(Observer):
             if not self._reported.wait_for(lambda: len(self.finished) >= count, WAIT):
                 raise AssertionError(f"only {len(self.finished)} of {count} requests were reported")
             return list(self.finished)
-
-
-class Gate:
-    """A threading.Event the test holds, with a second one saying someone is waiting at it."""
-
-    def __init__(self) -> None:
-        self.reached = threading.Event()
-        self.opened = threading.Event()
-
-    def wait(self) -> None:
-        self.reached.set()
-        if not self.opened.wait(WAIT):
-            raise RuntimeError("the test never opened the gate")
-
-
-class HeldVote:
-    """A data manager whose vote waits at a gate: it holds its request's commit in a worker thread."""
-
-    transaction_manager = None
-
-    def __init__(self, gate: Gate) -> None:
-        self.gate = gate
-
-    def sortKey(self) -> str:  # noqa: N802 (the IDataManager spelling)
-        return "held vote"
-
-    def tpc_begin(self, txn): ...
-
-    def commit(self, txn): ...
-
-    def tpc_vote(self, txn):
-        self.gate.wait()
-
-    def tpc_finish(self, txn): ...
-
-    def tpc_abort(self, txn): ...
-
-    def abort(self, txn): ...
 
 
 # -- the application ------------------------------------------------------------
@@ -274,13 +235,11 @@ def _box(conn) -> Box:
 
 
 @pytest.fixture
-def database(tmp_path) -> Iterator[DB]:
-    """A FileStorage database with the application's ``root()["box"]``."""
-    db = DB(FileStorage(str(tmp_path / "Data.fs")))
+def database(db: DB) -> DB:
+    """Not the folder's MappingStorage: tests/conftest.py's FileStorage ``db``, with ``root()["box"]``."""
     with db.transaction() as conn:
         conn.root()["box"] = Box()
-    yield db
-    db.close()
+    return db
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from asgikit import http_client, serving
 from ZODB import DB
-from ZODB.FileStorage import FileStorage
 
 from zodbsession import SessionManager
 from zodbsession.web.asgi import SessionMiddleware
@@ -55,10 +54,9 @@ def test_the_starlette_example_counts_views_and_visits_and_logs_in(tmp_path):
 
 
 @pytest.fixture
-def database(tmp_path):
-    db = DB(FileStorage(str(tmp_path / "Data.fs")))
-    yield db
-    db.close()
+def database(db: DB) -> DB:
+    """Not the folder's MappingStorage: the examples run on tests/conftest.py's FileStorage ``db``."""
+    return db
 
 
 def test_the_fastapi_example_counts(tmp_path, database):

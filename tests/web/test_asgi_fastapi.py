@@ -8,7 +8,6 @@ transaction with the application's own ZODB data.
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 import pytest
@@ -16,7 +15,6 @@ from asgikit import http_client, serving
 from fastapi import Depends, FastAPI, Request
 from persistent import Persistent
 from ZODB import DB
-from ZODB.FileStorage import FileStorage
 
 from zodbsession import SessionManager, current_connection, current_session
 from zodbsession.core.request_session import RequestSession
@@ -76,12 +74,11 @@ def make_app() -> FastAPI:
 
 
 @pytest.fixture
-def database(tmp_path) -> Iterator[DB]:
-    db = DB(FileStorage(str(tmp_path / "Data.fs")))
+def database(db: DB) -> DB:
+    """Not the folder's MappingStorage: tests/conftest.py's FileStorage ``db``, with ``root()["tally"]``."""
     with db.transaction() as conn:
         conn.root()["tally"] = Tally()
-    yield db
-    db.close()
+    return db
 
 
 @pytest.fixture

@@ -8,12 +8,11 @@ outcome reported to the observers, the attempts made, and what was stored.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from commitkit import FinishFails, HeldVote, VoteFails
 from ZODB import DB
-from ZODB.MappingStorage import MappingStorage
 from ZODB.POSException import ConflictError
 
 from zodbsession import SessionManager
@@ -27,40 +26,6 @@ class Recorder(Observer):
 
     def request_finished(self, outcome, attempts, commit_seconds) -> None:
         self.finished.append((outcome, attempts))
-
-
-class VoteFails:
-    """A data manager whose vote raises *error*."""
-
-    transaction_manager = None
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-    def sortKey(self) -> str:  # noqa: N802 (the IDataManager spelling)
-        return "vote fails"
-
-    def tpc_begin(self, txn): ...
-
-    def commit(self, txn): ...
-
-    def tpc_vote(self, txn):
-        raise self.error
-
-    def tpc_finish(self, txn): ...
-
-    def tpc_abort(self, txn): ...
-
-    def abort(self, txn): ...
-
-
-class FinishFails(VoteFails):
-    """A data manager whose finish raises: the commit's outcome is unknown."""
-
-    def tpc_vote(self, txn): ...
-
-    def tpc_finish(self, txn):
-        raise self.error
 
 
 async def outcome_app(scope, receive, send) -> None:
@@ -115,13 +80,6 @@ OUTCOMES = {
     "/disk-full": ("storage_error", 1, 503),
     "/no-start": ("aborted_exception", 1, 500),
 }
-
-
-@pytest.fixture
-def database() -> Iterator[DB]:
-    db = DB(MappingStorage())
-    yield db
-    db.close()
 
 
 def call(app: Any, path: str, cookie: str | None = None) -> tuple[int, dict[bytes, bytes], bytes]:
@@ -199,27 +157,9 @@ def test_a_conflict_inside_an_exception_group_is_retried(database):
     assert recorder.finished == [("committed", 2)]
 
 
-class HeldFinish(VoteFails):
-    """A data manager whose vote waits at a gate the test opens; it records its finish."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.reached = threading.Event()
-        self.opened = threading.Event()
-        self.finished = False
-
-    def tpc_vote(self, txn):
-        self.reached.set()
-        self.opened.wait(10)
-
-    def tpc_finish(self, txn):
-        self.finished = True
-
-
 def test_a_task_cancelled_during_the_commit_waits_for_it_before_closing(database):
     """The commit runs on in its thread; the task ends only after it: never two threads on one connection."""
-    held = HeldFinish()
+    held = HeldVote()
 
     async def app(scope, receive, send):
         scope["zodbsession.connection"].transaction_manager.get().join(held)

@@ -32,10 +32,10 @@ from serverproc import Client, ServerProcess, run_cli
 from ZODB import DB
 from ZODB.FileStorage import FileStorage
 
-from conftest import EPOCH, FakeClock
 from zodbsession import SessionManager, SessionPublisher
 from zodbsession.core.session import SESSION_ID_BYTES, new_session_id
 from zodbsession.core.store import ROOT_KEY
+from zodbsession.testing import EPOCH, ManualClock
 
 COOKIE = "zodbsession"
 
@@ -47,7 +47,7 @@ class Site:
     """A publisher on a FileStorage holding one live, one expired and one revoked session."""
 
     def __init__(self, path: str) -> None:
-        self.clock = FakeClock(EPOCH)
+        self.clock = ManualClock(EPOCH)
         self.db = DB(FileStorage(path))
         self.manager = SessionManager(idle_timeout=1800, clock=self.clock)
         self.writes = False

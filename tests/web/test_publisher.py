@@ -8,7 +8,6 @@ the pool, streaming and the outer transaction have files of their own
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from wsgiref.validate import validator
 
 import pytest
@@ -22,7 +21,6 @@ from publisherkit import (
     create_session,
     environ_for,
     issued_id,
-    make_database,
     open_connections,
     publisher,
     request,
@@ -31,20 +29,12 @@ from publisherkit import (
     writer_app,
 )
 from transaction.interfaces import NoTransaction
-from ZODB import DB
 
 from zodbsession import (
     PublishError,
     Redirect,
     SessionPublisher,
 )
-
-
-@pytest.fixture
-def database() -> Iterator[DB]:
-    """A ZODB database on a MappingStorage, with ``root()["app"]`` = 0."""
-    yield from make_database()
-
 
 # -- commit and abort ----------------------------------------------------------
 

@@ -9,19 +9,12 @@ reads it.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import pytest
-from publisherkit import Recorder, environ_for, make_database, open_connections
-from ZODB import DB
+from publisherkit import Recorder, environ_for, open_connections
 
 from zodbsession import SessionManager, SessionPublisher
 from zodbsession.core.observe import Observer
-
-
-@pytest.fixture
-def database() -> Iterator[DB]:
-    yield from make_database()
 
 
 class Untouchable(io.RawIOBase):

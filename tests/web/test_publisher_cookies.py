@@ -3,18 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from wsgiref.validate import validator
 
 import pytest
 from publisherkit import (
     COOKIE,
-    Clock,
     app_from,
     client,
     create_session,
     issued_id,
-    make_database,
     publisher,
     request,
     set_cookies,
@@ -22,19 +19,12 @@ from publisherkit import (
     stored_user,
     writer_app,
 )
-from ZODB import DB
 
 from zodbsession import (
     CookiePolicy,
     SessionManager,
 )
-
-
-@pytest.fixture
-def database() -> Iterator[DB]:
-    """A ZODB database on a MappingStorage, with ``root()["app"]`` = 0."""
-    yield from make_database()
-
+from zodbsession.testing import ManualClock
 
 # -- cookies ---------------------------------------------------------------------
 
@@ -216,7 +206,7 @@ def test_bogus_cookie_then_write_hands_out_a_fresh_valid_id(database, cookie):
 
 @pytest.mark.parametrize("timeout", ["idle", "lifetime"])
 def test_expired_cookie_writes_nothing(database, timeout):
-    clock = Clock()
+    clock = ManualClock()
     manager = SessionManager(idle_timeout=1800, max_lifetime=3600, clock=clock)
     testapp = client(publisher(app_from(writer_app), database, manager=manager))
     session_id = create_session(testapp, keep="1")

@@ -14,25 +14,16 @@ from publisherkit import (
     app_from,
     app_value,
     issued_id,
-    make_database,
     open_connections,
     publisher,
     stored,
 )
 from transaction._transaction import Status
-from ZODB import DB
 from ZODB.POSException import ConflictError
 
 from zodbsession import (
     registry,
 )
-
-
-@pytest.fixture
-def database() -> Iterator[DB]:
-    """A ZODB database on a MappingStorage, with ``root()["app"]`` = 0."""
-    yield from make_database()
-
 
 # -- joining an outer transaction ---------------------------------------------------
 

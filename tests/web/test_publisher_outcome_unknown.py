@@ -4,74 +4,27 @@ retried) or in a vote.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from wsgiref.validate import validator
 
 import pytest
+from commitkit import FinishFails, VoteFails
 from publisherkit import (
     app_from,
     client,
     create_session,
-    make_database,
     open_connections,
     publisher,
     request,
     stored,
     writer_app,
 )
-from ZODB import DB
 from ZODB.POSException import ConflictError
 
 from zodbsession import (
     registry,
 )
 
-
-@pytest.fixture
-def database() -> Iterator[DB]:
-    """A ZODB database on a MappingStorage, with ``root()["app"]`` = 0."""
-    yield from make_database()
-
-
 # -- commit outcome unknown -----------------------------------------------------
-
-
-class FinishFails:
-    """A data manager whose tpc_finish fails, as a storage that went away would."""
-
-    transaction_manager = None
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-    def sortKey(self) -> str:  # noqa: N802 (the IDataManager spelling)
-        return self.key
-
-    def tpc_begin(self, txn): ...
-
-    def commit(self, txn): ...
-
-    def tpc_vote(self, txn): ...
-
-    def tpc_finish(self, txn):
-        raise OSError("storage went away during the finish")
-
-    def tpc_abort(self, txn): ...
-
-    def abort(self, txn): ...
-
-
-class VoteFails(FinishFails):
-    """A data manager that refuses in tpc_vote with *error*."""
-
-    def __init__(self, key: str, error: Exception) -> None:
-        super().__init__(key)
-        self.error = error
-
-    def tpc_vote(self, txn):
-        raise self.error
-
-    def tpc_finish(self, txn): ...
 
 
 @pytest.mark.parametrize("key", ["\x00 finishes first", "~ finishes after the connection"],
@@ -82,7 +35,8 @@ def test_failure_after_vote_answers_503_and_is_not_retried(database, key):
     def action(environ):
         calls.append(environ["zodbsession.attempt"])
         environ["zodbsession.session"]["x"] = 1
-        environ["zodbsession.connection"].transaction_manager.get().join(FinishFails(key))
+        environ["zodbsession.connection"].transaction_manager.get().join(
+            FinishFails(OSError("storage went away during the finish"), key))
         return "ok"
 
     testapp = client(publisher(app_from(action), database))
@@ -112,7 +66,7 @@ def test_failure_in_vote_is_a_plain_abort_not_outcome_unknown(database, error, s
         environ["zodbsession.session"]["x"] = 1
         if len(calls) == 1:
             tm = environ["zodbsession.connection"].transaction_manager
-            tm.get().join(VoteFails("\x00 votes first", error))
+            tm.get().join(VoteFails(error, "\x00 votes first"))
         return "ok"
 
     response = request(client(publisher(app_from(action), database)))

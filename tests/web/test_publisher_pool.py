@@ -4,38 +4,28 @@ the session, and a pool that stays bounded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from wsgiref.validate import validator
 
-import pytest
 from publisherkit import (
     COOKIE,
     TEXT,
     app_from,
     client,
     create_session,
-    make_database,
     open_connections,
     publisher,
     request,
     stored,
     writer_app,
 )
-from ZODB import DB
 from ZODB.POSException import ConflictError
 
 from zodbsession import (
     PublishError,
     registry,
 )
-
-
-@pytest.fixture
-def database() -> Iterator[DB]:
-    """A ZODB database on a MappingStorage, with ``root()["app"]`` = 0."""
-    yield from make_database()
-
 
 # -- laziness ----------------------------------------------------------------------
 

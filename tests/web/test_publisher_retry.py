@@ -5,7 +5,6 @@ bodies too large to replay.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from wsgiref.validate import validator
 
 import pytest
@@ -20,14 +19,12 @@ from publisherkit import (
     create_session,
     environ_for,
     issued_id,
-    make_database,
     open_connections,
     publisher,
     request,
     stored,
     writer_app,
 )
-from ZODB import DB
 from ZODB.POSException import ConflictError, ReadConflictError
 
 from zodbsession import (
@@ -35,13 +32,6 @@ from zodbsession import (
     registry,
 )
 from zodbsession.core.store import ROOT_KEY
-
-
-@pytest.fixture
-def database() -> Iterator[DB]:
-    """A ZODB database on a MappingStorage, with ``root()["app"]`` = 0."""
-    yield from make_database()
-
 
 # -- retries -------------------------------------------------------------------
 

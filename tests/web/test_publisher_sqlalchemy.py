@@ -22,7 +22,6 @@ import zope.sqlalchemy
 from sqlalchemy import ForeignKey, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from ZODB import DB
-from ZODB.MappingStorage import MappingStorage
 from ZODB.POSException import ConflictError
 
 from zodbsession import PublishError, SessionPublisher
@@ -63,13 +62,6 @@ def engine(tmp_path) -> Iterator[Any]:
         session.add(Customer(id=1))
     yield engine
     engine.dispose()
-
-
-@pytest.fixture
-def database() -> Iterator[DB]:
-    db = DB(MappingStorage())
-    yield db
-    db.close()
 
 
 def orders(engine) -> list[tuple[str, int]]:

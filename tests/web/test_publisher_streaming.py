@@ -4,7 +4,7 @@ iterable, give the connection back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from wsgiref.validate import validator
 
 import pytest
@@ -17,7 +17,6 @@ from publisherkit import (
     client,
     environ_for,
     issued_id,
-    make_database,
     open_connections,
     publisher,
     stored,
@@ -29,13 +28,6 @@ from zodbsession import (
     SessionPublisher,
     registry,
 )
-
-
-@pytest.fixture
-def database() -> Iterator[DB]:
-    """A ZODB database on a MappingStorage, with ``root()["app"]`` = 0."""
-    yield from make_database()
-
 
 # -- streaming -----------------------------------------------------------------------
 

@@ -12,13 +12,11 @@ import http.client
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 import transaction
-from waitress.server import create_server
+from waitresskit import serving
 from ZODB import DB
 
 from zodbsession import SessionPublisher
@@ -26,26 +24,6 @@ from zodbsession.core.store import ROOT_KEY
 
 TIMEOUT = 15  # seconds, for every socket call and every join
 COOKIE = "zodbsession"
-
-
-@pytest.fixture
-def file_db(db: DB) -> DB:
-    """The shared temporary FileStorage database (tests/conftest.py), by this file's name."""
-    return db
-
-
-@contextmanager
-def serving(app: Callable) -> Iterator[int]:
-    """Serve *app* with waitress on 127.0.0.1 and an ephemeral port, 8 threads."""
-    server = create_server(app, host="127.0.0.1", port=0, threads=8)
-    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
-    thread.start()
-    try:
-        yield server.effective_port
-    finally:
-        server.close()
-        server.task_dispatcher.shutdown(timeout=TIMEOUT)
-        thread.join(timeout=TIMEOUT)
 
 
 class Stats:

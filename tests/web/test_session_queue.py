@@ -16,12 +16,11 @@ import http.client
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from waitress.server import create_server
+from waitresskit import serving
 from ZODB import DB
 
 from zodbsession import SessionPublisher
@@ -160,25 +159,6 @@ def test_asyncio_locks_have_the_same_bound_and_hold_no_thread():
 
 
 # -- end to end on waitress -----------------------------------------------------------------
-
-
-@pytest.fixture
-def file_db(db: DB) -> DB:
-    """The shared temporary FileStorage database (tests/conftest.py)."""
-    return db
-
-
-@contextmanager
-def serving(app: Callable, threads: int = 8) -> Iterator[int]:
-    server = create_server(app, host="127.0.0.1", port=0, threads=threads)
-    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
-    thread.start()
-    try:
-        yield server.effective_port
-    finally:
-        server.close()
-        server.task_dispatcher.shutdown(timeout=TIMEOUT)
-        thread.join(timeout=TIMEOUT)
 
 
 class SlowApp:

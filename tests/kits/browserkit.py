@@ -1,0 +1,25 @@
+"""The settings of the real headless browser the ``driver`` fixture (tests/conftest.py) starts.
+
+Here, not in conftest, so that browser tests can import them: a test module
+importing ``conftest`` gets whichever folder's conftest was imported last.
+"""
+
+from __future__ import annotations
+
+#: Upper bound, in seconds, of every browser wait: page loads, element look-ups.
+BROWSER_WAIT = 10
+
+#: Chromium's own background traffic is turned off: this machine reaches no
+#: network but loopback, and without these flags its connections are refused.
+CHROME_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1200,1400",
+)
