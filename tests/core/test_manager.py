@@ -811,16 +811,17 @@ def test_set_expiry_stores_a_new_session(manager, db, connect):
     assert manager.get(connect(db), session.id) is not None
 
 
-def test_session_verbs_use_the_manager_that_found_it(manager, db, connect, clock):
-    """``Session.set_expiry`` & co. answer on the finding manager's clock and timeouts."""
+def test_expiry_verbs_are_the_managers_on_its_clock_and_timeouts(manager, db, connect, clock):
+    """The policy lives in the manager: the persistent ``Session`` has no expiry verbs of its own."""
     conn = connect(db)
     stored = _stored_session(manager, conn)
     session = manager.get(connect(db), stored.id)
-    session.set_expiry(120)
+    assert not hasattr(session, "set_expiry")
+    manager.set_expiry(session, 120)
     clock.advance(20)
-    assert session.get_expiry_age() == 100
-    assert session.get_expiry_date() == datetime.fromtimestamp(clock() + 100, UTC)
-    assert not session.get_expire_at_browser_close()
+    assert manager.get_expiry_age(session) == 100
+    assert manager.get_expiry_date(session) == datetime.fromtimestamp(clock() + 100, UTC)
+    assert not manager.get_expire_at_browser_close(session)
 
 
 @pytest.mark.parametrize(("value", "expected"), [

@@ -80,7 +80,7 @@ def test_setting_the_same_expiry_sends_no_cookie(manager, memory_db, connect, st
     age = again.get_expiry_age()
     assert age == 86400
     assert again.get_expiry_date().timestamp() == pytest.approx(manager.clock() + 86400)
-    again.set_expiry(manager.get(connect(memory_db), stored_id).get_expiry_date())
+    again.set_expiry(manager.get_expiry_date(manager.get(connect(memory_db), stored_id)))
     assert again.cookie_to_send() is None
 
 

@@ -21,6 +21,7 @@ from django.urls import path
 
 import zodbsession
 from zodbsession.core.errors import PublishError, Redirect
+from zodbsession.core.manager import SessionManager
 from zodbsession.core.store import get_container
 from zodbsession.core.work import connection, in_transaction
 from zodbsession.django import database
@@ -81,7 +82,8 @@ def records(db: Any = None) -> dict[str, Any]:
             container = get_container(database.sessions_connection(conn), create=False)
             if container is None:
                 return {}
-            return {key: (type(s).__name__, s.data(), s.user_id, s.get_expiry_date().timestamp())
+            expiry = SessionManager().get_expiry_date  # the defaults: Django's records carry their own
+            return {key: (type(s).__name__, s.data(), s.user_id, expiry(s).timestamp())
                     for key, s in container.sessions.items()}
 
         return in_transaction(conn, read, write=False)

@@ -73,6 +73,15 @@ def commit(tm: transaction.TransactionManager) -> None:
         raise
 
 
+def anything_joined(txn: transaction.Transaction) -> bool:
+    """Whether any data manager joined *txn* (a ZODB connection at its first write, ...).
+
+    The transaction package has no public way to ask; this reads its
+    ``_resources``, here and nowhere else.
+    """
+    return bool(getattr(txn, "_resources", ()))
+
+
 def nothing_joined(txn: transaction.Transaction) -> bool:
     """Whether committing *txn* would change nothing: no data manager, no hook, not doomed.
 

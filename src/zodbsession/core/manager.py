@@ -22,7 +22,6 @@ from typing import Any, Literal, Protocol, overload
 
 from ZODB.Connection import Connection
 
-import zodbsession.core.session as session_module
 from zodbsession.core.errors import ConfigError, SessionLimitReached
 from zodbsession.core.limits import measure
 from zodbsession.core.observe import EventKind, Observers, SessionEvent
@@ -42,7 +41,7 @@ from zodbsession.core.work import ATTEMPTS, run_batches
 
 Clock = Callable[[], float]
 
-__all__ = ["DEFAULT_MANAGER", "MAX_USER_ID_LENGTH", "Clock", "Progress", "SessionManager"]
+__all__ = ["MAX_USER_ID_LENGTH", "Clock", "Progress", "SessionManager"]
 
 #: How many of the oldest expiry entries the cap's eviction looks through for an anonymous session.
 EVICTION_SCAN = 64
@@ -163,7 +162,6 @@ class SessionManager:
         if not self.is_live(session, now):
             return None
         session.touch(now, self.access_resolution)
-        session._v_manager = self
         return session
 
     def new(self, connection: Connection, *, user_id: str | None = None) -> Session:
@@ -172,7 +170,6 @@ class SessionManager:
             check_user_id(user_id)
         session = Session(new_session_id(), self.clock(), user_id=user_id)
         session._v_attach = self._attacher(connection)
-        session._v_manager = self
         return session
 
     def _attacher(self, connection: Connection) -> Callable[[Session], None]:
@@ -526,9 +523,3 @@ def _unwrap(session: Any) -> Session:
     unwrap = getattr(session, "_zodbsession_unwrap", None)
     unwrapped: Session = unwrap() if unwrap is not None else session
     return unwrapped
-
-
-
-#: The manager a session found without one (loaded by hand) answers its expiry questions with.
-DEFAULT_MANAGER = SessionManager()
-session_module.fallback_manager = DEFAULT_MANAGER

@@ -91,11 +91,9 @@ class RetryPolicy:
             return False
         if isinstance(error, TransientError):
             return True
-        for resource in getattr(txn, "_resources", ()) or ():
-            should_retry = getattr(resource, "should_retry", None)
-            if should_retry is not None and should_retry(error):
-                return True
-        return False
+        # The public question, as pyramid_tm asks it: TransientError, or a
+        # joined data manager's should_retry().
+        return txn is not None and bool(txn.isRetryableError(error))
 
     def start(self) -> float:
         """The clock's reading when a first attempt begins: what ``allows`` measures the deadline from."""

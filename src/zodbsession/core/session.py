@@ -30,16 +30,11 @@ from zope.minmax import Maximum
 from zodbsession.core.errors import InvalidUserId
 
 if TYPE_CHECKING:
-    from zodbsession.core.manager import SessionManager
 
     class _LastAccess(Protocol):
         """What a session uses of its ``zope.minmax.Maximum`` (which ships no types)."""
 
         value: float
-
-#: The manager of sessions loaded some other way than through one; ``manager``
-#: sets it when imported (the session module does not import the manager's).
-fallback_manager: SessionManager | None = None
 
 #: Bytes of randomness in a session id: 256 bits, twice the usual minimum.
 SESSION_ID_BYTES = 32
@@ -212,34 +207,6 @@ class Session(Persistent, MutableMapping[str, Any]):  # type: ignore[misc]  # pe
         from zodbsession.core.merge import merge_session_state
 
         return merge_session_state(old_state, committed_state, new_state)
-
-    # -- per-session expiry (Django's verbs) --------------------------------
-    #
-    # The rules (the clock, the default timeouts, the expiry index) belong to
-    # the manager: these forward to the one that found or made the session,
-    # or to a default manager for a session loaded some other way.
-
-    def _manager(self) -> SessionManager:
-        manager = getattr(self, "_v_manager", None) or fallback_manager
-        if manager is None:
-            raise RuntimeError("no SessionManager: import zodbsession.core.manager first")
-        return manager
-
-    def set_expiry(self, value: ExpiryValue) -> None:
-        """Give the session its own expiry; see ``SessionManager.set_expiry``."""
-        self._manager().set_expiry(self, value)
-
-    def get_expiry_age(self) -> int:
-        """Whole seconds until the session expires (0 once it has)."""
-        return self._manager().get_expiry_age(self)
-
-    def get_expiry_date(self) -> datetime:
-        """The moment the session expires, as an aware UTC ``datetime``."""
-        return self._manager().get_expiry_date(self)
-
-    def get_expire_at_browser_close(self) -> bool:
-        """Whether the session's cookie is to last only until the browser closes."""
-        return self._manager().get_expire_at_browser_close(self)
 
     # -- flash messages (Pyramid's ISession) ------------------------------------
 

@@ -24,6 +24,7 @@ from transaction.interfaces import NoTransaction
 from ZODB import DB
 from ZODB.Connection import Connection
 
+from zodbsession.core.commit import anything_joined
 from zodbsession.core.errors import UncommittedChanges
 from zodbsession.core.retry import RetryPolicy
 
@@ -172,5 +173,4 @@ def _holds_changes(tm: transaction.TransactionManager) -> bool:
         return False
     # A data manager joins the transaction at its first change (a ZODB
     # connection at its first write, in any database of a multi-database).
-    # The transaction package has no public way to ask whether any joined.
-    return bool(txn._resources)
+    return anything_joined(txn)
