@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast
@@ -50,10 +49,8 @@ from ZODB.Connection import Connection
 from zodbsession.core.commit import abort_quietly, commit
 from zodbsession.core.errors import ConfigError, NoActiveRequest, PublishError
 from zodbsession.core.manager import SessionManager
-from zodbsession.core.periodic import Periodic
 from zodbsession.core.registry import Scope, registry
 from zodbsession.core.request_session import RequestSession
-from zodbsession.core.work import connection as work_connection
 from zodbsession.flask.sessions import (
     REPORT_KEY,
     AttemptReport,
@@ -61,6 +58,7 @@ from zodbsession.flask.sessions import (
     ZODBSessionInterface,
     flask_cookie,
 )
+from zodbsession.ops.janitor import Janitor
 from zodbsession.web.cookies import CookiePolicy
 from zodbsession.web.wsgi.publisher import SessionPublisher, StartResponse, WSGIApp
 
@@ -101,7 +99,7 @@ class ExtensionState:
         self._fixed_cookie = cookie is not None
         self._cookie_settings = _cookie_settings(config)  # what self.cookie was made from
         self.janitor_interval = _seconds(config, "ZODBSESSION_JANITOR_INTERVAL", 60.0)
-        self.janitor: _Sweeper | None = None  # started with the publisher
+        self.janitor: Janitor | None = None  # started with the publisher
         options = dict(publisher_options)
         if "ZODBSESSION_RETRY_ATTEMPTS" in config:
             options.setdefault("retry_attempts", _positive_int(config, "ZODBSESSION_RETRY_ATTEMPTS"))
@@ -179,41 +177,8 @@ class ExtensionState:
                         **self.publisher_options)
                     # Expiry nobody schedules does not happen: with its own
                     # publisher the extension sweeps, as zodbsession serve does.
-                    self.janitor = _Sweeper(db, self.manager, self.janitor_interval).start()
+                    self.janitor = Janitor(db, self.manager, interval=self.janitor_interval).start()
         return self._publisher
-
-
-class _Sweeper:
-    """Expires stale sessions every *interval* seconds beside the extension's own publisher.
-
-    What ``zodbsession serve``'s janitor does, built from the core's parts
-    (the adapters sit below the server's operations layer). A database closed
-    under it is no longer swept. Threading: the sweep runs on a daemon thread
-    of its own, with a connection of its own.
-    """
-
-    def __init__(self, db: DB, manager: SessionManager, interval: float) -> None:
-        self.db = db
-        self.manager = manager
-        self.interval = interval
-        self._loop = Periodic(self.sweep, interval, name="zodbsession-flask-janitor")
-
-    def start(self) -> _Sweeper:
-        self._loop.start()  # an interval of 0 starts nothing
-        return self
-
-    def stop(self) -> None:
-        self._loop.stop()
-
-    def sweep(self) -> int:
-        """Expire what is due now; returns how many sessions were removed."""
-        if getattr(self.db, "storage", None) is None:  # ZODB's DB.close() removes it
-            return 0
-        started = time.monotonic()
-        with work_connection(self.db) as conn:
-            removed = self.manager.expire(conn)
-        self.manager.observers.janitor_ran(removed, time.monotonic() - started)
-        return removed
 
 
 class _RaiseTransient:

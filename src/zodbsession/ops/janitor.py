@@ -40,9 +40,6 @@ class Janitor:
         self.manager = manager
         self.interval = interval
         self.batch_size = batch_size
-        self.last_run: float | None = None
-        self.last_removed = 0
-        self.last_duration = 0.0
         # A failed sweep (a storage hiccup, a conflict storm) is logged and
         # retried at the next interval; the server keeps serving.
         self._loop = Periodic(self.sweep, interval, name="zodbsession-janitor")
@@ -66,6 +63,8 @@ class Janitor:
         a lease, a server that does not hold it sweeps nothing, and one that
         loses it mid-sweep stops at the next batch.
         """
+        if getattr(self.db, "storage", None) is None:  # closed under it (ZODB's DB.close removes it)
+            return 0
         if self.lease is not None and not self.lease.acquire():
             return 0
         started = time.monotonic()
@@ -77,11 +76,9 @@ class Janitor:
             except LeaseLost:
                 log.info("janitor: the lease was taken over; this sweep stopped")
                 return 0
-        self.last_run = time.time()
-        self.last_removed = removed
-        self.last_duration = time.monotonic() - started
+        duration = time.monotonic() - started
         if removed:
-            log.info("janitor expired %d session(s) in %.3f s", removed, self.last_duration)
-        self.manager.observers.janitor_ran(removed, self.last_duration)
+            log.info("janitor expired %d session(s) in %.3f s", removed, duration)
+        self.manager.observers.janitor_ran(removed, duration)
         return removed
 
