@@ -212,7 +212,7 @@ def _keys(path):
     database = DB(open_repaired(path))
     try:
         with database.transaction() as conn:
-            return sorted(k for k in conn.root().keys() if isinstance(k, int))
+            return sorted(k for k in conn.root() if isinstance(k, int))
     finally:
         database.close()
 

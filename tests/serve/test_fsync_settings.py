@@ -1,4 +1,4 @@
-"""``storage.fsync`` and ``storage.fsync_interval``: read from the environment, checked, applied to both databases."""
+"""``storage.fsync`` and ``storage.fsync_interval``: from the environment, checked, on both databases."""
 
 from __future__ import annotations
 
