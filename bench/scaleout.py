@@ -16,6 +16,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -79,8 +80,10 @@ def postgres_server(workdir: Path) -> Iterator[tuple[str, Callable[[], int]]]:
     if bindir is None:
         raise RuntimeError("PostgreSQL is not installed (no initdb/postgres)")
     run_as: dict[str, Any] = {}
-    home = workdir / "postgres"
-    home.mkdir()
+    # Its own directory in /tmp: the bench's temporary directory is closed to other users.
+    home = Path(tempfile.mkdtemp(prefix="zodbsession-bench-pg-"))
+    cleanup = contextlib.ExitStack()
+    cleanup.callback(shutil.rmtree, home, True)
     if os.geteuid() == 0:  # initdb and postgres refuse to run as root
         account = pwd.getpwnam("postgres")
         run_as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
@@ -91,6 +94,7 @@ def postgres_server(workdir: Path) -> Iterator[tuple[str, Callable[[], int]]]:
                            "--auth=trust", "-E", "UTF8"], capture_output=True, text=True,
                           timeout=300, cwd=home, check=False, **run_as)
     if done.returncode:
+        cleanup.close()
         raise RuntimeError(f"initdb failed: {done.stderr[-1000:]}")
     with (workdir / "postgres.log").open("ab") as log:
         process = subprocess.Popen([str(bindir / "postgres"), "-D", str(data), "-h", "127.0.0.1",
@@ -125,3 +129,4 @@ def postgres_server(workdir: Path) -> Iterator[tuple[str, Callable[[], int]]]:
             process.wait(60)
         except subprocess.TimeoutExpired:
             process.kill()
+        cleanup.close()
