@@ -194,11 +194,14 @@ def _contenders(workdir: Path, redis: dict[str, str], scale_out: dict[str, Any],
     relaxed.sync_counter = _storage_counts(relaxed.port)
     contenders.append(relaxed)
     if "zeo" in scale_out:
-        contenders.append(_serve("zodbsession-zeo-2w", {"ZODBSESSION_STORAGE_URI": scale_out["zeo"]},
+        contenders.append(_serve("zodbsession-zeo-2w", {"ZODBSESSION_STORAGE_URI": scale_out["zeo"],
+                                 "PROMETHEUS_MULTIPROC_DIR": str(workdir / "zeo-2w-metrics")},
                                  "--workers", "2"))
     if "postgres" in scale_out:
         uri, wal_syncs = scale_out["postgres"]
-        pg = _serve("zodbsession-pg-2w", {"ZODBSESSION_STORAGE_URI": uri}, "--workers", "2")
+        pg = _serve("zodbsession-pg-2w", {"ZODBSESSION_STORAGE_URI": uri,
+                                           "PROMETHEUS_MULTIPROC_DIR": str(workdir / "pg-2w-metrics")},
+                    "--workers", "2")
         pg.sync_counter = wal_syncs
         contenders.append(pg)
     # The ASGI front door: the same counter inside SessionMiddleware, on uvicorn (bench/asgi_app.py).
