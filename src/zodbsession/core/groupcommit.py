@@ -93,8 +93,14 @@ class GroupCommitFileStorage(FileStorage):  # type: ignore[misc]
         #: Counts for the bench and the tests: fsyncs taken, transactions committed.
         self.fsyncs = 0
         self.commits = 0
-        self._sync_cond = threading.Condition(threading.Lock())
+        # One lock, two conditions: followers wait for the durable position,
+        # the leader (only) for the commits under way to leave; a commit
+        # leaving wakes the leader alone, not every waiting follower.
+        lock = threading.Lock()
+        self._sync_cond = threading.Condition(lock)
+        self._leader_cond = threading.Condition(lock)
         self._syncing = False
+        self._waiters: deque[tuple[int, threading.Event]] = deque()
         self._sync_error: BaseException | None = None
         self._finished_seq = 0
         self._durable_seq = 0
@@ -145,7 +151,7 @@ class GroupCommitFileStorage(FileStorage):  # type: ignore[misc]
     def _left_commit(self) -> None:
         with self._sync_cond:
             self._committing -= 1
-            self._sync_cond.notify_all()
+            self._leader_cond.notify()
 
     def tpc_finish(self, transaction: Any, f: Callable[[bytes], object] | None = None) -> bytes:
         if transaction is not self._transaction:
@@ -195,7 +201,15 @@ class GroupCommitFileStorage(FileStorage):  # type: ignore[misc]
                 if self._sync_error is not None:
                     raise OSError(f"the storage could not sync its file: {self._sync_error}")
                 if self._syncing:
-                    self._sync_cond.wait()
+                    # Woken only when covered, or to lead the next sync: a
+                    # notify_all would wake every follower after every sync.
+                    woken = threading.Event()
+                    self._waiters.append((seq, woken))
+                    self._sync_cond.release()
+                    try:
+                        woken.wait()
+                    finally:
+                        self._sync_cond.acquire()
                     continue
                 self._syncing = True
                 break
@@ -205,7 +219,7 @@ class GroupCommitFileStorage(FileStorage):  # type: ignore[misc]
             # unless they wait for the GIL: let one fsync cover them too.
             deadline = time.monotonic() + COMMIT_DELAY
             while self._committing and time.monotonic() < deadline:
-                self._sync_cond.wait(max(deadline - time.monotonic(), 0))
+                self._leader_cond.wait(max(deadline - time.monotonic(), 0))
         try:
             self._sync_and_publish()
         except BaseException as exc:
@@ -217,7 +231,20 @@ class GroupCommitFileStorage(FileStorage):  # type: ignore[misc]
         finally:
             with self._sync_cond:
                 self._syncing = False
-                self._sync_cond.notify_all()
+                self._wake_waiters()
+                self._sync_cond.notify_all()  # close() waiting for the sync to end
+
+    def _wake_waiters(self) -> None:
+        """Wake the followers the last sync covered, and the first one it did not, to lead."""
+        uncovered: deque[tuple[int, threading.Event]] = deque()
+        for seq, woken in self._waiters:
+            if seq <= self._durable_seq or self._sync_error is not None:
+                woken.set()
+            else:
+                uncovered.append((seq, woken))
+        if uncovered:
+            uncovered.popleft()[1].set()
+        self._waiters = uncovered
 
     def _sync_and_publish(self) -> None:
         target = self._sync_file()
@@ -283,6 +310,7 @@ class GroupCommitFileStorage(FileStorage):  # type: ignore[misc]
                 finally:
                     with self._sync_cond:
                         self._syncing = False
+                        self._wake_waiters()
                         self._sync_cond.notify_all()
             except Exception:
                 log.exception("final fsync of %s failed", self._file_name)
