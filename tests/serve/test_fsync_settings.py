@@ -39,3 +39,20 @@ def test_a_bad_value_is_one_line_naming_the_key(name, value, message):
         load_settings(environ={name: value})
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_the_zeo_server_serves_group_commit_storages_with_the_storage_policy(tmp_path):
+    from zodbsession.serve.zeo import _open_storages
+
+    settings = load_settings(environ={
+        "ZODBSESSION_STORAGE_FSYNC": "interval", "ZODBSESSION_ZEO_STORAGE": f"{tmp_path}/Data.fs",
+        "ZODBSESSION_ZEO_SESSIONS_STORAGE": f"{tmp_path}/Sessions.fs"})
+    storages = _open_storages(settings)
+    try:
+        assert sorted(storages) == ["1", "sessions"]
+        for storage in storages.values():
+            assert isinstance(storage, GroupCommitFileStorage)
+            assert storage.fsync_policy == "interval"
+    finally:
+        for storage in storages.values():
+            storage.close()
