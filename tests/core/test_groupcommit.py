@@ -251,3 +251,13 @@ def test_damage_before_the_synced_offset_is_not_cut(tmp_path):
     with pytest.raises(CorruptedTransactionError):
         open_repaired(path)
     assert not [n for n in os.listdir(tmp_path) if ".torn-" in n]
+
+
+def test_a_synced_offset_that_ends_no_transaction_is_not_trusted(tmp_path):
+    """As after a pack renamed a smaller file in before its first sync: nothing is cut."""
+    path, ends = _database_with_unsynced_tail(tmp_path)
+    with open(path + ".synced", "r+b") as marker:
+        marker.write((ends[2] + 7).to_bytes(8, "big"))
+    size = os.path.getsize(path)
+    assert _keys(path) == [0, 1, 2, 3, 4, 5]
+    assert os.path.getsize(path) == size

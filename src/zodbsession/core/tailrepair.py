@@ -67,6 +67,23 @@ def check_tail(path: str, start: int) -> int:
         return pos
 
 
+def _ends_a_transaction(path: str, offset: int) -> bool:
+    """Whether a transaction of this file ends at *offset* (its redundant length says so)."""
+    if offset == FILE_HEADER_LEN:
+        return True
+    if offset < FILE_HEADER_LEN + TRANS_HDR_LEN + 8:
+        return False
+    with open(path, "rb") as data:
+        data.seek(offset - 8)
+        length = struct.unpack(">Q", data.read(8))[0]
+        start = offset - 8 - length
+        if start < FILE_HEADER_LEN:
+            return False
+        data.seek(start)
+        header = data.read(TRANS_HDR_LEN)
+    return len(header) == TRANS_HDR_LEN and bool(struct.unpack(TRANS_HDR, header)[1] == length)
+
+
 def _records_sound(data: BinaryIO, txn_pos: int, pos: int, end: int, tid: bytes) -> bool:
     read, seek = data.read, data.seek
     while pos < end:
@@ -108,7 +125,7 @@ def repair_tail(path: str, *, full_scan: bool = False) -> int:
     if synced is None or not os.path.exists(path):
         return 0
     size = os.path.getsize(path)
-    if synced > size:
+    if synced > size or not _ends_a_transaction(path, synced):
         return 0  # the offset is not this file's (a pack, a restored copy): trust nothing
     damaged = check_tail(path, FILE_HEADER_LEN if full_scan else synced)
     if damaged >= size or damaged < synced:
