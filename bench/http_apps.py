@@ -10,6 +10,7 @@ zodbsession's own is served by ``zodbsession serve --app``, with its defaults.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +52,20 @@ def plain_zodb() -> WSGIApp:
 
 
 def zodbsession_counter(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-    """The bare counter, for ``zodbsession serve --app bench.http_apps:zodbsession_counter``."""
+    """The bare counter, for ``zodbsession serve --app bench.http_apps:zodbsession_counter``.
+
+    ``GET /_counts`` answers the storages' fsyncs and commits as JSON (0 for a
+    storage that does not count them, as a ZEO client or RelStorage).
+    """
+    if environ.get("PATH_INFO") == "/_counts":
+        from zodbsession import current_connection
+
+        storages = [db.storage for db in current_connection.db().databases.values()]
+        body = json.dumps({"fsyncs": sum(getattr(s, "fsyncs", 0) for s in storages),
+                           "commits": sum(getattr(s, "commits", 0) for s in storages)}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
     return _zodbsession_inner(environ, start_response)
 
 

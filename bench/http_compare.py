@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import logging
 import os
 import re
@@ -48,12 +49,16 @@ log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "wrk" / "counter.lua"
 
-#: The goals of issue #15, as (what, contender, against, at least).
+#: The goals of issue #25, as (what, contender, against, at least).
 GOALS = (
-    ("writes", "zodbsession", "bare", 0.5),
-    ("writes", "zodbsession", "beaker-redis-durable", 1.5),
+    ("writes", "zodbsession", "plain-zodb", 1.2),
+    ("writes", "zodbsession-relaxed", "plain-zodb", 1.4),
+    ("writes", "zodbsession-relaxed", "beaker-redis", 1.0),
+    ("reads", "zodbsession", "plain-zodb", 0.9),
     ("reads", "zodbsession", "bare", 0.9),
 )
+#: Issue #25: fsyncs per acknowledged durable write with 16 writers, at most.
+FSYNCS_PER_WRITE_GOAL = 0.67
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class HttpConfig:
     rounds: int = 3
     seconds: int = 8
     connections: int = 16
+    scale_out: bool = False  # also `serve --workers 2` on ZEO and on RelStorage/PostgreSQL
 
 
 @dataclass
@@ -81,6 +87,9 @@ class Contender:
     write_cpu_us: list[float] = field(default_factory=list)
     read_cpu_us: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: Counts read around each write phase: fsyncs (from the server's /_counts) or WAL syncs.
+    sync_counter: Any = None
+    syncs_per_write: list[float] = field(default_factory=list)
 
 
 def find_tools(names: tuple[str, ...]) -> dict[str, str | None]:
@@ -148,17 +157,53 @@ def redis_server(binary: str, workdir: Path, fsync: str) -> Iterator[str]:
         _stop(process)
 
 
-def _contenders(workdir: Path, redis: dict[str, str]) -> list[Contender]:
+def _serve(name: str, env: dict[str, str], *args: str) -> Contender:
+    contender = Contender(name, [*server_command(), "serve", "--app",
+                                 "bench.http_apps:zodbsession_counter", *args],
+                          {"PYTHONPATH": str(ROOT), **env})
+    contender.env["ZODBSESSION_SERVER_PORT"] = str(contender.port)
+    return contender
+
+
+def _storage_counts(port: int) -> Any:
+    """The server's storage counts (fsyncs, commits) through the bench app's /_counts."""
+    def read() -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            connection.request("GET", "/_counts")
+            return int(json.loads(connection.getresponse().read())["fsyncs"])
+        finally:
+            connection.close()
+    return read
+
+
+def _contenders(workdir: Path, redis: dict[str, str], scale_out: dict[str, Any],
+                ) -> list[Contender]:
     serve = [sys.executable, "-m", "bench.http_serve"]
     base = {"PYTHONPATH": str(ROOT)}
     contenders = [Contender("bare", [*serve, "bare"], base)]
     # The same bare app on waitress's own channels, which poll while a task flushes.
     stock = Contender("bare-stock-waitress", [*serve, "bare"], base)
-    zodbsession = Contender("zodbsession", [*server_command(), "serve", "--app",
-                                            "bench.http_apps:zodbsession_counter"],
-                            {**base, "ZODBSESSION_STORAGE_URI": f"file://{workdir / 'zs' / 'Data.fs'}"})
-    zodbsession.env["ZODBSESSION_SERVER_PORT"] = str(zodbsession.port)
+    zodbsession = _serve("zodbsession", {"ZODBSESSION_STORAGE_URI":
+                                         f"file://{workdir / 'zs' / 'Data.fs'}"})
+    zodbsession.sync_counter = _storage_counts(zodbsession.port)
     contenders.append(zodbsession)
+    relaxed = _serve("zodbsession-relaxed", {
+        "ZODBSESSION_STORAGE_URI": f"file://{workdir / 'zs-relaxed' / 'Data.fs'}",
+        "ZODBSESSION_STORAGE_FSYNC": "interval", "ZODBSESSION_STORAGE_FSYNC_INTERVAL": "1"})
+    relaxed.sync_counter = _storage_counts(relaxed.port)
+    contenders.append(relaxed)
+    if "zeo" in scale_out:
+        contenders.append(_serve("zodbsession-zeo-2w", {"ZODBSESSION_STORAGE_URI": scale_out["zeo"],
+                                 "PROMETHEUS_MULTIPROC_DIR": str(workdir / "zeo-2w-metrics")},
+                                 "--workers", "2"))
+    if "postgres" in scale_out:
+        uri, wal_syncs = scale_out["postgres"]
+        pg = _serve("zodbsession-pg-2w", {"ZODBSESSION_STORAGE_URI": uri,
+                                           "PROMETHEUS_MULTIPROC_DIR": str(workdir / "pg-2w-metrics")},
+                    "--workers", "2")
+        pg.sync_counter = wal_syncs
+        contenders.append(pg)
     # The ASGI front door: the same counter inside SessionMiddleware, on uvicorn (bench/asgi_app.py).
     contenders.append(Contender("zodbsession-asgi", [sys.executable, "-m", "bench.asgi_app"],
                                 {**base, "ZODBSESSION_STORAGE_URI":
@@ -178,6 +223,7 @@ def _contenders(workdir: Path, redis: dict[str, str]) -> list[Contender]:
                 Path(contender.env[key]).mkdir(parents=True, exist_ok=True)
     stock.command.append("stock")
     (workdir / "zs").mkdir()
+    (workdir / "zs-relaxed").mkdir()
     (workdir / "zs-asgi").mkdir()
     return contenders
 
@@ -204,8 +250,16 @@ def _seed(contender: Contender, count: int) -> None:
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of *pid* and its live children (``serve --workers``' worker processes)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 _THREAD_LINE = re.compile(r"^zodbsession-bench (\d+) (\d+) (\d+) (\d+) (\d+)$", re.MULTILINE)
@@ -219,12 +273,18 @@ def _phase(wrk: str, contender: Contender, mode: str, config: HttpConfig, workdi
     slack = 1 if mode == "read" else 0
     cookies.write_text("".join(f"{cookie} {count} {slack}\n" for cookie, count in contender.sessions))
     assert contender.process is not None
+    syncs_before = contender.sync_counter() if mode == "write" and contender.sync_counter else None
     cpu_before = _cpu_seconds(contender.process.pid)
     done = subprocess.run(
         [wrk, f"-t{config.connections}", f"-c{config.connections}", f"-d{config.seconds}s",
          "-s", str(LUA), f"http://127.0.0.1:{contender.port}/count", "--", mode, str(cookies)],
         capture_output=True, text=True, timeout=config.seconds + 120, check=False)
     cpu = _cpu_seconds(contender.process.pid) - cpu_before
+    if syncs_before is not None:
+        total_writes = re.search(r"(\d+) requests in", done.stdout)
+        syncs = contender.sync_counter() - syncs_before
+        if total_writes and int(total_writes.group(1)):
+            contender.syncs_per_write.append(syncs / int(total_writes.group(1)))
     rate = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
     total = re.search(r"(\d+) requests in", done.stdout)
     threads = _THREAD_LINE.findall(done.stdout)
@@ -265,12 +325,21 @@ def http_compare(config: HttpConfig, workdir: Path) -> dict[str, Any]:
     if wrk is None:
         return {"skipped": "wrk is missing (apt-get install wrk)"}
     with contextlib.ExitStack() as stack:
+        scale_out: dict[str, Any] = {}
+        if config.scale_out:
+            from bench.scaleout import postgres_server, zeo_server
+
+            scale_out["zeo"] = stack.enter_context(zeo_server(workdir))
+            try:
+                scale_out["postgres"] = stack.enter_context(postgres_server(workdir))
+            except Exception as exc:  # no PostgreSQL, no driver: say so, run the rest
+                log.warning("no PostgreSQL contender: %s", exc)
         redis: dict[str, str] = {}
         if redis_binary is not None:
             redis["beaker-redis"] = stack.enter_context(redis_server(redis_binary, workdir, "everysec"))
             redis["beaker-redis-durable"] = stack.enter_context(
                 redis_server(redis_binary, workdir, "always"))
-        contenders = _contenders(workdir, redis)
+        contenders = _contenders(workdir, redis, scale_out)
         for contender in contenders:
             contender.process = _start(contender.command, contender.env, contender.port,
                                        workdir / f"{contender.name}.log")
@@ -294,6 +363,8 @@ def http_compare(config: HttpConfig, workdir: Path) -> dict[str, Any]:
             "write_cpu_us": statistics.median(contender.write_cpu_us),
             "read_cpu_us": statistics.median(contender.read_cpu_us),
             "rounds": {"writes": contender.writes, "reads": contender.reads},
+            "syncs_per_write": (statistics.median(contender.syncs_per_write)
+                                if contender.syncs_per_write else None),
             "errors": contender.errors,
         }
     if redis_binary is None:
@@ -303,8 +374,13 @@ def http_compare(config: HttpConfig, workdir: Path) -> dict[str, Any]:
 
 
 def goals(figures: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each goal of issue #15 with its measured ratio and whether it was met."""
+    """Each goal of issue #25 with its measured ratio and whether it was met."""
     outcome = []
+    durable = figures.get("zodbsession", {}).get("syncs_per_write")
+    if durable is not None:
+        outcome.append({"goal": f"zodbsession fsyncs per acknowledged write (16 writers) <= "
+                                f"{FSYNCS_PER_WRITE_GOAL}", "ratio": durable,
+                        "met": durable <= FSYNCS_PER_WRITE_GOAL})
     for what, name, against, at_least in GOALS:
         if name in figures and against in figures and figures[against][f"{what}_per_s"]:
             ratio = figures[name][f"{what}_per_s"] / figures[against][f"{what}_per_s"]
@@ -320,20 +396,32 @@ def render(section: dict[str, Any]) -> str:
     config = section["config"]
     figures = section["contenders"]
     bare = figures.get("bare", {})
+    floor = figures.get("plain-zodb", {})
     lines = [f"{config['connections']} keep-alive connections from wrk, one cookie each; waitress, "
-             f"8 threads (zodbsession-asgi: uvicorn, one event loop); median of {config['rounds']} "
-             f"interleaved rounds of {config['seconds']:g} s.",
-             "", "| contender | writes/s | x bare | reads/s | x bare | server CPU µs/write | "
-             "server CPU µs/read | errors |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             f"8 threads (zodbsession-asgi: uvicorn, one event loop; `-2w`: `serve --workers 2`, "
+             f"8 threads each); median of {config['rounds']} interleaved rounds of "
+             f"{config['seconds']:g} s. syncs/write: the server's fsyncs (PostgreSQL: WAL syncs) "
+             "per acknowledged write.",
+             "", "| contender | writes/s | x floor | x bare | reads/s | x floor | x bare | "
+             "syncs/write | server CPU µs/write | server CPU µs/read | errors |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def ratio(entry: dict[str, Any], against: dict[str, Any], kind: str) -> str:
+        return (f"{entry[kind] / against[kind]:.2f}" if against.get(kind) else "-")
+
     for name, entry in figures.items():
-        write_ratio = entry["writes_per_s"] / bare["writes_per_s"] if bare.get("writes_per_s") else 0
-        read_ratio = entry["reads_per_s"] / bare["reads_per_s"] if bare.get("reads_per_s") else 0
-        lines.append(f"| {name} | {entry['writes_per_s']:,.0f} | {write_ratio:.2f} | "
-                     f"{entry['reads_per_s']:,.0f} | {read_ratio:.2f} | {entry['write_cpu_us']:,.0f} | "
+        syncs = entry.get("syncs_per_write")
+        lines.append(f"| {name} | {entry['writes_per_s']:,.0f} | "
+                     f"{ratio(entry, floor, 'writes_per_s')} | {ratio(entry, bare, 'writes_per_s')} | "
+                     f"{entry['reads_per_s']:,.0f} | {ratio(entry, floor, 'reads_per_s')} | "
+                     f"{ratio(entry, bare, 'reads_per_s')} | "
+                     f"{'-' if syncs is None else f'{syncs:.2f}'} | {entry['write_cpu_us']:,.0f} | "
                      f"{entry['read_cpu_us']:,.0f} | {len(entry['errors'])} |")
     lines.append("")
     for goal in section.get("goals", []):
-        lines.append(f"- {goal['goal']}: {goal['ratio']:.2f}x, {'met' if goal['met'] else 'missed'}")
+        unit = "" if "fsyncs" in goal["goal"] else "x"
+        lines.append(f"- {goal['goal']}: {goal['ratio']:.2f}{unit}, "
+                     f"{'met' if goal['met'] else 'missed'}")
     if section.get("skipped"):
         lines.append(f"- {section['skipped']}")
     return "\n".join(lines) + "\n"

@@ -165,6 +165,10 @@ def render(results: dict[str, Any]) -> str:
         out += _render_expiry(results["expiry"])
     if results.get("http"):
         out += _render_http(results["http"])
+    if results.get("counts"):
+        from bench.counts import render as render_counts
+
+        out += ["### Counts load cannot bend (in process)", "", render_counts(results["counts"])]
     if results.get("http_compare"):
         from bench.http_compare import render as render_http_compare
 

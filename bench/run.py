@@ -29,6 +29,7 @@ if __package__ in (None, ""):
 
 from bench import report  # noqa: E402 (after the path fix above)
 from bench.compare import CompareConfig, compare  # noqa: E402
+from bench.counts import counts  # noqa: E402
 from bench.expiry import expiry  # noqa: E402
 from bench.http_compare import HttpConfig, http_compare  # noqa: E402
 from bench.http_compare import failures as http_compare_failures  # noqa: E402
@@ -39,7 +40,7 @@ from bench.scale import scale  # noqa: E402
 log = logging.getLogger("bench")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("compare", "cpu", "scale", "expiry", "http", "http-compare", "profile")
+SECTIONS = ("compare", "cpu", "scale", "expiry", "http", "counts", "http-compare", "profile")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class Mode:
     http_seconds: float
     http_compare: HttpConfig
     profile_requests: int
+    counts_existing: int = 1_000  # sessions stored before the new ones are counted
+    counts_new: int = 50  # new sessions counted
+    counts_writes: int = 50  # writes per writer thread (16) for fsyncs per write
 
 
 MODES = {
@@ -80,8 +84,9 @@ MODES = {
         scale=CompareConfig(sessions=0, clients=16, requests=2_000, rounds=9, warmup=500),
         expiry_total=1_000_000, expiry_small=10_000, expiry_large=100_000,
         http_clients=16, http_requests_per_client=5_000, http_seconds=30.0,
-        http_compare=HttpConfig(rounds=3, seconds=8),
+        http_compare=HttpConfig(rounds=3, seconds=5, scale_out=True),
         profile_requests=5_000,
+        counts_existing=10_000, counts_new=200, counts_writes=200,
     ),
 }
 
@@ -110,6 +115,10 @@ def run(mode_name: str, sections: tuple[str, ...], command: str) -> dict[str, An
             elif section == "http":
                 results["http"] = http_load(directory, mode.http_clients,
                                             mode.http_requests_per_client, mode.http_seconds)
+            elif section == "counts":
+                results["counts"] = counts(directory, existing=mode.counts_existing,
+                                           new_sessions=mode.counts_new,
+                                           writes_per_writer=mode.counts_writes)
             elif section == "http-compare":
                 results["http_compare"] = http_compare(mode.http_compare, directory)
             elif section == "profile":
@@ -177,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = tuple(args.only) if args.only else SECTIONS
     stem = None
     if mode == "http":  # the full run's size, saved beside the full run's results, not over them
-        mode, sections, stem = "full", tuple(args.only or ("http-compare",)), "full-http"
+        mode, sections, stem = "full", tuple(args.only or ("counts", "http-compare")), "full-http"
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     started = time.monotonic()
     results = run(mode, sections, command)

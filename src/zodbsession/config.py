@@ -34,6 +34,7 @@ from ZODB import DB
 from zodbsession.core.db import SESSIONS_DATABASE, is_embedded, redact_uri, resolve
 from zodbsession.core.db import open_db as _open_db
 from zodbsession.core.errors import ConfigError
+from zodbsession.core.groupcommit import FsyncPolicy
 from zodbsession.core.manager import SessionManager
 from zodbsession.core.unsaved import UnsavedPolicy
 from zodbsession.web.cookies import CookiePolicy
@@ -79,6 +80,11 @@ class StorageSettings:
     uri: str = "file://var/Data.fs"
     sessions_uri: str = ""  # "": sessions live in the main database
     pool_size: int = 8
+    # FileStorage (file://, and the `zodbsession zeo` server's): "always" acknowledges a
+    # commit once an fsync (shared by concurrent commits) covers it; "interval" syncs
+    # every fsync_interval seconds, and a power cut loses at most that (docs/benchmarks.md).
+    fsync: FsyncPolicy = "always"
+    fsync_interval: float = 1.0  # seconds, with fsync = "interval"
 
 
 @dataclass(frozen=True)
@@ -291,6 +297,8 @@ class Settings:
             sessions_uri=self.storage.sessions_uri or None,
             pool_size=self.storage.pool_size,
             read_only=read_only,
+            fsync=self.storage.fsync,
+            fsync_interval=self.storage.fsync_interval,
             **db_options,
         )
 
@@ -469,6 +477,8 @@ def _validate(s: Settings) -> None:
     ss, ck, srv = s.sessions, s.cookie, s.server
     rules: list[tuple[str, bool, str]] = [
         ("storage.pool_size", s.storage.pool_size >= 1, "must be at least 1"),
+        ("storage.fsync_interval", 0 < s.storage.fsync_interval <= 300, "must be more than 0 and "
+         "at most 300 seconds"),
         ("sessions.idle_timeout", ss.idle_timeout > 0, _POSITIVE + " seconds"),
         ("sessions.max_lifetime", ss.max_lifetime > 0, _POSITIVE + " seconds"),
         ("sessions.max_lifetime", ss.max_lifetime >= ss.idle_timeout,

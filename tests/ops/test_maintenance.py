@@ -185,7 +185,7 @@ def test_stats_match_a_known_population(db, manager, clock):
     assert figures.taken_at == clock.now
     (database,) = figures.databases
     assert database.size_bytes == os.path.getsize(db.storage._file_name)
-    assert database.storage_class == "ZODB.FileStorage.FileStorage.FileStorage"
+    assert database.storage_class == "zodbsession.core.groupcommit.GroupCommitFileStorage"
     assert database.last_pack is None
     json.dumps(figures.as_dict())
 

@@ -13,6 +13,13 @@ back before raising ``ClientDisconnected``) is ``ZEO_WAIT_TIMEOUT`` instead of
 the server, so that a request sees what another process committed just before
 it (read-your-writes when a load balancer alternates between app servers).
 Both can be set in the URI: ``zeo://host:8100?wait_timeout=5&server_sync=0``.
+
+A ``file://`` URI opens a ``GroupCommitFileStorage`` (``groupcommit``): the
+stock FileStorage whose concurrent commits share fsyncs, durable when
+acknowledged with *fsync* ``"always"`` (the default), synced every
+*fsync_interval* seconds with ``"interval"``; its torn tail, if a power cut
+left one, is cut off first (``tailrepair``). Blob and demo file URIs keep
+the stock FileStorage.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ConflictError
 
 from zodbsession.core.errors import DatabaseLocked, StorageUnavailable, StorageURIError
+from zodbsession.core.groupcommit import FsyncPolicy
+from zodbsession.core.tailrepair import open_repaired
 
 #: Name of the main database in a multi-database.
 MAIN_DATABASE = "main"
@@ -53,6 +62,8 @@ def open_db(
     sessions_uri: str | None = None,
     pool_size: int | None = None,
     read_only: bool = False,
+    fsync: FsyncPolicy = "always",
+    fsync_interval: float = 1.0,
     **db_options: Any,
 ) -> DB:
     """Open the database a URI names; with *sessions_uri*, a multi-database.
@@ -69,6 +80,9 @@ def open_db(
     ``DatabaseLocked`` for a FileStorage another process has open, and
     ``StorageUnavailable`` when a ZEO server does not answer within the
     URI's ``wait_timeout`` (so opening never waits longer than that).
+
+    *fsync* and *fsync_interval* are the file:// storages' sync policy (see
+    the module docstring); they apply to *sessions_uri* too.
     """
     if read_only:
         uri = _read_only(uri)
@@ -76,10 +90,11 @@ def open_db(
     if pool_size is not None:
         db_options["pool_size"] = pool_size
     databases: dict[str, DB] = {}
-    main = _open_one(uri, MAIN_DATABASE, databases, db_options)
+    sync = {"fsync": fsync, "fsync_interval": fsync_interval}
+    main = _open_one(uri, MAIN_DATABASE, databases, db_options, sync)
     if sessions_uri:
         try:
-            _open_one(sessions_uri, SESSIONS_DATABASE, databases, db_options)
+            _open_one(sessions_uri, SESSIONS_DATABASE, databases, db_options, sync)
         except BaseException:
             main.close()
             raise
@@ -87,9 +102,11 @@ def open_db(
 
 
 def _open_one(
-    uri: str, name: str, databases: dict[str, DB], db_options: dict[str, Any]
+    uri: str, name: str, databases: dict[str, DB], db_options: dict[str, Any],
+    sync: dict[str, Any],
 ) -> DB:
     factory, uri_options = resolve(uri)
+    factory = _group_commit_factory(uri, sync) or factory
     options = {**uri_options, **db_options, "database_name": name, "databases": databases}
     _make_parent_directory(uri)
     for attempt in range(1, OPEN_ATTEMPTS + 1):
@@ -114,6 +131,21 @@ def _open_one(
             storage.close()
             raise
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _group_commit_factory(uri: str, sync: dict[str, Any]) -> Any:
+    """A factory of the group-commit FileStorage for a plain file:// URI; None for any other."""
+    if not uri.startswith("file://"):
+        return None
+    from zodburi.resolvers import FileStorageURIResolver
+
+    path, _, query = uri[len("file://"):].partition("?")
+    options, _ = FileStorageURIResolver().interpret_kwargs(dict(parse_qsl(query)))
+    if "demostorage" in options or "blobstorage_dir" in options:
+        return None
+    options.pop("blobstorage_layout", None)
+    path = os.path.normpath(path)
+    return lambda: open_repaired(path, **options, **sync)
 
 
 def _open_storage(uri: str, factory: Any) -> Any:
@@ -241,11 +273,12 @@ def _unavailable(uri: str) -> StorageUnavailable:
     )
 
 
-def open_file_storage(path: str, *, read_only: bool = False) -> FileStorage:
-    """Open a FileStorage at *path*, making its directory; ``DatabaseLocked`` if held."""
+def open_file_storage(path: str, *, read_only: bool = False, fsync: FsyncPolicy = "always",
+                      fsync_interval: float = 1.0) -> FileStorage:
+    """Open a group-commit FileStorage at *path*, making its directory; ``DatabaseLocked`` if held."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
-        return FileStorage(path, read_only=read_only)
+        return open_repaired(path, read_only=read_only, fsync=fsync, fsync_interval=fsync_interval)
     except zc.lockfile.LockError:
         raise DatabaseLocked(
             f"{os.path.normpath(path)} is in use by another process (a server or a script "

@@ -97,10 +97,15 @@ def run_zeo(settings: Settings, *, on_ready: Callable[[StorageServer], None] | N
 
 
 def _open_storages(settings: Settings) -> dict[str, Any]:
-    storages = {MAIN_STORAGE: open_file_storage(settings.zeo.storage)}
+    # The group-commit FileStorage, with the [storage] fsync policy. ZEO's own
+    # lock manager still commits one transaction at a time per storage, so
+    # here it keeps visibility-after-sync and the torn-tail repair, not the sharing.
+    sync: dict[str, Any] = {"fsync": settings.storage.fsync,
+                            "fsync_interval": settings.storage.fsync_interval}
+    storages = {MAIN_STORAGE: open_file_storage(settings.zeo.storage, **sync)}
     if settings.zeo.sessions_storage:
         try:
-            storages[SESSIONS_STORAGE] = open_file_storage(settings.zeo.sessions_storage)
+            storages[SESSIONS_STORAGE] = open_file_storage(settings.zeo.sessions_storage, **sync)
         except BaseException:
             storages[MAIN_STORAGE].close()
             raise
