@@ -19,6 +19,12 @@ over after it lets the lock go, so nothing waits longer than before: output
 the task could not send (a full socket) is sent by the loop as soon as the
 lock is free. Everything else keeps waitress's own answer.
 
+``FramingParser`` closes the connection after answering a request that
+carries both ``Transfer-Encoding`` and ``Content-Length`` (RFC 9112, section
+6.3: the transfer coding wins, and the connection must be closed after the
+response), so a proxy that forwards both cannot smuggle a second request
+behind the body it framed differently.
+
 Layer: the serving layer; ``server`` and ``control`` use it on every waitress
 server they make, and the benchmark's waitress contenders run on it too.
 """
@@ -29,11 +35,26 @@ from typing import Any
 
 import waitress
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.server import BaseWSGIServer
+
+
+class FramingParser(HTTPRequestParser):  # type: ignore[misc]  # waitress ships no type information
+    """waitress's request parser, closing the connection after a request framed two ways."""
+
+    def parse_header(self, header_plus: bytes) -> None:
+        super().parse_header(header_plus)
+        if self.chunked and "CONTENT_LENGTH" in self.headers:
+            # The body was read by its chunks (Transfer-Encoding wins); answer,
+            # then close: the next bytes cannot be trusted to start a request.
+            self.connection_close = True
+            self.headers["CONNECTION"] = "close"
 
 
 class WaitingChannel(HTTPChannel):  # type: ignore[misc]  # waitress ships no type information
     """An ``HTTPChannel`` that does not poll for writability while its task is flushing."""
+
+    parser_class = FramingParser
 
     def writable(self) -> bool:
         if not self.total_outbufs_len or self.will_close or self.close_when_flushed:

@@ -190,6 +190,8 @@ class SessionMiddleware:
             ending = self.core.refuse(exc, where=where, request=scope)
             answer = self._own_answer(ending)
         self.core.report(ending)
+        if _framed_two_ways(scope):
+            answer = _closing(answer)
         await _send_all(send, answer)
 
     async def _run_attempts(self, scope: dict[str, Any], receive: Receive, send: Send,
@@ -408,6 +410,27 @@ def _publish_error_messages(exc: PublishError) -> list[Message]:
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
                *exc.headers]
     return plain_messages(exc.status, headers, body)
+
+
+def _framed_two_ways(scope: dict[str, Any]) -> bool:
+    """Whether the request carried both Transfer-Encoding and Content-Length (RFC 9112, 6.3)."""
+    names = {name.lower() for name, _value in scope.get("headers", ())}
+    return b"transfer-encoding" in names and b"content-length" in names
+
+
+def _closing(messages: list[Message]) -> list[Message]:
+    """*messages* with ``Connection: close`` on their response start: the server closes after it.
+
+    A request framed two ways may hide a second one behind the body a proxy
+    framed differently; after answering it the connection is not trusted.
+    """
+    closing = []
+    for message in messages:
+        if message["type"] == "http.response.start":
+            headers = [(n, v) for n, v in message.get("headers", ()) if bytes(n).lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        closing.append(message)
+    return closing
 
 
 async def _send_all(send: Send, messages: list[Message]) -> None:
