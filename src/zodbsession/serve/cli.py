@@ -9,6 +9,7 @@ status 2, never a traceback.
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import logging
 import os
@@ -18,12 +19,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 import click
 from ZEO.Exceptions import ClientDisconnected
 
 from zodbsession.config import Settings, load_settings
-from zodbsession.core.db import file_locks
+from zodbsession.core.db import file_locks, file_path, redact_uri
 from zodbsession.core.errors import ConfigError, DatabaseLocked, ZodbSessionError
 from zodbsession.core.manager import SessionManager
 from zodbsession.ops import maintenance
@@ -83,11 +85,43 @@ def _database(config_path: str | None, *, read_only: bool = False
     # A record that cannot be loaded is the command's to report (verify lists
     # it); ZODB.Connection would print a raw traceback for it first.
     logging.getLogger("ZODB.Connection").setLevel(logging.CRITICAL)
+    _require_existing(settings, config_path)
     db = settings.open_db(read_only=read_only)
     try:
         yield db, settings.session_manager()
     finally:
         db.close()
+
+
+def _require_existing(settings: Settings, config_path: str | None) -> None:
+    """Refuse, in one line, a database that does not exist: a maintenance command never makes one.
+
+    Opening a file:// URI (or RelStorage's SQLite directory) creates an empty
+    database; ``stats`` run in the wrong directory then reported "live
+    sessions 0" and left a stray ``var/Data.fs`` behind. Only ``serve`` and
+    ``zeo`` create databases, and they log it.
+    """
+    for key, uri in (("storage.uri", settings.storage.uri),
+                     ("storage.sessions_uri", settings.storage.sessions_uri)):
+        missing = _missing_path(uri) if uri else None
+        if missing is not None:
+            raise ConfigError(key, f"no database at {os.path.abspath(missing)} (looked for "
+                              f"{redact_uri(uri)}, config {config_path or _default_config_name()}); "
+                              "maintenance commands never create one: run it where the database is, "
+                              "give --config or ZODBSESSION_STORAGE_URI, or start `zodbsession serve` "
+                              "to create it")
+
+
+def _missing_path(uri: str) -> str | None:
+    """The file or directory *uri* would create on opening, when it does not exist yet."""
+    path = file_path(uri)
+    if path is not None:
+        return None if os.path.exists(path) else path
+    if uri.startswith(("sqlite://", "sqlite3://")):
+        data_dir = parse_qs(urlsplit(uri).query).get("data_dir", [None])[0]
+        if data_dir and not glob.glob(os.path.join(glob.escape(data_dir), "*.sqlite3")):
+            return data_dir
+    return None
 
 
 class _LocalBackend:
