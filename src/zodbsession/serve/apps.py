@@ -13,6 +13,7 @@ WSGI; ``--asgi`` forces ASGI for the applications that hide it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
@@ -96,6 +97,7 @@ def load_app(spec: str, *, key: str = "server.app", asgi: bool = False) -> Loade
     factory fails, or when the object is a factory left uncalled.
     """
     app = resolve(spec, key)
+    _refuse_wrapped(app, spec, key)
     if asgi or is_asgi(app):
         return LoadedApp(app, "asgi", spec)
     if not _accepts(app, 2):
@@ -103,6 +105,30 @@ def load_app(spec: str, *, key: str = "server.app", asgi: bool = False) -> Loade
                           f"nor as an ASGI app (scope, receive, send); if it is a factory that "
                           f"returns the app, write {spec.removesuffix('()')}() to call it")
     return LoadedApp(app, "wsgi", spec)
+
+
+def _refuse_wrapped(app: Any, spec: str, key: str) -> None:
+    """Refuse, in one line, an application already inside a publisher or middleware of its own.
+
+    ``serve`` opens the database of its settings and wraps the application
+    itself; an application that brings its own ``SessionPublisher`` (the
+    README's ``make_application()``) has already opened its database, so the
+    server's own opening then failed with "var/Data.fs is in use by another
+    process", naming no culprit. Its database is closed before the error.
+    """
+    from zodbsession.web.asgi import SessionMiddleware
+    from zodbsession.web.wsgi.publisher import SessionPublisher
+
+    if not isinstance(app, SessionPublisher | SessionMiddleware):
+        return
+    with contextlib.suppress(Exception):
+        app.db.close()
+    module, _, name = spec.removesuffix("()").partition(":")
+    raise ConfigError(key, f"{spec!r} is already a {type(app).__name__} with a database of its own; "
+                      f"serve opens the database of its settings and wraps the application itself: "
+                      f"give it the bare application (--app {module}:app, or a factory that returns "
+                      f"the app unwrapped), or serve this one with another server "
+                      f"(waitress-serve --call {module}:{name})")
 
 
 def _accepts(app: Any, count: int) -> bool:
