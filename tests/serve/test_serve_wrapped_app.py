@@ -56,6 +56,6 @@ def test_an_already_wrapped_app_is_one_line_saying_what_to_pass(tmp_path, spec, 
 
 def test_the_bare_app_of_the_same_module_is_served(tmp_path):
     (tmp_path / "mymodule.py").write_text(MYMODULE)
-    with ServerProcess(tmp_path, {}, "--app", "mymodule:app") as server:
-        with urllib.request.urlopen(f"{server.url}/", timeout=30) as answer:
-            assert answer.read() == b"count: 0"
+    with ServerProcess(tmp_path, {}, "--app", "mymodule:app") as server, \
+            urllib.request.urlopen(f"{server.url}/", timeout=30) as answer:
+        assert answer.read() == b"count: 0"

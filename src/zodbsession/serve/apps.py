@@ -14,14 +14,20 @@ WSGI; ``--asgi`` forces ASGI for the applications that hide it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import inspect
+import logging
 import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from zodbsession.config import Settings
+from zodbsession.core.db import redact_uri
 from zodbsession.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: Which front door an application needs: the WSGI publisher or the ASGI middleware.
 Interface = Literal["wsgi", "asgi"]
@@ -105,6 +111,43 @@ def load_app(spec: str, *, key: str = "server.app", asgi: bool = False) -> Loade
                           f"nor as an ASGI app (scope, receive, send); if it is a factory that "
                           f"returns the app, write {spec.removesuffix('()')}() to call it")
     return LoadedApp(app, "wsgi", spec)
+
+
+def adopt_app_settings(settings: Settings, app: Any) -> Settings:
+    """*settings* with what an application's own session settings replace, said in one log line.
+
+    A Flask app with ``zodbsession.flask`` keeps its database
+    (``ZODBSESSION_URI``), cookie (``SESSION_COOKIE_*``) and timeouts in its
+    configuration; under another server its own publisher uses them, so
+    ``serve`` uses them too: the same cookie name and the same database under
+    any server, and moving between servers logs nobody out. The extension
+    says what it needs through ``server_settings()``; nothing is imported.
+    """
+    extensions = getattr(app, "extensions", None)
+    state = extensions.get("zodbsession") if isinstance(extensions, dict) else None
+    wanted = getattr(state, "server_settings", None)
+    if not callable(wanted):
+        return settings
+    changes: dict[str, dict[str, Any]] = {}
+    said: list[str] = []
+    for key, (value, source) in wanted().items():
+        section, _, field = key.partition(".")
+        current = getattr(getattr(settings, section), field)
+        if current == value:
+            continue
+        changes.setdefault(section, {})[field] = value
+        if key == "storage.sessions_uri" and not current:
+            continue
+        shown, was = (redact_uri(value) if key.startswith("storage.") and value else value,
+                      redact_uri(current) if key.startswith("storage.") and current else current)
+        said.append(f"{source} {shown!r} over {key} {was!r}")
+    if not changes:
+        return settings
+    log.info("the Flask app's own settings win over zodbsession's, so that it has one cookie and one "
+             "database under any server: %s", "; ".join(said))
+    return dataclasses.replace(settings, **{
+        section: dataclasses.replace(getattr(settings, section), **fields)
+        for section, fields in changes.items()})
 
 
 def _refuse_wrapped(app: Any, spec: str, key: str) -> None:
