@@ -424,18 +424,26 @@ def stats(db: DB, manager: SessionManager) -> Stats:
     meanwhile (``live_sessions`` is ``stored - expired``).
     """
     now = manager.clock()
-    cached = {name: database.cacheSize() for name, database in db.databases.items()}
     with connection(db) as conn:
         stored = in_transaction(conn, partial(_stored, conn, manager), write=False)
         expired = _count_expired(conn, manager, now)
         users = _count_users(conn, manager)
+        last_packs = {name: in_transaction(conn, partial(_last_pack, conn, name), write=False)
+                      for name in db.databases}
+        # Counted once this command's own reads are out of the cache: the
+        # connection it borrowed is a pooled one, whose warm cache the walks
+        # above emptied; counted before them, each run reported a figure the
+        # run itself then changed, and two runs a second apart disagreed.
+        for name in db.databases:
+            conn.get_connection(name).cacheMinimize()
+        cached = {name: database.cacheSize() for name, database in db.databases.items()}
         databases = tuple(
             DatabaseStats(
                 name=name,
                 storage_class=class_name(database.storage),
                 storage_name=str(database.storage.getName()),
                 size_bytes=int(database.getSize()),
-                last_pack=in_transaction(conn, partial(_last_pack, conn, name), write=False),
+                last_pack=last_packs[name],
                 cached_objects=cached[name],
             )
             for name, database in sorted(db.databases.items())
