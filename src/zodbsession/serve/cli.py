@@ -293,8 +293,13 @@ def pack(config_path: str | None, days: float, database: str | None) -> None:
     """Pack a database, dropping old revisions and unreachable objects."""
     with _backend(config_path) as backend:
         result = backend.run("pack", days=days, database=database)
-    click.echo(f"packed {result['database']} ({result['path'] or result['storage_class']}): "
-               f"{result['size_before']} -> {result['size_after']} bytes in {result['duration']:.2f} s")
+    where = f"packed {result['database']} ({result['path'] or result['storage_class']})"
+    if result.get("size_note"):  # a relational database's size: no measure of what the pack freed
+        click.echo(f"{where} in {result['duration']:.2f} s; size {result['size_before']} -> "
+                   f"{result['size_after']} bytes, {result['size_note']}")
+        return
+    click.echo(f"{where}: {result['size_before']} -> {result['size_after']} bytes in "
+               f"{result['duration']:.2f} s")
 
 
 @main.command()
