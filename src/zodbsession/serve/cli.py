@@ -17,9 +17,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 from ZEO.Exceptions import ClientDisconnected
@@ -66,12 +67,44 @@ def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 def _settings(config_path: str | None, overrides: dict[str, Any] | None = None) -> Settings:
     settings = load_settings(config_path, overrides=overrides,
                              overrides_source="the command line")
-    logging.basicConfig(
-        level=settings.logging.level,
-        # The pid tells apart the lines of several workers and servers.
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    # The pid tells apart the lines of several workers and servers.
+    handler.setFormatter(StartZoneFormatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.logging.level, handlers=[handler])
     return settings
+
+
+class StartZoneFormatter(logging.Formatter):
+    """Log times in the time zone the process started in, whatever later changes ``TZ``.
+
+    Django applies its ``TIME_ZONE`` setting (by default America/Chicago) to
+    the whole process when its settings load (``os.environ["TZ"]``,
+    ``time.tzset()``): the server's log times jumped to Chicago's as soon as
+    a Django app was imported. The zone is read once, here: ``TZ`` if set,
+    else the system's ``/etc/localtime``, else the current UTC offset.
+    """
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self.zone = _start_zone()
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        moment = datetime.fromtimestamp(record.created, self.zone)
+        if datefmt:
+            return moment.strftime(datefmt)
+        return f"{moment:%Y-%m-%d %H:%M:%S},{int(record.msecs):03d}"
+
+
+def _start_zone() -> tzinfo:
+    name = os.environ.get("TZ", "").lstrip(":")
+    try:
+        if name:
+            return ZoneInfo(name)
+        with open("/etc/localtime", "rb") as localtime:
+            return ZoneInfo.from_file(localtime)
+    except (OSError, ValueError, ZoneInfoNotFoundError):
+        zone = datetime.now().astimezone().tzinfo
+        return zone if zone is not None else UTC
 
 
 @contextmanager
