@@ -75,6 +75,8 @@ def run_zeo(settings: Settings, *, on_ready: Callable[[StorageServer], None] | N
     paths = [settings.zeo.storage, settings.zeo.sessions_storage]
     missing = [os.path.abspath(path) for path in paths if path and not os.path.exists(path)]
     storages = _open_storages(settings)
+    for path in missing:  # only serve and zeo create databases, and they say so
+        log.info("created a new, empty database at %s", path)
     try:
         server = _create_server(address, storages)
     except BaseException:
@@ -86,8 +88,6 @@ def run_zeo(settings: Settings, *, on_ready: Callable[[StorageServer], None] | N
             f"storage {name!r} = {storage.getName()} ({client_uri(address, name)})"
             for name, storage in storages.items()
         )
-        for path in missing:  # only serve and zeo create databases, and they say so
-            log.info("created a new, empty database at %s", path)
         log.info("ZEO server listening on %s (pid %d): %s", describe(address), os.getpid(), served)
         loop = server.acceptor.event_loop
         for sig in (signal.SIGTERM, signal.SIGINT):
