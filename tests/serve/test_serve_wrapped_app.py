@@ -40,7 +40,7 @@ MYMODULE = textwrap.dedent('''
 
 @pytest.mark.parametrize(("spec", "kind", "hint"), [
     ("mymodule:make_application()", "SessionPublisher", "waitress-serve --call mymodule:make_application"),
-    ("mymodule:make_asgi()", "SessionMiddleware", "waitress-serve --call mymodule:make_asgi"),
+    ("mymodule:make_asgi()", "SessionMiddleware", "uvicorn --factory mymodule:make_asgi"),
 ])
 def test_an_already_wrapped_app_is_one_line_saying_what_to_pass(tmp_path, spec, kind, hint):
     (tmp_path / "mymodule.py").write_text(MYMODULE)

@@ -167,11 +167,12 @@ def _refuse_wrapped(app: Any, spec: str, key: str) -> None:
     with contextlib.suppress(Exception):
         app.db.close()
     module, _, name = spec.removesuffix("()").partition(":")
+    other = (f"waitress-serve --call {module}:{name}" if isinstance(app, SessionPublisher)
+             else f"uvicorn --factory {module}:{name}")
     raise ConfigError(key, f"{spec!r} is already a {type(app).__name__} with a database of its own; "
                       f"serve opens the database of its settings and wraps the application itself: "
                       f"give it the bare application (--app {module}:app, or a factory that returns "
-                      f"the app unwrapped), or serve this one with another server "
-                      f"(waitress-serve --call {module}:{name})")
+                      f"the app unwrapped), or serve this one with another server ({other})")
 
 
 def _accepts(app: Any, count: int) -> bool:
