@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import io
 import shutil
 import sys
-import wsgiref.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import transaction
@@ -34,26 +31,7 @@ KITS = str(Path(__file__).resolve().parent / "kits")
 if KITS not in sys.path:
     sys.path.insert(0, KITS)
 
-#: A moment far from zero and from any slot edge, so slot arithmetic is exercised.
-EPOCH = 1_700_000_000.0
-
-
-class FakeClock:
-    """A clock the test moves by hand; call it to read the time."""
-
-    def __init__(self, now: float = EPOCH) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
-
-    def set(self, now: float) -> float:
-        self.now = now
-        return now
+from sharedkit import BROWSER_WAIT, EPOCH, FakeClock, wsgi_call  # noqa: E402, F401  (re-exported)
 
 
 class LoadCounter:
@@ -181,28 +159,8 @@ def env(tmp_path):
     }
 
 
-def wsgi_call(app: Any, path: str = "/", *, method: str = "GET", cookie: str | None = None,
-         ) -> tuple[str, dict[str, str], bytes]:
-    """One in-process WSGI request; returns status, headers (last of each name) and body."""
-    environ: dict[str, Any] = {"REQUEST_METHOD": method, "PATH_INFO": path}
-    wsgiref.util.setup_testing_defaults(environ)
-    environ["wsgi.input"] = io.BytesIO(b"")
-    if cookie is not None:
-        environ["HTTP_COOKIE"] = cookie
-    answer: dict[str, Any] = {}
-
-    def start_response(status, headers, exc_info=None):
-        answer["status"], answer["headers"] = status, dict(headers)
-        return lambda data: None
-
-    body = b"".join(app(environ, start_response))
-    return answer["status"], answer["headers"], body
-
-
 # -- a real headless browser ---------------------------------------------------------
 
-#: Upper bound, in seconds, of every browser wait: page loads, element look-ups.
-BROWSER_WAIT = 10
 
 #: Chromium's own background traffic is turned off: this machine reaches no
 #: network but loopback, and without these flags its connections are refused.

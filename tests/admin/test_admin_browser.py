@@ -24,8 +24,7 @@ from typing import Any
 
 import pytest
 from serverproc import Client, ServerProcess
-
-from conftest import BROWSER_WAIT as WAIT
+from sharedkit import BROWSER_WAIT as WAIT
 
 TOKEN = "browser-test-admin-token"
 SCREENSHOT_COPY = Path("/tmp/admin-screenshot.png")

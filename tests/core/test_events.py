@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import transaction
 import webtest
+from sharedkit import FakeClock
 from ZODB import DB
 from ZODB.MappingStorage import MappingStorage
 from ZODB.POSException import ConflictError
 
-from conftest import FakeClock
 from zodbsession import SessionManager, SessionPublisher
 from zodbsession.core.observe import Observer, SessionEvent
 from zodbsession.ops import maintenance

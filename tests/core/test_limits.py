@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import transaction
 from persistent.list import PersistentList
+from sharedkit import FakeClock as Clock
+from sharedkit import wsgi_call as call
 from ZODB import DB
 
-from conftest import FakeClock as Clock
-from conftest import wsgi_call as call
 from zodbsession import SessionManager, SessionPublisher
 from zodbsession.core.errors import (
     ConfigError,

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 from serverproc import ServerProcess
-
-from conftest import BROWSER_WAIT as WAIT
+from sharedkit import BROWSER_WAIT as WAIT
 
 
 @pytest.fixture

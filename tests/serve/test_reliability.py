@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import pytest
 import transaction
 from serverproc import Client, ServerProcess, ZeoProcess, run_cli
+from sharedkit import wsgi_call
 from stresskit import Writer, assert_sound, counter_app_env, run_writers
 from ZODB import DB
 from ZODB.FileStorage import FileStorage
 
-from conftest import wsgi_call
 from zodbsession import SessionManager, SessionPublisher
 from zodbsession.core.store import ROOT_KEY
 

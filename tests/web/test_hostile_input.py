@@ -29,10 +29,10 @@ import transaction
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from serverproc import Client, ServerProcess, run_cli
+from sharedkit import EPOCH, FakeClock
 from ZODB import DB
 from ZODB.FileStorage import FileStorage
 
-from conftest import EPOCH, FakeClock
 from zodbsession import SessionManager, SessionPublisher
 from zodbsession.core.session import SESSION_ID_BYTES, new_session_id
 from zodbsession.core.store import ROOT_KEY

@@ -14,8 +14,8 @@ import threading
 from typing import Any
 
 import pytest
+from sharedkit import wsgi_call
 
-from conftest import wsgi_call
 from zodbsession.core.store import get_container
 from zodbsession.web.cookies import CookiePolicy
 from zodbsession.web.wsgi.publisher import SessionPublisher
