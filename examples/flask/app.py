@@ -73,7 +73,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         ZODBSESSION_URI=os.environ.get("ZODBSESSION_STORAGE_URI", "file://var/Data.fs"),
     )
     app.config.update(config or {})
-    ZODBSession(app)  # opens nothing yet: under `zodbsession serve` the server's database is used
+    ZODBSession(app)  # opens nothing yet; `zodbsession serve` opens the same ZODBSESSION_URI
 
     @app.get("/")
     def index() -> str:

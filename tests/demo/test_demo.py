@@ -152,6 +152,20 @@ def test_fail_answers_500_and_rolls_back_session_and_app_data(browser, publisher
     assert (shown(page, "count"), shown(page, "increments")) == ("1", "1")
 
 
+def test_the_fail_button_answers_the_demo_page_with_the_message_and_the_counters_kept(browser, publisher):
+    """Not the publisher's bare "internal server error": the page, the failure said, what stayed."""
+    browser.post("/api/counter")
+    response = browser.post("/fail", expect_errors=True)
+    assert response.status == "500 Internal Server Error"
+    assert response.content_type == "text/html"
+    assert "zodbsession demo" in response.text
+    error = response.html.find(id="error").get_text()
+    assert "failing on purpose after incrementing the counter to 2" in error
+    assert "rolled its transaction back" in error
+    assert (shown(response, "count"), shown(response, "increments")) == ("1", "1")  # what stays
+    assert browser.get("/api/session").json["data"]["count"] == 1
+
+
 def test_fail_without_a_session_stores_none_and_sets_no_cookie(browser, publisher):
     response = browser.post("/fail", expect_errors=True)
     assert response.status_int == 500

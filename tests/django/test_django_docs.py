@@ -79,3 +79,12 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, *args, **kwargs):
         return None
+
+
+def test_every_session_and_message_setting_the_example_uses_is_on_the_page():
+    """The example's settings.py sets MESSAGE_STORAGE; the page's settings table omitted it."""
+    example = PAGE.parents[1] / "examples" / "django" / "shop" / "settings.py"
+    used = re.findall(r"^((?:SESSION|MESSAGE|ZODBSESSION)_\w+)\s*=", example.read_text(), re.M)
+    assert "MESSAGE_STORAGE" in used
+    text = PAGE.read_text()
+    assert [name for name in used if f"`{name}" not in text] == []

@@ -144,3 +144,17 @@ def test_the_examples_own_test_client_suite_passes(site):
     path, env = site
     result = manage(path, env, "test", "shop", "--verbosity=1")
     assert "OK" in result.stderr
+
+
+def test_clearsessions_while_the_server_holds_the_file_is_one_line(site, server):
+    """``manage.py clearsessions`` next to a running ``zodbsession serve``: no DatabaseLocked traceback."""
+    path, env = site
+    result = subprocess.run([sys.executable, "manage.py", "clearsessions"], cwd=path,
+                            env={**os.environ, **env}, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("CommandError: var/Data.fs is in use by another process"), line
+    assert "`zodbsession expire`" in line
+    expired = run_cli("expire", env=env, cwd=path)  # the way that works: through the control socket
+    assert expired.returncode == 0 and "expired" in expired.stdout, expired.stderr

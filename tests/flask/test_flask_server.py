@@ -60,7 +60,8 @@ def test_session_and_app_data_commit_and_abort_together_under_the_server(server)
     assert get(client, "/raise-redirect/colour/green")[1] == "green|green"  # the 303 is followed
 
 
-def test_flask_cookie_settings_give_way_to_the_servers(server):
+def test_the_flask_cookie_settings_win_over_the_servers(server):
+    """As under any other server (tests/flask/test_flask_two_servers.py): Flask's cookie name."""
     client = Client(server)
     get(client, "/put/k/v")
-    assert [cookie.name for cookie in client.jar] == ["zodbsession"]  # the server's [cookie] name
+    assert [cookie.name for cookie in client.jar] == ["session"]  # SESSION_COOKIE_NAME's default

@@ -403,3 +403,17 @@ def test_revoke_all_retries_a_batch_that_conflicts_with_a_request(db, manager):
     assert len(worker.meddled) == 1
     assert calls == [5, 10, 12]
     assert stored_ids(db, manager) == set()
+
+
+def test_stats_reports_the_same_cached_objects_twice_in_a_row(db, manager):
+    """The count used to be taken before stats' own walks, which then emptied the pooled
+    connection they borrowed: each run changed the figure the next one reported."""
+    with db.transaction() as conn:
+        for _ in range(50):
+            manager.new(conn)["x"] = 1
+    with db.transaction() as conn:  # a request's connection, back in the pool with a warm cache
+        container = manager.container(conn)
+        assert sum(len(session) for session in container.sessions.values()) == 50
+    first = maintenance.stats(db, manager).databases[0].cached_objects
+    second = maintenance.stats(db, manager).databases[0].cached_objects
+    assert first == second

@@ -7,6 +7,7 @@ ZEO's own ``StorageServer`` where a test needs to reach inside the publisher.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -103,6 +104,40 @@ def test_zeo_on_an_address_in_use_exits_2_in_one_line(tmp_path):
     assert last.startswith(f"zodbsession: zeo.address: cannot listen on 127.0.0.1:{port}")
     assert "address already in use" in last
     assert "Traceback" not in result.stderr
+
+
+def test_a_zeo_server_that_cannot_bind_leaves_no_event_loop_for_the_exit_to_close():
+    """The cause of a stray "Exception ignored in BaseEventLoop.__del__" after the one line.
+
+    ZEO's Acceptor makes an event loop and then fails to bind; the loop stays
+    reachable from the exception the CLI holds while it exits, and was closed
+    by the garbage collector at interpreter shutdown, after its self-pipe.
+    It must already be closed when the error reaches the CLI.
+    """
+    from ZODB.MappingStorage import MappingStorage
+
+    from zodbsession.core.errors import ConfigError
+    from zodbsession.serve import zeo as zeo_module
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ConfigError) as raised:
+            zeo_module._create_server(("127.0.0.1", taken.getsockname()[1]), {"1": MappingStorage()})
+    held = raised.value  # as the CLI holds it while it exits
+    loops = [frame_value for frame_value in _locals_of(held)
+             if isinstance(frame_value, asyncio.AbstractEventLoop)]
+    assert loops, "the failed Acceptor's loop is still reachable from the exception"
+    assert all(loop.is_closed() for loop in loops)
+
+
+def _locals_of(exc: BaseException):
+    while exc is not None:
+        traceback = exc.__traceback__
+        while traceback is not None:
+            yield from traceback.tb_frame.f_locals.values()
+            traceback = traceback.tb_next
+        exc = exc.__context__
 
 
 def test_zeo_on_a_file_a_running_server_holds_exits_2_in_one_line(tmp_path):

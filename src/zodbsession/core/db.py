@@ -24,9 +24,11 @@ the stock FileStorage.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
+import weakref
 from collections.abc import Iterator
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode
@@ -98,7 +100,30 @@ def open_db(
         except BaseException:
             main.close()
             raise
+    close_at_exit(main)
     return main
+
+
+def close_at_exit(db: DB) -> None:
+    """Close *db* and its multi-database siblings when the interpreter exits, if nobody did.
+
+    A FileStorage left open writes no index, so the next start logs "Ignoring
+    index" and reads the whole file again. Servers that never close what the
+    application opened (pserve, ``waitress-serve --call``) leave it to this,
+    on Ctrl-C or a normal exit (not on a SIGTERM, which they do not handle).
+    ``DB.close()`` is idempotent, and the weak reference keeps a database
+    closed and dropped before collectable.
+    """
+    ref = weakref.ref(db)
+
+    def close() -> None:
+        database = ref()
+        if database is not None:
+            for each in set(database.databases.values()):
+                with contextlib.suppress(Exception):
+                    each.close()
+
+    atexit.register(close)
 
 
 def _open_one(

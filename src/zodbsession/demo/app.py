@@ -196,6 +196,20 @@ def show_page(environ: Environ) -> Answer:
     return "200 OK", HTML, html.encode("utf-8")
 
 
+def _page_as_before(environ: Environ) -> Callable[[str], str]:
+    """The page as it is before this request changes anything, awaiting its error message.
+
+    What ``POST /fail`` answers: the publisher aborts the request's changes
+    (the answer is a 5xx), so the page must show what stays, not what the
+    failed request had written.
+    """
+    session = _session(environ)
+    shown = {"count": session.get("count", 0), "user": session.user_id,
+             "session_prefix": None if session.is_new else session.id[:8],
+             "increments": _increments(environ)}
+    return lambda error: render_page(**shown, flash=None, error=error)
+
+
 def press_increment(environ: Environ) -> Answer:
     """``POST /counter``: increment, leave a flash message, redirect to ``/``."""
     count = _increment(environ)
@@ -204,7 +218,24 @@ def press_increment(environ: Environ) -> Answer:
 
 
 def press_fail(environ: Environ) -> Answer:
-    """``POST /fail``: increment, then raise; the publisher aborts both changes."""
+    """``POST /fail``: increment, fail, and answer 500 with the demo page and what happened.
+
+    The answer being a 5xx, the publisher aborts both increments (its commit
+    veto), as it would for the exception itself; the page then shows the
+    counters as they stay, with the failure's message, instead of the
+    publisher's bare "internal server error" for an exception.
+    """
+    page = _page_as_before(environ)
+    try:
+        _fail(environ)
+    except DemoFailure as failure:
+        message = (f"The request failed ({failure}), so the publisher rolled its transaction back: "
+                   "neither the session's counter nor the increments by everyone changed.")
+        return "500 Internal Server Error", HTML, page(message).encode("utf-8")
+    raise AssertionError("unreachable: _fail always raises")
+
+
+def _fail(environ: Environ) -> None:
     count = _increment(environ)
     raise DemoFailure(f"failing on purpose after incrementing the counter to {count}")
 
@@ -238,8 +269,9 @@ def api_counter(environ: Environ) -> Answer:
 
 
 def api_fail(environ: Environ) -> Answer:
-    """``POST /api/fail``: increment, then raise; nothing survives."""
-    return press_fail(environ)
+    """``POST /api/fail``: increment, then raise; nothing survives (the publisher's 500)."""
+    _fail(environ)
+    raise AssertionError("unreachable: _fail always raises")
 
 
 def api_login(environ: Environ) -> Answer:

@@ -22,6 +22,7 @@ form { display: inline-block; margin: .25rem .5rem .25rem 0; }
 button { font: inherit; padding: .25rem .75rem; cursor: pointer; }
 #flash { background: #e8f4e8; border: 1px solid #9c9; padding: .5rem 1rem; }
 #fail { background: #fbe9e9; }
+#error { background: #fbe9e9; border: 1px solid #c99; padding: .5rem 1rem; }
 .note { color: #555; font-size: .9rem; }
 """
 
@@ -33,9 +34,12 @@ def render_page(
     session_prefix: str | None,
     flash: str | None,
     increments: int,
+    error: str | None = None,
 ) -> str:
     """The whole page; *session_prefix* None means no session is stored yet."""
     flash_html = f'<p id="flash" role="status">{escape(flash)}</p>' if flash else ""
+    if error:
+        flash_html += f'<p id="error" role="alert">{escape(error)}</p>'
     session_html = (
         f'<code id="session-id">{escape(session_prefix)}</code>&hellip;'
         if session_prefix
@@ -74,8 +78,8 @@ rolled back together when it fails.</p>
 </form>
 <p class="note">&ldquo;Increment, then fail&rdquo; adds one to this session's counter
 and to the increments by everyone, then raises an exception. The publisher aborts
-the transaction and answers <code>500 Internal Server Error</code>. Go back and
-reload: the counter did not change, and neither did the total.</p>
+the transaction and answers <code>500 Internal Server Error</code> with this page
+and a message: the counter did not change, and neither did the total.</p>
 </section>
 
 <section>

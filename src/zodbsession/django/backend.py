@@ -25,7 +25,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
 from ZODB.Connection import Connection
 
-from zodbsession.core.errors import SessionLimitReached
+from zodbsession.core.errors import DatabaseLocked, SessionLimitReached
 from zodbsession.core.manager import SessionManager
 from zodbsession.core.session import new_session_id
 from zodbsession.core.store import SessionContainer, get_container
@@ -143,9 +143,19 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django is untyped
         """Remove every expired session (``manage.py clearsessions``), in short batches.
 
         It is the janitor's sweep, so zodbsession's own expired sessions go
-        too; see ``database.expire``.
+        too; see ``database.expire``. While a running server holds the
+        FileStorage (``zodbsession serve``), the adapter cannot reach it (the
+        control socket belongs to the server's layer): one line says so, as
+        Django's ``CommandError``, instead of a traceback.
         """
-        database.expire()
+        try:
+            database.expire()
+        except DatabaseLocked as exc:
+            from django.core.management import CommandError
+
+            raise CommandError(f"{exc} If that is `zodbsession serve`: its janitor already sweeps "
+                               "expired sessions, and `zodbsession expire` (with the same settings) "
+                               "sweeps now through the server's control socket.") from None
 
     @classmethod
     async def aclear_expired(cls) -> None:

@@ -25,8 +25,9 @@ has aborted, so that the test client and the debugger see it as usual.
 
 Under ``zodbsession serve --app`` the server's publisher already runs the
 request: the extension sees ``environ["zodbsession.session"]`` and joins it
-rather than opening a second transaction (the server's cookie settings then
-apply, not Flask's). Outside any publisher (``client.session_transaction()``,
+rather than opening a second transaction; the server takes the app's
+database, cookie and timeouts from ``ExtensionState.server_settings()``, so
+the app behaves the same under any server. Outside any publisher (``client.session_transaction()``,
 a bare ``test_request_context()``) the session interface opens a connection
 of its own and commits it in ``save_session``.
 """
@@ -108,6 +109,29 @@ class ExtensionState:
         self._app = app
         self._publisher: SessionPublisher | None = None
         self._lock = threading.Lock()
+
+    def server_settings(self) -> dict[str, tuple[Any, str]]:
+        """What a server that wraps this app itself (``zodbsession serve``) must use to match the extension.
+
+        ``{"section.field": (value, where the app says it)}``: the database
+        of ``ZODBSESSION_URI``, the cookie of ``SESSION_COOKIE_*`` and the
+        timeouts the configuration sets, so that the app keeps one cookie
+        name and one database under any server; the server says at start-up
+        which of its settings these replace.
+        """
+        wanted: dict[str, tuple[Any, str]] = {}
+        uri = _uri(self._config)
+        if uri:
+            wanted["storage.uri"] = (uri, "ZODBSESSION_URI")
+            wanted["storage.sessions_uri"] = ("", "ZODBSESSION_URI")
+        cookie = self.cookie
+        for name in ("name", "path", "domain", "secure", "httponly", "samesite"):
+            value = getattr(cookie, name)
+            wanted[f"cookie.{name}"] = ("" if value is None else value, f"SESSION_COOKIE_{name.upper()}")
+        if any(key in self._config for key, _field in _TIMEOUT_KEYS):
+            for name in ("idle_timeout", "max_lifetime", "access_resolution"):
+                wanted[f"sessions.{name}"] = (getattr(self.manager, name), f"ZODBSESSION_{name.upper()}")
+        return wanted
 
     def get_db(self) -> DB:
         """The extension's database, opened from ``ZODBSESSION_URI`` on first use."""

@@ -188,6 +188,7 @@ class PackResult(_AsDict):
     pack_time: float  # revisions older than this that nothing needs were removed
     fsynced: bool  # the packed file and its directory were fsynced
     recorded: bool  # the pack time was written to MAINTENANCE_KEY
+    size_note: str = ""  # why the sizes are not what the pack freed (a relational database's own figure)
 
 
 def _positive(name: str, value: int) -> None:
@@ -424,18 +425,26 @@ def stats(db: DB, manager: SessionManager) -> Stats:
     meanwhile (``live_sessions`` is ``stored - expired``).
     """
     now = manager.clock()
-    cached = {name: database.cacheSize() for name, database in db.databases.items()}
     with connection(db) as conn:
         stored = in_transaction(conn, partial(_stored, conn, manager), write=False)
         expired = _count_expired(conn, manager, now)
         users = _count_users(conn, manager)
+        last_packs = {name: in_transaction(conn, partial(_last_pack, conn, name), write=False)
+                      for name in db.databases}
+        # Counted once this command's own reads are out of the cache: the
+        # connection it borrowed is a pooled one, whose warm cache the walks
+        # above emptied; counted before them, each run reported a figure the
+        # run itself then changed, and two runs a second apart disagreed.
+        for name in db.databases:
+            conn.get_connection(name).cacheMinimize()
+        cached = {name: database.cacheSize() for name, database in db.databases.items()}
         databases = tuple(
             DatabaseStats(
                 name=name,
                 storage_class=class_name(database.storage),
                 storage_name=str(database.storage.getName()),
                 size_bytes=int(database.getSize()),
-                last_pack=in_transaction(conn, partial(_last_pack, conn, name), write=False),
+                last_pack=last_packs[name],
                 cached_objects=cached[name],
             )
             for name, database in sorted(db.databases.items())
@@ -552,7 +561,31 @@ def pack(db: DB, *, days: float = 0, database: str | None = None) -> PackResult:
         pack_time=pack_time,
         fsynced=fsynced,
         recorded=_record_pack(target, pack_time),
+        size_note=_size_note(storage),
     )
+
+
+#: What a RelStorage database's size says after a pack, by the module of its adapter.
+_RELATIONAL_SIZES = {
+    "postgresql": "as PostgreSQL counts it: the rows the pack removed are freed for reuse at its "
+                  "next VACUUM (autovacuum does it), and the size drops only after VACUUM FULL",
+    "mysql": "as MySQL counts it: InnoDB reuses the space of the removed rows; the size drops "
+             "only after OPTIMIZE TABLE",
+    "sqlite": "as SQLite counts it: the pages of the removed rows are reused; the file shrinks "
+              "only after VACUUM",
+    "oracle": "as Oracle counts it: the space of the removed rows is reused; it is given back "
+              "only after a segment shrink",
+}
+
+
+def _size_note(storage: Any) -> str:
+    """Why a relational database's size does not show what the pack removed; "" for the others."""
+    adapter = getattr(storage, "_adapter", None)
+    module = type(adapter).__module__ if adapter is not None else ""
+    for name, note in _RELATIONAL_SIZES.items():
+        if f".{name}." in module:
+            return note
+    return ""
 
 
 def _fsync_file_and_directory(path: str) -> bool:

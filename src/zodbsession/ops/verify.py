@@ -131,10 +131,7 @@ def _check_database(conn: Connection, name: str, database: DB, notes: list[str])
         if getattr(storage, "blob_dir", None):
             notes.append(f"{name}: blob files in {storage.blob_dir} were not checked")
     else:
-        why = (
-            f"{class_name(storage)} is not a FileStorage in this process; ZODB's file "
-            "checkers need the Data.fs itself (run verify where the file is)"
-        )
+        why = _why_no_file_checks(storage)
         outcomes += [("fstest", "skipped", [why]), ("references", "skipped", [why])]
 
     def read() -> list[_Outcome]:
@@ -151,6 +148,18 @@ def _check_database(conn: Connection, name: str, database: DB, notes: list[str])
 
     outcomes += in_transaction(conn, read, write=False)
     return outcomes
+
+
+def _why_no_file_checks(storage: Any) -> str:
+    """Why ZODB's file checkers do not apply to *storage*, and where they would, said for its kind."""
+    name = class_name(storage)
+    if hasattr(storage, "_adapter"):  # RelStorage: rows in a relational database, no file
+        return (f"{name} keeps its objects in a relational database, not in a FileStorage file: "
+                "ZODB's file checkers do not apply (check that database with its own tools)")
+    if "ClientStorage" in name:
+        return (f"{name} is a ZEO client: the FileStorage is the ZEO server's; run verify there "
+                "(on the server's file, the server stopped, or on a copy)")
+    return f"{name} is not a FileStorage: there is no file for ZODB's file checkers to read"
 
 
 def _outcome(check: str, problems: list[str]) -> _Outcome:

@@ -19,6 +19,7 @@ from ZODB import DB
 from ZODB.Connection import Connection
 
 from zodbsession.config import Settings, _build, cookie_policy
+from zodbsession.core.db import close_at_exit
 from zodbsession.core.errors import ConfigError
 from zodbsession.core.locks import KeyedLocks
 from zodbsession.core.manager import SessionManager
@@ -133,6 +134,9 @@ class ZodbSessions:
                                   "is not configured: with zodbsession.uri, give the sessions a "
                                   "database of their own with zodbsession.sessions_uri instead")
             self.db = self.settings.open_db()
+        # pserve never closes the application's database: closed at exit, its
+        # FileStorage writes its index (pyramid_zodbconn's as well).
+        close_at_exit(self.db)
         # Made once here, so that concurrent first requests don't all create it.
         with self.db.transaction() as connection:
             self.manager.container(connection)

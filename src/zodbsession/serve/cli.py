@@ -9,6 +9,7 @@ status 2, never a traceback.
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import logging
 import os
@@ -16,14 +17,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 from ZEO.Exceptions import ClientDisconnected
 
 from zodbsession.config import Settings, load_settings
-from zodbsession.core.db import file_locks
+from zodbsession.core.db import file_locks, file_path, redact_uri
 from zodbsession.core.errors import ConfigError, DatabaseLocked, ZodbSessionError
 from zodbsession.core.manager import SessionManager
 from zodbsession.ops import maintenance
@@ -64,12 +67,44 @@ def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 def _settings(config_path: str | None, overrides: dict[str, Any] | None = None) -> Settings:
     settings = load_settings(config_path, overrides=overrides,
                              overrides_source="the command line")
-    logging.basicConfig(
-        level=settings.logging.level,
-        # The pid tells apart the lines of several workers and servers.
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    # The pid tells apart the lines of several workers and servers.
+    handler.setFormatter(StartZoneFormatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.logging.level, handlers=[handler])
     return settings
+
+
+class StartZoneFormatter(logging.Formatter):
+    """Log times in the time zone the process started in, whatever later changes ``TZ``.
+
+    Django applies its ``TIME_ZONE`` setting (by default America/Chicago) to
+    the whole process when its settings load (``os.environ["TZ"]``,
+    ``time.tzset()``): the server's log times jumped to Chicago's as soon as
+    a Django app was imported. The zone is read once, here: ``TZ`` if set,
+    else the system's ``/etc/localtime``, else the current UTC offset.
+    """
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self.zone = _start_zone()
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        moment = datetime.fromtimestamp(record.created, self.zone)
+        if datefmt:
+            return moment.strftime(datefmt)
+        return f"{moment:%Y-%m-%d %H:%M:%S},{int(record.msecs):03d}"
+
+
+def _start_zone() -> tzinfo:
+    name = os.environ.get("TZ", "").lstrip(":")
+    try:
+        if name:
+            return ZoneInfo(name)
+        with open("/etc/localtime", "rb") as localtime:
+            return ZoneInfo.from_file(localtime)
+    except (OSError, ValueError, ZoneInfoNotFoundError):
+        zone = datetime.now().astimezone().tzinfo
+        return zone if zone is not None else UTC
 
 
 @contextmanager
@@ -83,11 +118,43 @@ def _database(config_path: str | None, *, read_only: bool = False
     # A record that cannot be loaded is the command's to report (verify lists
     # it); ZODB.Connection would print a raw traceback for it first.
     logging.getLogger("ZODB.Connection").setLevel(logging.CRITICAL)
+    _require_existing(settings, config_path)
     db = settings.open_db(read_only=read_only)
     try:
         yield db, settings.session_manager()
     finally:
         db.close()
+
+
+def _require_existing(settings: Settings, config_path: str | None) -> None:
+    """Refuse, in one line, a database that does not exist: a maintenance command never makes one.
+
+    Opening a file:// URI (or RelStorage's SQLite directory) creates an empty
+    database; ``stats`` run in the wrong directory then reported "live
+    sessions 0" and left a stray ``var/Data.fs`` behind. Only ``serve`` and
+    ``zeo`` create databases, and they log it.
+    """
+    for key, uri in (("storage.uri", settings.storage.uri),
+                     ("storage.sessions_uri", settings.storage.sessions_uri)):
+        missing = _missing_path(uri) if uri else None
+        if missing is not None:
+            raise ConfigError(key, f"no database at {os.path.abspath(missing)} (looked for "
+                              f"{redact_uri(uri)}, config {config_path or _default_config_name()}); "
+                              "maintenance commands never create one: run it where the database is, "
+                              "give --config or ZODBSESSION_STORAGE_URI, or start `zodbsession serve` "
+                              "to create it")
+
+
+def _missing_path(uri: str) -> str | None:
+    """The file or directory *uri* would create on opening, when it does not exist yet."""
+    path = file_path(uri)
+    if path is not None:
+        return None if os.path.exists(path) else path
+    if uri.startswith(("sqlite://", "sqlite3://")):
+        data_dir = parse_qs(urlsplit(uri).query).get("data_dir", [None])[0]
+        if data_dir and not glob.glob(os.path.join(glob.escape(data_dir), "*.sqlite3")):
+            return data_dir
+    return None
 
 
 class _LocalBackend:
@@ -259,8 +326,13 @@ def pack(config_path: str | None, days: float, database: str | None) -> None:
     """Pack a database, dropping old revisions and unreachable objects."""
     with _backend(config_path) as backend:
         result = backend.run("pack", days=days, database=database)
-    click.echo(f"packed {result['database']} ({result['path'] or result['storage_class']}): "
-               f"{result['size_before']} -> {result['size_after']} bytes in {result['duration']:.2f} s")
+    where = f"packed {result['database']} ({result['path'] or result['storage_class']})"
+    if result.get("size_note"):  # a relational database's size: no measure of what the pack freed
+        click.echo(f"{where} in {result['duration']:.2f} s; size {result['size_before']} -> "
+                   f"{result['size_after']} bytes, {result['size_note']}")
+        return
+    click.echo(f"{where}: {result['size_before']} -> {result['size_after']} bytes in "
+               f"{result['duration']:.2f} s")
 
 
 @main.command()

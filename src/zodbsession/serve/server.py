@@ -40,7 +40,7 @@ from zodbsession.core.errors import ConfigError, StorageUnavailable
 from zodbsession.core.manager import SessionManager
 from zodbsession.ops.janitor import Janitor
 from zodbsession.ops.lease import Lease
-from zodbsession.serve.apps import LoadedApp, load_app, resolve
+from zodbsession.serve.apps import LoadedApp, adopt_app_settings, load_app, resolve
 from zodbsession.serve.control import ControlListener, server_socket
 from zodbsession.serve.uvicorn_server import UvicornListener
 from zodbsession.serve.waitress_server import create_server
@@ -108,6 +108,7 @@ def serve(settings: Settings, *, app_spec: str | None = None, config_name: str =
     with metrics_directory(settings):  # before the app, which may import prometheus_client
         spec = app_spec or settings.server.app or DEMO_APP
         loaded = load_app(spec, asgi=settings.server.asgi)
+        settings = adopt_app_settings(settings, loaded.app)
         if settings.server.workers > 1:
             from zodbsession.serve.workers import Supervisor
 

@@ -13,6 +13,7 @@ plain ``zeo://host:port`` URI reaches it; a separate sessions FileStorage
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -71,7 +72,11 @@ def run_zeo(settings: Settings, *, on_ready: Callable[[StorageServer], None] | N
     """
     address = parse_address(settings.zeo.address)
     _clear_stale_socket(address)
+    paths = [settings.zeo.storage, settings.zeo.sessions_storage]
+    missing = [os.path.abspath(path) for path in paths if path and not os.path.exists(path)]
     storages = _open_storages(settings)
+    for path in missing:  # only serve and zeo create databases, and they say so
+        log.info("created a new, empty database at %s", path)
     try:
         server = _create_server(address, storages)
     except BaseException:
@@ -116,10 +121,29 @@ def _create_server(address: Address, storages: dict[str, Any]) -> StorageServer:
     try:
         return StorageServer(address, storages, transaction_timeout=TRANSACTION_TIMEOUT)
     except OSError as exc:
+        _close_abandoned_loops(exc)
         raise ConfigError(
             "zeo.address", f"cannot listen on {describe(address)}: {exc.strerror or exc} "
             "(is another ZEO server running there?)"
         ) from None
+
+
+def _close_abandoned_loops(exc: BaseException) -> None:
+    """Close the event loop ZEO's ``Acceptor`` made before its bind failed.
+
+    ZEO keeps no reference to it once ``StorageServer()`` raises; left open,
+    the garbage collector closes it at exit, after its self-pipe socket was
+    already collected, and prints "Exception ignored in BaseEventLoop.__del__
+    ... Invalid file descriptor: -1" after our one line. The loop is still a
+    local of the failed frames, which the traceback holds.
+    """
+    traceback = exc.__traceback__
+    while traceback is not None:
+        for value in list(traceback.tb_frame.f_locals.values()):
+            if isinstance(value, asyncio.AbstractEventLoop) and not value.is_closed() \
+                    and not value.is_running():
+                value.close()
+        traceback = traceback.tb_next
 
 
 def _on_signal(server: StorageServer, sig: int) -> None:

@@ -28,6 +28,7 @@ from ZODB import DB
 from ZODB.FileStorage import FileStorage
 from ZODB.MappingStorage import MappingStorage
 
+from zodbsession.core.errors import ConfigError
 from zodbsession.core.manager import SessionManager
 from zodbsession.testing.clients import ASGIClient, Response, SessionClient, WSGIClient, make_client
 from zodbsession.testing.scopes import (
@@ -112,9 +113,14 @@ def zodbsession_client(zodbsession_app: Any, zodbsession_db: DB,
     """A client (one browser) for ``zodbsession_app`` on ``zodbsession_db`` and ``zodbsession_manager``.
 
     An application already wrapped in a ``SessionPublisher`` or
-    ``SessionMiddleware`` keeps its own database and manager.
+    ``SessionMiddleware`` keeps its own database and manager, and so does a
+    Pyramid app with ``zodbsession.pyramid``; a Django project fails the test
+    at once, in one line naming Django's test client.
     """
-    client = make_client(zodbsession_app, zodbsession_db, manager=zodbsession_manager)
+    try:
+        client = make_client(zodbsession_app, zodbsession_db, manager=zodbsession_manager)
+    except ConfigError as exc:
+        pytest.fail(f"zodbsession_client: {exc.problem}", pytrace=False)
     yield client
     close = getattr(client, "close", None)
     if close is not None:

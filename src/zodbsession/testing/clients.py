@@ -25,6 +25,7 @@ from urllib.parse import urlencode, urlsplit
 
 from ZODB import DB
 
+from zodbsession.core.errors import ConfigError
 from zodbsession.core.manager import SessionManager
 from zodbsession.core.request_session import RequestSession
 from zodbsession.testing.scopes import as_request
@@ -282,14 +283,37 @@ class ASGIClient(SessionClient):
         return Response(f"{status} {phrase}", answer["headers"], b"".join(answer["chunks"]))
 
 
+#: Why the client cannot drive a Django project, and what does.
+DJANGO_CLIENT = (
+    "a Django application keeps Django's own session (SESSION_ENGINE = 'zodbsession.django', "
+    "cookie SESSION_COOKIE_NAME), which this client's session, session_id and login() would not "
+    "see: use Django's test client (django.test.Client) with "
+    "zodbsession.django.use_database(zodbsession_db), see docs/django.md, 'Tests'")
+
+
+def _refuse_framework_sessions(app: Any) -> None:
+    """Raise ``ConfigError`` for an application whose framework keeps a session this client cannot reach."""
+    if type(app).__module__.startswith("django.core.handlers."):
+        raise ConfigError("zodbsession_app", DJANGO_CLIENT)
+
+
 def make_client(app: Any, db: DB | None = None, *, manager: SessionManager | None = None,
                 cookie: CookiePolicy | None = None, **options: Any) -> SessionClient:
     """A client for *app*: wrapped here by the publisher (WSGI) or the middleware (ASGI).
 
     An *app* already wrapped (a ``SessionPublisher`` or ``SessionMiddleware``)
-    is used as it is, with its own database, manager and cookie policy.
+    is used as it is, with its own database, manager and cookie policy; so is
+    a Pyramid app with ``zodbsession.pyramid`` (pyramid_tm runs its
+    transaction). A Django project's WSGI or ASGI handler is refused with
+    ``ConfigError`` naming Django's test client: its session is Django's.
     Otherwise *db* is required, and *options* go to the wrapper.
     """
+    _refuse_framework_sessions(app)
+    pyramid = getattr(getattr(app, "registry", None), "zodbsession", None)
+    if pyramid is not None and getattr(pyramid, "db", None) is not None:
+        # A Pyramid app with config.include("zodbsession.pyramid"): pyramid_tm runs
+        # its transaction, on its own database; wrapping it would make a second.
+        return WSGIClient(app, pyramid.db, pyramid.manager, pyramid.cookie)
     if hasattr(app, "core") and hasattr(app, "cookie") and hasattr(app, "db"):
         wrapped = app
     else:
