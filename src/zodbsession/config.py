@@ -69,7 +69,8 @@ def parse_address(text: str) -> Address:
     return (match["ipv6"] or match["host"], int(match["port"]))
 
 
-SameSite = Literal["Lax", "Strict", "None"]
+#: "" sends no SameSite attribute (what Flask's SESSION_COOKIE_SAMESITE = None means).
+SameSite = Literal["Lax", "Strict", "None", ""]
 Secure = bool | Literal["auto"]
 
 
@@ -617,6 +618,6 @@ def cookie_policy(settings: Settings) -> CookiePolicy:
         domain=cookie.domain or None,
         secure=cookie.secure,
         httponly=cookie.httponly,
-        samesite=cookie.samesite,
+        samesite=cookie.samesite or None,
         max_age=int(settings.sessions.max_lifetime) if cookie.persistent else None,
     )

@@ -57,7 +57,8 @@ def test_moving_between_serve_and_waitress_keeps_the_cookie_and_the_database(tmp
 
 def test_settings_that_agree_are_not_mentioned(tmp_path):
     (tmp_path / "flaskapp.py").write_text(APP)
-    env = {"ZODBSESSION_STORAGE_URI": "file://shop.fs", "ZODBSESSION_COOKIE_NAME": "session"}
+    env = {"ZODBSESSION_STORAGE_URI": "file://shop.fs", "ZODBSESSION_COOKIE_NAME": "session",
+           "ZODBSESSION_COOKIE_SAMESITE": ""}  # Flask's default: no SameSite attribute
     with ServerProcess(tmp_path, env, "--app", "flaskapp:app") as server:
         assert visit(Client(server.url)) == "1"
     assert "win over zodbsession's" not in server.log()
