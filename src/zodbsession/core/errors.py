@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from transaction.interfaces import AlreadyInTransaction
+from transaction.interfaces import AlreadyInTransaction, TransientError
 
 
 class ZodbSessionError(Exception):
@@ -224,3 +224,18 @@ class RequestBodyTooLarge(ZodbSessionError, ValueError):
         self.limit = limit
         what = f"{size} bytes" if size is not None else "a chunked body"
         super().__init__(f"the request's body ({what}) exceeds max_request_body ({limit} bytes)")
+
+
+class SnapshotBehind(ZodbSessionError, TransientError):  # type: ignore[misc]
+    """A cookie named no session, and the storage holds transactions this one's snapshot lacks.
+
+    Raised on the miss path only (``freshness.catch_up``), once this process
+    has received what the storage committed: the request's next attempt
+    begins a transaction that sees it, so a session another server has just
+    created is found instead of being answered with a fresh one. A
+    ``TransientError``: the front doors retry the attempt.
+    """
+
+    def __init__(self, seen: str, newest: str) -> None:
+        super().__init__(f"the transaction's snapshot (up to {seen}) is older than the storage's "
+                         f"newest transaction ({newest}); retrying with a fresh snapshot")

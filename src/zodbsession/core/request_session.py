@@ -4,7 +4,10 @@ The publisher puts one in ``environ["zodbsession.session"]`` before the
 application runs, but looks nothing up until the application first uses it:
 an application that never touches the session pays for no lookup and no
 write. The first read finds the session named by the cookie (or starts a
-transient one); the first write stores a new one. The view also carries the
+transient one); the first write stores a new one. A cookie
+that names no session is believed only once the transaction's snapshot is
+known to be as new as the storage (``freshness.catch_up``, on that miss path
+only): read-your-writes across app servers. The view also carries the
 verbs that change what the client's cookie must say (``login``, ``rotate``,
 ``invalidate``, ``set_expiry``), which is how the publisher knows when to send
 ``Set-Cookie`` and with what ``Max-Age`` (``cookie_max_age``). ``settle``,
@@ -24,6 +27,7 @@ from transaction.interfaces import NoTransaction
 from ZODB.Connection import Connection
 
 from zodbsession.core.errors import UnsavedSessionChanges
+from zodbsession.core.freshness import catch_up
 from zodbsession.core.manager import SessionManager
 from zodbsession.core.session import ExpiryValue, Session
 from zodbsession.core.unsaved import Fingerprint, changed_keys, fingerprint
@@ -67,12 +71,11 @@ class RequestSession(MutableMapping[str, Any]):
         if self._session is None:
             session = None
             if self._cookie_id is not None and not self._invalidated:
-                # The publisher passes only well-formed cookie ids (or None).
-                session = self._manager._get_well_formed(self._connection, self._cookie_id)
-                for other_id in self._more_ids:
-                    if session is not None:
-                        break
-                    session = self._manager._get_well_formed(self._connection, other_id)
+                session = self._find_cookie_session()
+                if session is None and catch_up(self._sessions_connection()):
+                    # The snapshot was older than the storage: a session
+                    # another server just created may be there now.
+                    session = self._find_cookie_session()
             self._found = session is not None
             # Only a found session can hold a change that nothing marked: a
             # new one is stored by its first write, which marks it.
@@ -82,6 +85,23 @@ class RequestSession(MutableMapping[str, Any]):
                 self._on_abort_drop_unsaved()
             self._session = session if session is not None else self._manager.new(self._connection)
         return self._session
+
+    def _find_cookie_session(self) -> Session | None:
+        """The live session the cookie (or one of the further cookies) names, or None."""
+        # The publisher passes only well-formed cookie ids (or None).
+        assert self._cookie_id is not None
+        session = self._manager._get_well_formed(self._connection, self._cookie_id)
+        for other_id in self._more_ids:
+            if session is not None:
+                break
+            session = self._manager._get_well_formed(self._connection, other_id)
+        return session
+
+    def _sessions_connection(self) -> Connection:
+        """The connection of the database that holds the sessions."""
+        if self._manager.database is None:
+            return self._connection
+        return self._connection.get_connection(self._manager.database)
 
     def _on_abort_drop_unsaved(self) -> None:
         """Make the transaction's abort forget the in-place changes, as it forgets the marked ones."""
