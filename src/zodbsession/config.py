@@ -67,6 +67,28 @@ def parse_address(text: str) -> Address:
     return (match["ipv6"] or match["host"], int(match["port"]))
 
 
+def expand_zeo_uri(uri: str, zeo_address: str) -> str:
+    """``zeo://`` with no address (``zeo://?wait_timeout=5`` too) as the URI of *zeo_address*.
+
+    So that app servers reach the ZEO server ``zodbsession zeo`` runs from
+    the same configuration, by default its private Unix socket in ``var/``.
+    Any other URI, and an address that does not parse, is returned as it is.
+    """
+    if not uri.startswith("zeo://") or uri[len("zeo://"):].partition("?")[0] != "":
+        return uri
+    try:
+        address = parse_address(zeo_address)
+    except ValueError:
+        return uri  # the [zeo] check names the address
+    if isinstance(address, str):
+        base = f"zeo://{os.path.abspath(address)}"  # zodburi needs an absolute socket path
+    else:
+        host, port = address
+        base = f"zeo://[{host}]:{port}" if ":" in host else f"zeo://{host}:{port}"
+    query = uri.partition("?")[2]
+    return base + (f"?{query}" if query else "")
+
+
 SameSite = Literal["Lax", "Strict", "None"]
 Secure = bool | Literal["auto"]
 
@@ -171,9 +193,11 @@ class ZeoSettings:
 
     ``address`` is ``host:port`` or a Unix socket path (anything with a ``/``);
     ``storage`` and ``sessions_storage`` are FileStorage paths on the server.
+    A ``storage.uri`` (or ``sessions_uri``) of ``zeo://`` with no address,
+    query or not, means this address (``expand_zeo_uri``).
     """
 
-    address: str = "127.0.0.1:8100"
+    address: str = "var/zeo.sock"
     storage: str = "var/Data.fs"
     sessions_storage: str = ""  # "": no separate sessions storage is served
 
@@ -373,6 +397,9 @@ def _build(layers: list[tuple[str, Mapping[str, Any], bool]]) -> Settings:
         for key, value in _flatten(data, source).items():
             values[key] = _coerce(key, value, source, is_text and isinstance(value, str))
             sources[key] = source
+    for key in ("storage.uri", "storage.sessions_uri"):
+        if isinstance(values.get(key), str):
+            values[key] = expand_zeo_uri(values[key], values.get("zeo.address", ZeoSettings.address))
     sections = {}
     for section, cls in _SECTIONS.items():
         kwargs = {k.partition(".")[2]: v for k, v in values.items() if k.startswith(section + ".")}

@@ -31,6 +31,7 @@ from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ConflictError
 
 from zodbsession.core.errors import DatabaseLocked, StorageUnavailable, StorageURIError
+from zodbsession.core.private import make_private_directory, private_files, warn_if_shared
 
 #: Name of the main database in a multi-database.
 MAIN_DATABASE = "main"
@@ -93,7 +94,8 @@ def _open_one(
     options = {**uri_options, **db_options, "database_name": name, "databases": databases}
     _make_parent_directory(uri)
     for attempt in range(1, OPEN_ATTEMPTS + 1):
-        storage = _open_storage(uri, factory)
+        with private_files():  # a new Data.fs, and its lock, index and tmp files: 0600
+            storage = _open_storage(uri, factory)
         try:
             return DB(storage, **options)
         except ConflictError:
@@ -242,10 +244,15 @@ def _unavailable(uri: str) -> StorageUnavailable:
 
 
 def open_file_storage(path: str, *, read_only: bool = False) -> FileStorage:
-    """Open a FileStorage at *path*, making its directory; ``DatabaseLocked`` if held."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Open a FileStorage at *path*, making its directory; ``DatabaseLocked`` if held.
+
+    A new directory is made 0700 and a new file 0600 (``core.private``).
+    """
+    make_private_directory(os.path.dirname(os.path.abspath(path)))
+    warn_if_shared(path)
     try:
-        return FileStorage(path, read_only=read_only)
+        with private_files():
+            return FileStorage(path, read_only=read_only)
     except zc.lockfile.LockError:
         raise DatabaseLocked(
             f"{os.path.normpath(path)} is in use by another process (a server or a script "
@@ -278,9 +285,10 @@ def _make_parent_directory(uri: str) -> None:
     path = _file_path(uri)
     if not path:
         return
+    warn_if_shared(path)
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(directory, exist_ok=True)
+        make_private_directory(directory)
     except OSError as exc:
         raise StorageURIError(
             f"{uri}: cannot create the directory {directory}: {exc.strerror or exc}; create it "
