@@ -21,7 +21,7 @@ import pytest
 from serverproc import ServerProcess, ZeoProcess, run_cli, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-#: An interpreter ``nobody`` may run (the test's own lives under root's directories); the probe is stdlib only.
+#: An interpreter ``nobody`` may run (the tests' own is under root's directories): the probe is stdlib.
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin") or "/usr/bin/python3"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
@@ -107,7 +107,8 @@ def test_zeo_with_the_shipped_config_listens_on_a_private_socket_and_no_tcp_port
 def test_an_existing_shared_file_is_left_alone_with_one_warning(open_dir):
     (open_dir / "var").mkdir(mode=0o755)
     (open_dir / "var").chmod(0o755)
-    assert run_cli("stats", env={"ZODBSESSION_STORAGE_URI": "file://var/Data.fs"}, cwd=open_dir).returncode == 0
+    env = {"ZODBSESSION_STORAGE_URI": "file://var/Data.fs"}
+    assert run_cli("stats", env=env, cwd=open_dir).returncode == 0
     data = open_dir / "var" / "Data.fs"
     data.chmod(0o644)
     result = run_cli("stats", env={"ZODBSESSION_STORAGE_URI": "file://var/Data.fs"}, cwd=open_dir)

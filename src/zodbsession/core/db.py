@@ -32,6 +32,7 @@ from ZODB.POSException import ConflictError
 
 from zodbsession.core.errors import DatabaseLocked, StorageUnavailable, StorageURIError
 from zodbsession.core.private import make_private_directory, private_files, warn_if_shared
+from zodbsession.core.truncation import kept_truncations
 
 #: Name of the main database in a multi-database.
 MAIN_DATABASE = "main"
@@ -93,8 +94,12 @@ def _open_one(
     factory, uri_options = resolve(uri)
     options = {**uri_options, **db_options, "database_name": name, "databases": databases}
     _make_parent_directory(uri)
+    path = file_path(uri)
     for attempt in range(1, OPEN_ATTEMPTS + 1):
-        with private_files():  # a new Data.fs, and its lock, index and tmp files: 0600
+        # A new Data.fs, and its lock, index and tmp files: 0600; a torn tail
+        # cut off on opening: one line, its copy in truncated/.
+        with private_files(), (kept_truncations(path) if path and "read_only" not in uri
+                               else contextlib.nullcontext()):
             storage = _open_storage(uri, factory)
         try:
             return DB(storage, **options)
@@ -251,7 +256,7 @@ def open_file_storage(path: str, *, read_only: bool = False) -> FileStorage:
     make_private_directory(os.path.dirname(os.path.abspath(path)))
     warn_if_shared(path)
     try:
-        with private_files():
+        with private_files(), (contextlib.nullcontext() if read_only else kept_truncations(path)):
             return FileStorage(path, read_only=read_only)
     except zc.lockfile.LockError:
         raise DatabaseLocked(
