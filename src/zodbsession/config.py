@@ -109,7 +109,8 @@ class SessionsSettings:
     idle_timeout: float = 1800.0
     max_lifetime: float = 28800.0
     access_resolution: float = 60.0
-    max_sessions: int = 0  # 0: no limit; at the cap the least recently used anonymous one is evicted
+    max_sessions: int = 0  # 0: no limit; at the cap the least recently used one is evicted, anonymous first
+    new_per_address_per_minute: int = 60  # while max_sessions is set; 0: no budget
     max_session_bytes: int = 65536  # 0: no limit
     unsaved_changes: UnsavedPolicy = "save"  # a nested value changed in place: save, warn or error
 
@@ -287,6 +288,7 @@ class Settings:
             max_lifetime=self.sessions.max_lifetime,
             access_resolution=self.sessions.access_resolution,
             max_sessions=self.sessions.max_sessions,
+            new_per_address_per_minute=self.sessions.new_per_address_per_minute,
             max_session_bytes=self.sessions.max_session_bytes,
             unsaved_changes=self.sessions.unsaved_changes,
             database=SESSIONS_DATABASE if self.storage.sessions_uri else None,
@@ -524,6 +526,8 @@ def _validate(s: Settings) -> None:
         ("server.on_start", not srv.on_start or bool(_HOOK_SPEC.fullmatch(srv.on_start)),
          "must be 'module:callable' (e.g. 'myapp.audit:subscribe') or empty"),
         ("sessions.max_sessions", ss.max_sessions >= 0, "must be at least 0 (0: no limit)"),
+        ("sessions.new_per_address_per_minute", ss.new_per_address_per_minute >= 0,
+         "must be at least 0 (0: no budget)"),
         ("sessions.max_session_bytes", ss.max_session_bytes >= 0, "must be at least 0 (0: no limit)"),
         ("janitor.interval", s.janitor.interval >= 0, "must be at least 0 seconds (0: off)"),
         ("janitor.batch_size", s.janitor.batch_size >= 1, "must be at least 1"),

@@ -239,3 +239,22 @@ class SnapshotBehind(ZodbSessionError, TransientError):  # type: ignore[misc]
     def __init__(self, seen: str, newest: str) -> None:
         super().__init__(f"the transaction's snapshot (up to {seen}) is older than the storage's "
                          f"newest transaction ({newest}); retrying with a fresh snapshot")
+
+
+class TooManyNewSessions(SessionLimitReached):
+    """One client address started more sessions and logins this minute than its budget.
+
+    Raised before anything is stored (``budget.AddressBudget``). A kind of
+    ``SessionLimitReached``: the publisher answers 503 with ``Retry-After``
+    set to *retry_after*, the seconds until the address may start one more.
+    """
+
+    def __init__(self, address: str, per_minute: int, retry_after: int = 1) -> None:
+        self.address = address
+        self.per_minute = per_minute
+        self.stored = 0
+        self.limit = per_minute
+        self.retry_after = retry_after
+        ZodbSessionError.__init__(
+            self, f"{address} started more than {per_minute} sessions or logins in a minute "
+            "(sessions.new_per_address_per_minute)")

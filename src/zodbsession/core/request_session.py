@@ -41,14 +41,17 @@ class RequestSession(MutableMapping[str, Any]):
     well formed (``is_well_formed_id``), or None: the publisher checks it once.
     *more_ids* are further well-formed ids from cookies of the same name
     (``cookies.session_cookie_ids``), tried in order when *cookie_id* names no
-    live session; the cookie is then sent again with the one found.
+    live session; the cookie is then sent again with the one found. *client*
+    is the request's address: storing a new session and logging in are
+    charged to it (``SessionManager.new_per_address_per_minute``).
 
     Threading: belongs to the one request (thread or task) it was made for.
     """
 
     def __init__(self, manager: SessionManager, connection: Connection, cookie_id: str | None,
-                 *, more_ids: Sequence[str] = ()):
+                 *, more_ids: Sequence[str] = (), client: str | None = None):
         self._manager = manager
+        self._client = client
         self._connection = connection
         self._cookie_id = cookie_id
         self._more_ids = tuple(more_ids)
@@ -83,8 +86,18 @@ class RequestSession(MutableMapping[str, Any]):
             self._clean = False
             if self._loaded is not None:
                 self._on_abort_drop_unsaved()
-            self._session = session if session is not None else self._manager.new(self._connection)
+            if session is None:
+                session = self._manager.new(self._connection)
+                session._v_attach = self._charged(session._v_attach)
+            self._session = session
         return self._session
+
+    def _charged(self, attach: Any) -> Any:
+        """*attach*, storing the new session only once the client's budget allows it."""
+        def charged_attach(session: Session) -> None:
+            self._manager.charge_new(self._client)
+            attach(session)
+        return charged_attach
 
     def _find_cookie_session(self) -> Session | None:
         """The live session the cookie (or one of the further cookies) names, or None."""
@@ -160,6 +173,8 @@ class RequestSession(MutableMapping[str, Any]):
     def login(self, user_id: str) -> None:
         """Bind the session to *user_id*, rotating its id as a login must."""
         session = self._zodbsession_unwrap()
+        if session.is_stored:  # a new session's store is charged when it happens
+            self._manager.charge_new(self._client)
         self._manager.set_user(session, user_id)
         session.changed()  # a login is a write: store a transient session
         self.rotate()
