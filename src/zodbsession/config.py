@@ -100,6 +100,7 @@ class StorageSettings:
     uri: str = "file://var/Data.fs"
     sessions_uri: str = ""  # "": sessions live in the main database
     pool_size: int = 8
+    request_timeout: float = 10.0  # seconds a request waits for a ZEO server's answer; 0: no limit
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,7 @@ class Settings:
             sessions_uri=self.storage.sessions_uri or None,
             pool_size=self.storage.pool_size,
             read_only=read_only,
+            request_timeout=self.storage.request_timeout,
             **db_options,
         )
 
@@ -525,6 +527,7 @@ def _validate(s: Settings) -> None:
          "or empty for the demo"),
         ("server.on_start", not srv.on_start or bool(_HOOK_SPEC.fullmatch(srv.on_start)),
          "must be 'module:callable' (e.g. 'myapp.audit:subscribe') or empty"),
+        ("storage.request_timeout", s.storage.request_timeout >= 0, "must be at least 0 (0: no limit)"),
         ("sessions.max_sessions", ss.max_sessions >= 0, "must be at least 0 (0: no limit)"),
         ("sessions.new_per_address_per_minute", ss.new_per_address_per_minute >= 0,
          "must be at least 0 (0: no budget)"),

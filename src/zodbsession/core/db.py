@@ -30,6 +30,7 @@ from ZODB import DB
 from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ConflictError
 
+from zodbsession.core.deadline import bound_zeo_calls
 from zodbsession.core.errors import DatabaseLocked, StorageUnavailable, StorageURIError
 from zodbsession.core.private import make_private_directory, private_files, warn_if_shared
 from zodbsession.core.truncation import kept_truncations
@@ -55,6 +56,7 @@ def open_db(
     sessions_uri: str | None = None,
     pool_size: int | None = None,
     read_only: bool = False,
+    request_timeout: float = 0.0,
     **db_options: Any,
 ) -> DB:
     """Open the database a URI names; with *sessions_uri*, a multi-database.
@@ -71,6 +73,9 @@ def open_db(
     ``DatabaseLocked`` for a FileStorage another process has open, and
     ``StorageUnavailable`` when a ZEO server does not answer within the
     URI's ``wait_timeout`` (so opening never waits longer than that).
+
+    *request_timeout* (seconds, 0: none) bounds each later wait for a ZEO
+    server that is connected but does not answer (``core.deadline``).
     """
     if read_only:
         uri = _read_only(uri)
@@ -85,6 +90,8 @@ def open_db(
         except BaseException:
             main.close()
             raise
+    for database in databases.values():
+        bound_zeo_calls(database.storage, request_timeout)
     return main
 
 

@@ -108,8 +108,9 @@ class UncommittedChanges(ZodbSessionError, AlreadyInTransaction):  # type: ignor
 class SessionLimitReached(ZodbSessionError):
     """Storing a new session would exceed ``SessionManager.max_sessions``.
 
-    Raised by the first write to a new session when no anonymous session is
-    left to evict: every stored session belongs to a logged-in user. Sessions
+    Raised by the first write to a new session when nothing can be evicted
+    (the expiry index names no stored session), and, as ``TooManyNewSessions``,
+    when the client address is over its budget. Sessions
     already stored keep working. The publisher answers 503 with
     ``Retry-After`` set to *retry_after*, when the earliest stored session's
     deadline passes.
