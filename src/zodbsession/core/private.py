@@ -13,7 +13,8 @@ made private too. ``make_private_directory`` and ``private_files`` do the
 same for a library user who opens a database from their own code. Files and
 directories that already exist are left as they are, with one WARNING per
 path when other users can read them (``warn_if_shared``): changing an
-operator's deliberate modes would be worse than saying so.
+operator's deliberate modes would be worse than saying so (directories
+others can list are not warned about: the files in them are).
 """
 
 from __future__ import annotations
@@ -57,10 +58,13 @@ def private_files() -> Iterator[None]:
 
 
 def make_private_directory(path: str) -> None:
-    """Make *path* (and missing parents) if absent, the last one 0700; warn if an existing one is shared."""
+    """Make *path* (and missing parents) if absent, the last one 0700; an existing one is left alone.
+
+    No warning for an existing directory others can list: the files in it
+    are what matter, and each is checked on its own (``warn_if_shared``).
+    """
     path = os.path.abspath(path)
     if os.path.isdir(path):
-        warn_if_shared(path)
         return
     with private_files():
         os.makedirs(path, mode=0o700, exist_ok=True)
