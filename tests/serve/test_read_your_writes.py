@@ -188,3 +188,22 @@ def test_three_servers_on_one_zeo_200_immediate_cross_server_pairs_lose_no_sessi
                 if answer != {"count": 2}:
                     fresh.append((n, answer))
             assert fresh == []
+
+
+def test_three_servers_on_one_sqlite_relstorage_lose_no_session_across_immediate_pairs(tmp_path):
+    """RelStorage begins each transaction with a poll of the database itself: the same guarantee."""
+    pytest.importorskip("relstorage", reason="RelStorage is not installed (pip install RelStorage)")
+    env = {"ZODBSESSION_STORAGE_URI": f"sqlite://?data_dir={tmp_path / 'relstorage'}&keep_history=false",
+           "ZODBSESSION_SERVER_THREADS": "4", "ZODBSESSION_STORAGE_POOL_SIZE": "4"}
+    with ServerProcess(tmp_path, env) as s1, ServerProcess(tmp_path, env) as s2, \
+            ServerProcess(tmp_path, env) as s3:
+        servers = [s1, s2, s3]
+        fresh = []
+        for n in range(60):
+            on_a = Client(servers[n % 3].url)
+            assert on_a.json("POST", "/api/counter") == (200, {"count": 1})
+            status, answer = on_a.sharing_cookies(servers[(n + 1) % 3].url).json("POST", "/api/counter")
+            assert status == 200, answer
+            if answer != {"count": 2}:
+                fresh.append((n, answer))
+        assert fresh == []
