@@ -121,7 +121,10 @@ def listening_tcp_ports(pid: int) -> list[int]:
     """The TCP ports process *pid* listens on (from /proc: its socket inodes in LISTEN state)."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed since it was listed
+            continue
         if target.startswith("socket:["):
             inodes.add(target[len("socket:["):-1])
     ports = []
