@@ -69,6 +69,28 @@ def parse_address(text: str) -> Address:
     return (match["ipv6"] or match["host"], int(match["port"]))
 
 
+def expand_zeo_uri(uri: str, zeo_address: str) -> str:
+    """``zeo://`` with no address (``zeo://?wait_timeout=5`` too) as the URI of *zeo_address*.
+
+    So that app servers reach the ZEO server ``zodbsession zeo`` runs from
+    the same configuration, by default its private Unix socket in ``var/``.
+    Any other URI, and an address that does not parse, is returned as it is.
+    """
+    if not uri.startswith("zeo://") or uri[len("zeo://"):].partition("?")[0] != "":
+        return uri
+    try:
+        address = parse_address(zeo_address)
+    except ValueError:
+        return uri  # the [zeo] check names the address
+    if isinstance(address, str):
+        base = f"zeo://{os.path.abspath(address)}"  # zodburi needs an absolute socket path
+    else:
+        host, port = address
+        base = f"zeo://[{host}]:{port}" if ":" in host else f"zeo://{host}:{port}"
+    query = uri.partition("?")[2]
+    return base + (f"?{query}" if query else "")
+
+
 #: "" sends no SameSite attribute (what Flask's SESSION_COOKIE_SAMESITE = None means).
 SameSite = Literal["Lax", "Strict", "None", ""]
 Secure = bool | Literal["auto"]
@@ -86,6 +108,7 @@ class StorageSettings:
     # every fsync_interval seconds, and a power cut loses at most that (docs/benchmarks.md).
     fsync: FsyncPolicy = "always"
     fsync_interval: float = 1.0  # seconds, with fsync = "interval"
+    request_timeout: float = 10.0  # seconds a request waits for a ZEO server's answer; 0: no limit
 
 
 @dataclass(frozen=True)
@@ -95,7 +118,8 @@ class SessionsSettings:
     idle_timeout: float = 1800.0
     max_lifetime: float = 28800.0
     access_resolution: float = 60.0
-    max_sessions: int = 0  # 0: no limit; at the cap the least recently used anonymous one is evicted
+    max_sessions: int = 0  # 0: no limit; at the cap the least recently used one is evicted, anonymous first
+    new_per_address_per_minute: int = 60  # while max_sessions is set; 0: no budget
     max_session_bytes: int = 65536  # 0: no limit
     unsaved_changes: UnsavedPolicy = "save"  # a nested value changed in place: save, warn or error
 
@@ -189,9 +213,11 @@ class ZeoSettings:
 
     ``address`` is ``host:port`` or a Unix socket path (anything with a ``/``);
     ``storage`` and ``sessions_storage`` are FileStorage paths on the server.
+    A ``storage.uri`` (or ``sessions_uri``) of ``zeo://`` with no address,
+    query or not, means this address (``expand_zeo_uri``).
     """
 
-    address: str = "127.0.0.1:8100"
+    address: str = "var/zeo.sock"
     storage: str = "var/Data.fs"
     sessions_storage: str = ""  # "": no separate sessions storage is served
 
@@ -281,6 +307,7 @@ class Settings:
             max_lifetime=self.sessions.max_lifetime,
             access_resolution=self.sessions.access_resolution,
             max_sessions=self.sessions.max_sessions,
+            new_per_address_per_minute=self.sessions.new_per_address_per_minute,
             max_session_bytes=self.sessions.max_session_bytes,
             unsaved_changes=self.sessions.unsaved_changes,
             database=SESSIONS_DATABASE if self.storage.sessions_uri else None,
@@ -300,6 +327,7 @@ class Settings:
             read_only=read_only,
             fsync=self.storage.fsync,
             fsync_interval=self.storage.fsync_interval,
+            request_timeout=self.storage.request_timeout,
             **db_options,
         )
 
@@ -397,6 +425,9 @@ def _build(layers: list[tuple[str, Mapping[str, Any], bool]]) -> Settings:
         for key, value in _flatten(data, source).items():
             values[key] = _coerce(key, value, source, is_text and isinstance(value, str))
             sources[key] = source
+    for key in ("storage.uri", "storage.sessions_uri"):
+        if isinstance(values.get(key), str):
+            values[key] = expand_zeo_uri(values[key], values.get("zeo.address", ZeoSettings.address))
     sections = {}
     for section, cls in _SECTIONS.items():
         kwargs = {k.partition(".")[2]: v for k, v in values.items() if k.startswith(section + ".")}
@@ -513,7 +544,10 @@ def _validate(s: Settings) -> None:
          "or empty for the demo"),
         ("server.on_start", not srv.on_start or bool(_HOOK_SPEC.fullmatch(srv.on_start)),
          "must be 'module:callable' (e.g. 'myapp.audit:subscribe') or empty"),
+        ("storage.request_timeout", s.storage.request_timeout >= 0, "must be at least 0 (0: no limit)"),
         ("sessions.max_sessions", ss.max_sessions >= 0, "must be at least 0 (0: no limit)"),
+        ("sessions.new_per_address_per_minute", ss.new_per_address_per_minute >= 0,
+         "must be at least 0 (0: no budget)"),
         ("sessions.max_session_bytes", ss.max_session_bytes >= 0, "must be at least 0 (0: no limit)"),
         ("janitor.interval", s.janitor.interval >= 0, "must be at least 0 seconds (0: off)"),
         ("janitor.batch_size", s.janitor.batch_size >= 1, "must be at least 1"),

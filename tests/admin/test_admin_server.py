@@ -129,6 +129,7 @@ def test_without_a_token_the_admin_port_stays_closed_and_the_log_says_why(tmp_pa
 
 def test_the_session_limits_from_the_config_reach_the_server(tmp_path, env):
     env = {**env, "ZODBSESSION_SESSIONS_MAX_SESSIONS": "2",
+           "ZODBSESSION_SESSIONS_NEW_PER_ADDRESS_PER_MINUTE": "2",
            "ZODBSESSION_SESSIONS_MAX_SESSION_BYTES": "1000"}
     (tmp_path / "bigapp.py").write_text(
         "def app(environ, start_response):\n"
@@ -136,7 +137,7 @@ def test_the_session_limits_from_the_config_reach_the_server(tmp_path, env):
         "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
         "    return [b'stored']\n")
     with ServerProcess(tmp_path, env, admin_token=TOKEN) as server:
-        for user in ("ann", "bob"):  # logged-in users' sessions are never evicted
+        for user in ("ann", "bob"):  # this address's budget of two new sessions a minute
             assert Client(server.url).json("POST", "/api/login", {"user": user})[0] == 200
         status, _headers, _body = Client(server.url).request("POST", "/api/counter")
         assert status == 503

@@ -77,32 +77,37 @@ def test_defaults_are_no_session_cap_and_64_kib_per_session():
 # -- the session cap ---------------------------------------------------------------
 
 
-def test_new_session_over_a_cap_of_users_sessions_is_refused_at_its_first_write(file_db):
-    """Every stored session is a logged-in user's: none may be evicted, so the new one is refused."""
+def test_new_session_over_a_cap_of_users_sessions_evicts_the_user_idle_longest(file_db):
+    """Every stored session is a logged-in user's: the least recently used one goes, not the newcomer."""
     clock = ManualClock()
     manager = SessionManager(max_sessions=3, clock=clock)
-    with file_db.transaction() as conn:
-        ids = []
-        for n in range(3):
+    ids = []
+    for n in range(3):
+        with file_db.transaction() as conn:
             session = manager.new(conn, user_id=f"user-{n}")
             session["n"] = n
             ids.append(session.id)
+        clock.advance(manager.access_resolution + 20)  # each in an expiry slot of its own
+    with file_db.transaction() as conn:
+        manager.get(conn, ids[0])["n"] = 10  # user-0 is back: user-1 is now idle longest
+    with file_db.transaction() as conn:
+        manager.new(conn)["n"] = 99
+    kept = stored(file_db)
+    assert ids[1] not in kept
+    assert sorted(v["n"] for v in kept.values()) == [2, 10, 99]
+
+
+def test_new_session_with_nothing_to_evict_is_refused_at_its_first_write(file_db):
+    """A store at the cap whose expiry index names no session (emptied by hand): refused, untouched."""
+    manager = SessionManager(max_sessions=3)
+    with file_db.transaction() as conn:
+        for n in range(3):
+            manager.new(conn, user_id=f"user-{n}")["n"] = n
+        manager.container(conn).expiry.clear()
         refused = manager.new(conn)
-        clock.advance(100)
-        refusal = "3 sessions are stored and max_sessions is 3"
-        with pytest.raises(SessionLimitReached, match=refusal) as caught:
+        with pytest.raises(SessionLimitReached, match="3 sessions are stored and max_sessions is 3"):
             refused["n"] = 99
-        # Honest: the earliest stored session's deadline, within one expiry slot.
-        assert manager.idle_timeout - 100 <= caught.value.retry_after <= manager.idle_timeout - 100 + 10
-        # Refused before anything changed: still transient and empty.
         assert not refused.is_stored and dict(refused) == {}
-        # Existing sessions keep working.
-        manager.get(conn, ids[0])["n"] = 10
-    assert {k: v["n"] for k, v in stored(file_db).items()} == {ids[0]: 10, ids[1]: 1, ids[2]: 2}
-    with file_db.transaction() as conn:
-        assert manager.revoke(conn, ids[1])
-    with file_db.transaction() as conn:
-        manager.new(conn)["n"] = 3  # a place freed up
     assert len(stored(file_db)) == 3
 
 
@@ -133,13 +138,16 @@ def test_a_cap_of_zero_is_no_cap(file_db):
     assert len(stored(file_db)) == 50
 
 
-def test_login_over_a_cap_of_users_sessions_is_refused_too(file_db):
+def test_a_login_over_a_cap_of_users_sessions_evicts_the_other_user(file_db):
     manager = SessionManager(max_sessions=1)
     with file_db.transaction() as conn:
         manager.new(conn, user_id="bob")["n"] = 1
-        with pytest.raises(SessionLimitReached):
-            manager.set_user(manager.new(conn), "alice")
-    assert len(stored(file_db)) == 1
+    with file_db.transaction() as conn:
+        manager.set_user(manager.new(conn), "alice")
+    assert [v for v in stored(file_db).values()] == [{}]
+    with file_db.transaction() as conn:
+        (session,) = manager.container(conn).sessions.values()
+        assert session.user_id == "alice"
 
 
 def flood_app(write: bool):

@@ -390,10 +390,21 @@ def test_open_db_with_sessions_uri_joins_a_multi_database():
 
 def test_zeo_section_defaults():
     settings = load_settings(environ={})
-    assert settings.zeo.address == "127.0.0.1:8100"
+    assert settings.zeo.address == "var/zeo.sock"  # a private Unix socket, not a TCP port
     assert settings.zeo.storage == "var/Data.fs"
     assert settings.zeo.sessions_storage == ""
     assert settings.server.workers == 1
+
+
+def test_a_zeo_uri_without_an_address_means_the_zeo_section_address(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ={"ZODBSESSION_STORAGE_URI": "zeo://?wait_timeout=5"})
+    assert settings.storage.uri == f"zeo://{tmp_path}/var/zeo.sock?wait_timeout=5"
+    settings = load_settings(environ={"ZODBSESSION_STORAGE_URI": "zeo://",
+                                      "ZODBSESSION_ZEO_ADDRESS": "10.0.0.5:8100"})
+    assert settings.storage.uri == "zeo://10.0.0.5:8100"
+    settings = load_settings(environ={"ZODBSESSION_STORAGE_URI": "zeo://127.0.0.1:9000"})
+    assert settings.storage.uri == "zeo://127.0.0.1:9000"
 
 
 _NEEDS_RELSTORAGE = pytest.mark.skipif(importlib.util.find_spec("relstorage") is None,

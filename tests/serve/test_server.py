@@ -121,6 +121,7 @@ def test_command_on_a_database_held_by_another_process_says_so(tmp_path, env):
     from ZODB.FileStorage import FileStorage
 
     storage = FileStorage(str(tmp_path / "Data.fs"))
+    (tmp_path / "Data.fs").chmod(0o600)  # private, as zodbsession makes it: no warning about it
     try:
         result = run_cli("stats", env=env, cwd=tmp_path)
     finally:

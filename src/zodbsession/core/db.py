@@ -20,6 +20,8 @@ acknowledged with *fsync* ``"always"`` (the default), synced every
 *fsync_interval* seconds with ``"interval"``; its torn tail, if a power cut
 left one, is cut off first (``tailrepair``). Blob and demo file URIs keep
 the stock FileStorage.
+``open_db(request_timeout=...)`` bounds each later wait for a server that is
+connected but silent (``bound_zeo_calls``, at the end of this module).
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ from ZODB.POSException import ConflictError
 
 from zodbsession.core.errors import DatabaseLocked, StorageUnavailable, StorageURIError
 from zodbsession.core.groupcommit import FsyncPolicy
+from zodbsession.core.private import make_private_directory, private_files, warn_if_shared
 from zodbsession.core.tailrepair import open_repaired
+from zodbsession.core.truncation import kept_truncations
 
 #: Name of the main database in a multi-database.
 MAIN_DATABASE = "main"
@@ -66,6 +70,7 @@ def open_db(
     read_only: bool = False,
     fsync: FsyncPolicy = "always",
     fsync_interval: float = 1.0,
+    request_timeout: float = 0.0,
     **db_options: Any,
 ) -> DB:
     """Open the database a URI names; with *sessions_uri*, a multi-database.
@@ -85,6 +90,8 @@ def open_db(
 
     *fsync* and *fsync_interval* are the file:// storages' sync policy (see
     the module docstring); they apply to *sessions_uri* too.
+    *request_timeout* (seconds, 0: none) bounds each later wait for a ZEO
+    server that is connected but does not answer (``bound_zeo_calls``).
     """
     if read_only:
         uri = _read_only(uri)
@@ -100,6 +107,8 @@ def open_db(
         except BaseException:
             main.close()
             raise
+    for database in databases.values():
+        bound_zeo_calls(database.storage, request_timeout)
     close_at_exit(main)
     return main
 
@@ -134,8 +143,13 @@ def _open_one(
     factory = _group_commit_factory(uri, sync) or factory
     options = {**uri_options, **db_options, "database_name": name, "databases": databases}
     _make_parent_directory(uri)
+    path = file_path(uri)
     for attempt in range(1, OPEN_ATTEMPTS + 1):
-        storage = _open_storage(uri, factory)
+        # A new Data.fs, and its lock, index and tmp files: 0600; a torn tail
+        # cut off on opening: one line, its copy in truncated/.
+        with private_files(), (kept_truncations(path) if path and "read_only" not in uri
+                               else contextlib.nullcontext()):
+            storage = _open_storage(uri, factory)
         try:
             return DB(storage, **options)
         except ConflictError:
@@ -300,10 +314,16 @@ def _unavailable(uri: str) -> StorageUnavailable:
 
 def open_file_storage(path: str, *, read_only: bool = False, fsync: FsyncPolicy = "always",
                       fsync_interval: float = 1.0) -> FileStorage:
-    """Open a group-commit FileStorage at *path*, making its directory; ``DatabaseLocked`` if held."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Open a group-commit FileStorage at *path*, making its directory; ``DatabaseLocked`` if held.
+
+    A new directory is made 0700 and a new file 0600 (``core.private``); a
+    tail FileStorage cuts off on opening is kept in ``truncated/``.
+    """
+    make_private_directory(os.path.dirname(os.path.abspath(path)))
+    warn_if_shared(path)
     try:
-        return open_repaired(path, read_only=read_only, fsync=fsync, fsync_interval=fsync_interval)
+        with private_files(), (contextlib.nullcontext() if read_only else kept_truncations(path)):
+            return open_repaired(path, read_only=read_only, fsync=fsync, fsync_interval=fsync_interval)
     except zc.lockfile.LockError:
         raise DatabaseLocked(
             f"{os.path.normpath(path)} is in use by another process (a server or a script "
@@ -336,9 +356,10 @@ def _make_parent_directory(uri: str) -> None:
     path = _file_path(uri)
     if not path:
         return
+    warn_if_shared(path)
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(directory, exist_ok=True)
+        make_private_directory(directory)
     except OSError as exc:
         raise StorageURIError(
             f"{uri}: cannot create the directory {directory}: {exc.strerror or exc}; create it "
@@ -369,3 +390,64 @@ def file_locks(*uris: str) -> Iterator[None]:
                 ) from None
             stack.callback(lock.close)
         yield
+
+# -- a deadline on each wait for a ZEO server (storage.request_timeout) --------------
+#
+# A deadline on each wait for the storage server: a frozen server gives a bounded 503.
+#
+# A ZEO client notices a server that went away (the connection drops) and
+# then waits at most the URI's ``wait_timeout``. A server that is still
+# connected but does not answer (a stopped process, SIGSTOP, a machine
+# swapping to death) is not noticed at all: each call waits for its reply
+# without end, and so does every request, cookieless ones included, and the
+# thread pool fills up.
+#
+# ``bound_zeo_calls`` puts a deadline on every synchronous call a ZEO client
+# makes for a request (the round trip at ``begin``, loads, the vote, the miss
+# path's ``lastTransaction``): past *timeout* seconds without a reply the
+# call raises ZEO's own ``ClientDisconnected``, which the front doors answer
+# 503 with ``Retry-After`` (the ``storage_unavailable`` row), nothing
+# committed. The reply, if it ever comes, is taken by ZEO's I/O thread and
+# dropped; the next request uses the connection as before, so service is back
+# the moment the server answers again. The one call left unbounded is
+# ``tpc_finish``: once it is sent the transaction may be committed, and giving
+# up on it would only turn a slow commit into an unknown one.
+#
+# RelStorage waits in its database driver; bound those with the database's own
+# settings (PostgreSQL's ``statement_timeout`` and ``connect_timeout``).
+
+#: Coroutines of ZEO's client that are never bounded (see above).
+UNBOUNDED = frozenset({"tpc_finish_co", "close_co"})
+
+
+def bound_zeo_calls(storage: Any, timeout: float) -> bool:
+    """Give the ZEO ``ClientStorage`` *storage* a deadline of *timeout* seconds per call.
+
+    Returns whether it did (False for another storage, or *timeout* <= 0).
+    """
+    kind = type(storage)
+    if timeout <= 0 or not (kind.__module__ == "ZEO.ClientStorage" and kind.__name__ == "ClientStorage"):
+        return False
+    runner = storage._server
+    io_call = runner.io_call
+    if getattr(io_call, "zodbsession_deadline", None) is not None:
+        return True
+    from ZEO.Exceptions import ClientDisconnected
+
+    def bounded_io_call(coro: Any, wait: bool = True) -> Any:
+        name = getattr(getattr(coro, "cr_code", None), "co_name", "")
+        if not wait or name in UNBOUNDED:
+            return io_call(coro, wait)
+        future = io_call(coro, wait=False)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            raise ClientDisconnected(
+                f"the storage server did not answer within {timeout:g} s (storage.request_timeout); "
+                "it may be frozen or overloaded") from None
+        finally:
+            del future
+
+    bounded_io_call.zodbsession_deadline = timeout  # type: ignore[attr-defined]
+    runner.io_call = bounded_io_call
+    return True

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from transaction.interfaces import AlreadyInTransaction
+from transaction.interfaces import AlreadyInTransaction, TransientError
 
 
 class ZodbSessionError(Exception):
@@ -108,8 +108,9 @@ class UncommittedChanges(ZodbSessionError, AlreadyInTransaction):  # type: ignor
 class SessionLimitReached(ZodbSessionError):
     """Storing a new session would exceed ``SessionManager.max_sessions``.
 
-    Raised by the first write to a new session when no anonymous session is
-    left to evict: every stored session belongs to a logged-in user. Sessions
+    Raised by the first write to a new session when nothing can be evicted
+    (the expiry index names no stored session), and, as ``TooManyNewSessions``,
+    when the client address is over its budget. Sessions
     already stored keep working. The publisher answers 503 with
     ``Retry-After`` set to *retry_after*, when the earliest stored session's
     deadline passes.
@@ -224,3 +225,37 @@ class RequestBodyTooLarge(ZodbSessionError, ValueError):
         self.limit = limit
         what = f"{size} bytes" if size is not None else "a chunked body"
         super().__init__(f"the request's body ({what}) exceeds max_request_body ({limit} bytes)")
+
+
+class SnapshotBehind(ZodbSessionError, TransientError):  # type: ignore[misc]
+    """A cookie named no session, and the storage holds transactions this one's snapshot lacks.
+
+    Raised on the miss path only (``freshness.catch_up``), once this process
+    has received what the storage committed: the request's next attempt
+    begins a transaction that sees it, so a session another server has just
+    created is found instead of being answered with a fresh one. A
+    ``TransientError``: the front doors retry the attempt.
+    """
+
+    def __init__(self, seen: str, newest: str) -> None:
+        super().__init__(f"the transaction's snapshot (up to {seen}) is older than the storage's "
+                         f"newest transaction ({newest}); retrying with a fresh snapshot")
+
+
+class TooManyNewSessions(SessionLimitReached):
+    """One client address started more sessions and logins this minute than its budget.
+
+    Raised before anything is stored (``budget.AddressBudget``). A kind of
+    ``SessionLimitReached``: the publisher answers 503 with ``Retry-After``
+    set to *retry_after*, the seconds until the address may start one more.
+    """
+
+    def __init__(self, address: str, per_minute: int, retry_after: int = 1) -> None:
+        self.address = address
+        self.per_minute = per_minute
+        self.stored = 0
+        self.limit = per_minute
+        self.retry_after = retry_after
+        ZodbSessionError.__init__(
+            self, f"{address} started more than {per_minute} sessions or logins in a minute "
+            "(sessions.new_per_address_per_minute)")

@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol, overload
 
 from ZODB.Connection import Connection
 
+from zodbsession.core.budget import AddressBudget
 from zodbsession.core.errors import ConfigError, SessionLimitReached
 from zodbsession.core.limits import measure
 from zodbsession.core.observe import EventKind, Observers, SessionEvent
@@ -75,6 +76,11 @@ class SessionManager:
     count until the janitor sweeps them. ``max_session_bytes`` (0: no limit)
     caps the pickled size of one session's data, checked by ``check_storable``.
 
+    ``new_per_address_per_minute`` (0: no budget) is how many new sessions
+    and logins one client address may start a minute, while ``max_sessions``
+    is set (``budget.AddressBudget``; the address is the request's, so
+    scripts are never charged); past it ``TooManyNewSessions`` (503).
+
     ``unsaved_changes`` says what a request's ``settle`` does with a found
     session's data changed in place but never marked changed: ``"save"``
     it (the default), ``"warn"`` (save it and log a WARNING naming the keys)
@@ -92,6 +98,7 @@ class SessionManager:
     max_sessions: int = 0
     max_session_bytes: int = 65536
     unsaved_changes: UnsavedPolicy = "save"
+    new_per_address_per_minute: int = 0
     clock: Clock = field(default=time.time, repr=False, compare=False)
     observers: Observers = field(default_factory=Observers, repr=False, compare=False)
 
@@ -99,10 +106,13 @@ class SessionManager:
         for name in ("idle_timeout", "max_lifetime"):
             if not getattr(self, name) > 0:
                 raise ConfigError(name, f"must be a positive number of seconds, not {getattr(self, name)!r}")
-        for name in ("max_sessions", "max_session_bytes"):
+        for name in ("max_sessions", "max_session_bytes", "new_per_address_per_minute"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(name, f"must be a whole number, 0 for no limit, not {value!r}")
+        budget = (AddressBudget(self.new_per_address_per_minute)
+                  if self.max_sessions and self.new_per_address_per_minute else None)
+        object.__setattr__(self, "_budget", budget)
         if self.unsaved_changes not in UNSAVED_POLICIES:
             raise ConfigError("unsaved_changes", f"must be one of {', '.join(UNSAVED_POLICIES)}, "
                               f"not {self.unsaved_changes!r}")
@@ -118,6 +128,13 @@ class SessionManager:
                 f"must be at least 0 and below idle_timeout ({self.idle_timeout}), "
                 f"not {self.access_resolution!r}",
             )
+
+    _budget: AddressBudget | None = field(default=None, init=False, repr=False, compare=False)
+
+    def charge_new(self, client: str | None) -> None:
+        """Spend one of *client*'s new sessions and logins, or raise ``TooManyNewSessions``."""
+        if self._budget is not None:
+            self._budget.charge(client)
 
     # -- finding and creating ---------------------------------------------
 
@@ -194,19 +211,25 @@ class SessionManager:
         return attach
 
     def _make_room(self, container: SessionContainer) -> None:
-        """At the cap, evict the least recently used anonymous session, else refuse.
+        """At the cap, evict the least recently used session, anonymous ones first.
 
-        One client making sessions without end (cookieless POSTs) would
-        otherwise fill the cap and lock every new visitor and every login
-        out until sessions expire. Anonymous sessions are the cheap ones to
-        lose: the oldest entries of the expiry index (the earliest
-        deadlines, so the least recently used) are scanned for one, at most
-        ``EVICTION_SCAN`` of them, refiling the entries of sessions used
-        since and dropping those of sessions gone, as the sweep does; a
-        logged-in user's session is never evicted. When none is found, ``SessionLimitReached`` says honestly
-        when the earliest stored session may expire.
+        One client making sessions without end (cookieless POSTs, or logins
+        where sign-up is free) would otherwise fill the cap and lock every new
+        visitor and every login out until sessions expire. The oldest entries
+        of the expiry index (the earliest deadlines, so the least recently
+        used) are scanned, at most ``EVICTION_SCAN`` of them, refiling the
+        entries of sessions used since and dropping those of sessions gone,
+        as the sweep does. The first anonymous session found goes; if all
+        the scanned ones are users', the least recently used of them goes
+        (its user must log in again). So a logged-in user loses a session
+        only when the store is full, and theirs is among the
+        ``EVICTION_SCAN`` least recently used with no anonymous one there:
+        the user idle longest goes first. ``new_per_address_per_minute``
+        keeps one address from churning through everybody's sessions this
+        way. ``SessionLimitReached`` remains for a store with nothing to evict.
         """
         cursor = None
+        oldest_user: tuple[tuple[int, str], Session] | None = None
         for _ in range(EVICTION_SCAN):
             keys = container.expiry.keys() if cursor is None else container.expiry.keys(
                 min=cursor, excludemin=True)
@@ -224,14 +247,22 @@ class SessionManager:
                 container.file_expiry(victim.id, deadline)
                 continue
             if victim.user_id is None:
-                container.expiry.remove(entry)
-                victim._p_jar.readCurrent(victim._last_access)
-                self._remove(container, victim, "evicted")
+                self._evict(container, entry, victim)
                 return
+            if oldest_user is None:
+                oldest_user = entry, victim
+        if oldest_user is not None:
+            self._evict(container, *oldest_user)
+            return
         first = next(iter(container.expiry.keys()), None)
         wait = first[0] * EXPIRY_SLOT_SECONDS - self.clock() if first is not None else self.idle_timeout
         raise SessionLimitReached(len(container), self.max_sessions,
                                   retry_after=int(min(max(wait, 1), self.idle_timeout)))
+
+    def _evict(self, container: SessionContainer, entry: tuple[int, str], victim: Session) -> None:
+        container.expiry.remove(entry)
+        victim._p_jar.readCurrent(victim._last_access)
+        self._remove(container, victim, "evicted")
 
     def check_storable(self, session: Any) -> int:
         """Check that *session* can be committed; returns its data's pickled size.

@@ -4,7 +4,10 @@ The publisher puts one in ``environ["zodbsession.session"]`` before the
 application runs, but looks nothing up until the application first uses it:
 an application that never touches the session pays for no lookup and no
 write. The first read finds the session named by the cookie (or starts a
-transient one); the first write stores a new one. The view also carries the
+transient one); the first write stores a new one. A cookie
+that names no session is believed only once the transaction's snapshot is
+known to be as new as the storage (``freshness.catch_up``, on that miss path
+only): read-your-writes across app servers. The view also carries the
 verbs that change what the client's cookie must say (``login``, ``rotate``,
 ``invalidate``, ``set_expiry``), which is how the publisher knows when to send
 ``Set-Cookie`` and with what ``Max-Age`` (``cookie_max_age``). ``settle``,
@@ -28,6 +31,7 @@ from transaction.interfaces import NoTransaction
 from ZODB.Connection import Connection
 
 from zodbsession.core.errors import UnsavedSessionChanges
+from zodbsession.core.freshness import catch_up
 from zodbsession.core.manager import SessionManager
 from zodbsession.core.session import ExpiryValue, Session, ids_equal
 from zodbsession.core.session_dict import DictMethods, SessionDict
@@ -42,7 +46,9 @@ class RequestSession(DictMethods):
     well formed (``is_well_formed_id``), or None: the publisher checks it once.
     *more_ids* are further well-formed ids from cookies of the same name
     (``cookies.session_cookie_ids``), tried in order when *cookie_id* names no
-    live session; the cookie is then sent again with the one found.
+    live session; the cookie is then sent again with the one found. *client*
+    is the request's address: storing a new session and logging in are
+    charged to it (``SessionManager.new_per_address_per_minute``).
 
     To application code it is a dict with dict's methods (``DictMethods``:
     ``popitem`` takes the last key, ``copy`` gives a plain dict, ``==``
@@ -52,8 +58,9 @@ class RequestSession(DictMethods):
     """
 
     def __init__(self, manager: SessionManager, connection: Connection, cookie_id: str | None,
-                 *, more_ids: Sequence[str] = ()):
+                 *, more_ids: Sequence[str] = (), client: str | None = None):
         self._manager = manager
+        self._client = client
         self._connection = connection
         self._cookie_id = cookie_id
         self._more_ids = tuple(more_ids)
@@ -82,12 +89,11 @@ class RequestSession(DictMethods):
         if self._session is None:
             session = None
             if self._cookie_id is not None and not self._invalidated:
-                # The publisher passes only well-formed cookie ids (or None).
-                session = self._manager._get_well_formed(self._connection, self._cookie_id)
-                for other_id in self._more_ids:
-                    if session is not None:
-                        break
-                    session = self._manager._get_well_formed(self._connection, other_id)
+                session = self._find_cookie_session()
+                if session is None and catch_up(self._sessions_connection()):
+                    # The snapshot was older than the storage: a session
+                    # another server just created may be there now.
+                    session = self._find_cookie_session()
             self._found = session is not None
             # Only a found session can hold a change that nothing marked: a
             # new one is stored by its first write, which marks it.
@@ -95,10 +101,37 @@ class RequestSession(DictMethods):
             self._clean = False
             if self._loaded is not None:
                 self._on_abort_drop_unsaved()
-            self._session = session if session is not None else self._manager.new(self._connection)
+            if session is None:
+                session = self._manager.new(self._connection)
+                session._v_attach = self._charged(session._v_attach)
+            self._session = session
             if self._faces:
                 self._mirror()
         return self._session
+
+    def _charged(self, attach: Any) -> Any:
+        """*attach*, storing the new session only once the client's budget allows it."""
+        def charged_attach(session: Session) -> None:
+            self._manager.charge_new(self._client)
+            attach(session)
+        return charged_attach
+
+    def _find_cookie_session(self) -> Session | None:
+        """The live session the cookie (or one of the further cookies) names, or None."""
+        # The publisher passes only well-formed cookie ids (or None).
+        assert self._cookie_id is not None
+        session = self._manager._get_well_formed(self._connection, self._cookie_id)
+        for other_id in self._more_ids:
+            if session is not None:
+                break
+            session = self._manager._get_well_formed(self._connection, other_id)
+        return session
+
+    def _sessions_connection(self) -> Connection:
+        """The connection of the database that holds the sessions."""
+        if self._manager.database is None:
+            return self._connection
+        return self._connection.get_connection(self._manager.database)
 
     def _on_abort_drop_unsaved(self) -> None:
         """Make the transaction's abort forget the in-place changes, as it forgets the marked ones."""
@@ -183,6 +216,8 @@ class RequestSession(DictMethods):
     def login(self, user_id: str) -> None:
         """Bind the session to *user_id*, rotating its id as a login must."""
         session = self._zodbsession_unwrap()
+        if session.is_stored:  # a new session's store is charged when it happens
+            self._manager.charge_new(self._client)
         self._manager.set_user(session, user_id)
         session.changed()  # a login is a write: store a transient session
         self.rotate()

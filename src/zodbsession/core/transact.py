@@ -40,6 +40,7 @@ from transaction.interfaces import NoTransaction, TransientError
 from ZODB import DB
 
 from zodbsession.core.attempt import Attempt, Ending, Headers, SessionUse
+from zodbsession.core.budget import client_address
 from zodbsession.core.commit import abort_quietly, close_when_transaction_ends, commit, nothing_joined
 from zodbsession.core.errors import StorageUnavailable
 from zodbsession.core.manager import SessionManager
@@ -341,7 +342,8 @@ class TransactionCore:
     def _make_scope(self, attempt: Attempt, connection: Any) -> None:
         attempt.connection = connection
         attempt.session = RequestSession(self.manager, connection, attempt.cookie_id,
-                                         more_ids=attempt.more_ids)
+                                         more_ids=attempt.more_ids,
+                                         client=client_address(attempt.request))
         attempt.scope = Scope(connection, attempt.session,
                               attempt.request if isinstance(attempt.request, dict) else {})
 

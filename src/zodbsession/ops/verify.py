@@ -8,7 +8,7 @@ session container wherever one is found. Reports what it finds; repairs nothing.
 from __future__ import annotations
 
 import dataclasses
-import glob
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,6 +25,7 @@ from ZODB.serialize import get_refs
 from ZODB.utils import get_pickle_metadata, load_current, oid_repr, p64
 
 from zodbsession.core.store import ROOT_KEY, SessionContainer
+from zodbsession.core.truncation import copies as truncation_copies
 from zodbsession.core.work import CHUNK_SIZE, class_name, connection, in_transaction, keys_after, root_of
 
 __all__ = ["Check", "VerifyReport", "verify"]
@@ -124,9 +125,10 @@ def _check_database(conn: Connection, name: str, database: DB, notes: list[str])
         outcomes.append(_outcome("fstest", _capped(_guarded(_check_format, storage, path))))
         outcomes.append(_outcome("references", _capped(_guarded(_check_references, path))))
         notes.extend(
-            f"{name}: {leftover} exists: FileStorage cut data off the end of the file when it "
-            "was opened (an unfinished commit after a crash, or damage)"
-            for leftover in sorted(glob.glob(glob.escape(path) + ".tr[0-9]*"))
+            f"{name}: {leftover} ({os.path.getsize(leftover)} bytes): FileStorage cut them off "
+            "the end of the file when it was opened (an unfinished commit after a crash, or "
+            "damage); kept for inspection, the newest few only"
+            for leftover in truncation_copies(path) if os.path.exists(leftover)
         )
         if getattr(storage, "blob_dir", None):
             notes.append(f"{name}: blob files in {storage.blob_dir} were not checked")

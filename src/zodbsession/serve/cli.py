@@ -29,6 +29,7 @@ from zodbsession.config import Settings, load_settings
 from zodbsession.core.db import file_locks, file_path, redact_uri
 from zodbsession.core.errors import ConfigError, DatabaseLocked, ZodbSessionError
 from zodbsession.core.manager import SessionManager
+from zodbsession.core.private import private_umask
 from zodbsession.ops import maintenance
 from zodbsession.serve import control
 
@@ -259,6 +260,9 @@ def _age(timestamp: float, now: float) -> str:
                       message="%(prog)s %(version)s")
 def main() -> None:
     """Transactional ZODB web sessions: serve them, inspect and maintain them."""
+    # Every file a command makes, now or later (the index at close, a pack's
+    # .old, a truncation's copy, the ZEO and control sockets), only for its user.
+    private_umask()
 
 
 @main.command()

@@ -11,6 +11,13 @@ The [server] limits map onto uvicorn's: ``connection_limit`` onto
 ``limit_concurrency`` (above it uvicorn answers 503), ``channel_timeout``
 onto the keep-alive timeout, ``max_request_header_size`` onto h11's largest
 incomplete event, ``trusted_proxy`` onto ``forwarded_allow_ips``.
+
+uvicorn has no timeout of its own for a request's headers: a connection that
+sends a partial request line (or nothing) stays open for ever, and a thousand
+of them use up ``limit_concurrency``. ``header_deadline_protocol`` gives its
+h11 protocol the deadline waitress keeps: a connection has ``channel_timeout``
+seconds from its opening (or from the end of its previous response) to finish
+a request's headers, however it trickles them, and is closed after that.
 """
 
 from __future__ import annotations
@@ -51,7 +58,8 @@ class UvicornListener:
             "limit_concurrency": server.connection_limit,
             "timeout_keep_alive": max(1, int(server.channel_timeout)),
             "h11_max_incomplete_event_size": server.max_request_header_size,
-            "http": "h11", "ws": "none", "loop": "asyncio",
+            "http": header_deadline_protocol(max(1.0, float(server.channel_timeout))),
+            "ws": "none", "loop": "asyncio",
         }
         if server.trusted_proxy:
             options.update(proxy_headers=True, forwarded_allow_ips=server.trusted_proxy)
@@ -91,3 +99,54 @@ class UvicornListener:
         except BaseException as exc:  # SystemExit from a failed lifespan startup, included
             self.error = exc
             log.error("the ASGI server stopped: %s", exc or type(exc).__name__)
+
+
+def header_deadline_protocol(deadline: float) -> type[Any]:
+    """uvicorn's h11 protocol, closing connections that take over *deadline* seconds to send headers.
+
+    The clock starts when the connection opens, and again when a response
+    is complete (the keep-alive wait for the next request); bytes that
+    trickle in do not restart it, so a slowloris client cannot hold the
+    connection by sending a header line now and then. Made on first use:
+    uvicorn is an optional dependency.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _header_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm_header_deadline()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm_header_deadline()  # the headers are in: the request runs
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.conn.their_state is h11.IDLE:
+                self._disarm_header_deadline()
+                self._arm_header_deadline()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_deadline()
+            super().connection_lost(exc)
+
+        def _arm_header_deadline(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(deadline, self._headers_too_slow)
+
+        def _disarm_header_deadline(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadlineProtocol

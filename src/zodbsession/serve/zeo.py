@@ -2,8 +2,14 @@
 
 Several app server processes (or machines) share one session database
 through a ZEO server: it owns the FileStorage, and each app server is a ZEO
-client (``storage.uri = "zeo://127.0.0.1:8100"``). This module runs ZEO's
+client (``storage.uri = "zeo://"``, the [zeo] address). This module runs ZEO's
 ``StorageServer`` on the [zeo] settings; it writes no server of its own.
+
+By default it listens on a Unix socket in ``var/`` (``var/zeo.sock``) made
+with mode 0700 in a 0700 directory: only its own user can connect. ZEO has no
+authentication, and whoever can connect can store a pickle that the app
+servers will unpickle, i.e. run code in them; a TCP address is therefore
+logged with a WARNING saying how to close it.
 
 The main FileStorage is served under ZEO's default storage name ``"1"``, so a
 plain ``zeo://host:port`` URI reaches it; a separate sessions FileStorage
@@ -27,6 +33,7 @@ from ZEO.StorageServer import StorageServer
 from zodbsession.config import Address, parse_address
 from zodbsession.core.db import open_file_storage
 from zodbsession.core.errors import ConfigError
+from zodbsession.core.private import SHARED_BITS
 
 if TYPE_CHECKING:
     from zodbsession.config import Settings
@@ -89,6 +96,11 @@ def run_zeo(settings: Settings, *, on_ready: Callable[[StorageServer], None] | N
             for name, storage in storages.items()
         )
         log.info("ZEO server listening on %s (pid %d): %s", describe(address), os.getpid(), served)
+        if not isinstance(address, str):
+            log.warning("ZEO listens on TCP %s: any process that can connect can store pickles the "
+                        "app servers will run; keep it on a private network or use ZEO's TLS with "
+                        "client certificates (docs/operating.md, 'Who can reach the storage')",
+                        describe(address))
         loop = server.acceptor.event_loop
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, _on_signal, server, sig)
@@ -118,6 +130,15 @@ def _open_storages(settings: Settings) -> dict[str, Any]:
 
 
 def _create_server(address: Address, storages: dict[str, Any]) -> StorageServer:
+    previous = os.umask(SHARED_BITS)  # a Unix socket only this user can connect to
+    os.umask(previous | SHARED_BITS)
+    try:
+        return _bind(address, storages)
+    finally:
+        os.umask(previous)
+
+
+def _bind(address: Address, storages: dict[str, Any]) -> StorageServer:
     try:
         return StorageServer(address, storages, transaction_timeout=TRANSACTION_TIMEOUT)
     except OSError as exc:

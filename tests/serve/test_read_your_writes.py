@@ -1,0 +1,209 @@
+"""Read-your-writes across app servers on one ZEO: a session made on one is found on the next.
+
+The miss this guards against: server B's transaction reads a snapshot built
+from the invalidations B's ZEO client has *applied*; when they are held up,
+a cookie naming a session server A just created and acknowledged finds
+nothing, and B answered it with a fresh session (the user logged out). The
+first tests make that happen on purpose, by holding B's invalidations; the
+last runs three real ``serve`` processes with immediate cross-server pairs.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import webtest
+from serverproc import Client, ServerProcess, ZeoProcess, free_port, wait_for
+from ZEO.StorageServer import StorageServer
+from ZODB.FileStorage import FileStorage
+
+from zodbsession.config import Settings
+from zodbsession.core.db import open_db
+from zodbsession.demo.app import app as demo_app
+from zodbsession.serve.server import make_publisher
+from zodbsession.serve.zeo import stop_in_loop
+
+
+class HeldInvalidations:
+    """Hold what a ZEO client receives of others' commits (cache, connections, last tid) until ``release``."""
+
+    def __init__(self, db) -> None:
+        self.runner = db.storage._server
+        self.io = self.runner.client
+        self.apply = self.io.invalidateTransaction
+        self.held: list[tuple[bytes, list[bytes]]] = []
+        self.lock = threading.Lock()
+        self.io.invalidateTransaction = self._hold
+
+    def _hold(self, tid: bytes, oids: list[bytes]) -> None:  # in the client's I/O thread
+        with self.lock:
+            if self.held is None:
+                self.apply(tid, oids)
+            else:
+                self.held.append((tid, oids))
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.held or [])
+
+    def release_and_wait(self) -> None:
+        """``release``, then wait until the client has applied all of it."""
+        with self.lock:
+            newest = self.held[-1][0] if self.held else None
+        self.release()
+        if newest is not None:
+            wait_for(lambda: self.runner.client.cache.getLastTid() >= newest, 30, "invalidations applied")
+
+    def release(self) -> None:
+        """Apply what was held, in order, in the I/O thread, and stop holding."""
+        with self.lock:
+            held, self.held = self.held, None
+        for tid, oids in held or []:
+            self.runner.loop.call_soon_threadsafe(self.apply, tid, oids)
+
+
+@pytest.fixture
+def zeo_server(tmp_path):
+    port = free_port()
+    server = StorageServer(("127.0.0.1", port), {"1": FileStorage(str(tmp_path / "Data.fs"))})
+    thread = threading.Thread(target=server.loop, daemon=True)
+    thread.start()
+    yield port
+    server.acceptor.event_loop.call_soon_threadsafe(stop_in_loop, server)
+    thread.join(10)
+    server.close()
+
+
+#: Run by B's application at the start of each request, inside its transaction.
+in_request: list = []
+
+
+def hooked_app(environ, start_response):
+    for hook in in_request:
+        hook()
+    return demo_app(environ, start_response)
+
+
+@pytest.fixture
+def two_publishers(zeo_server):
+    """Servers A and B: the demo app in a publisher on ZEO clients of their own."""
+    dbs = [open_db(f"zeo://127.0.0.1:{zeo_server}?wait_timeout=5") for _ in range(2)]
+    apps = [demo_app, hooked_app]
+    yield [(webtest.TestApp(make_publisher(app, db, Settings())), db)
+           for app, db in zip(apps, dbs, strict=True)]
+    in_request.clear()
+    for db in dbs:
+        db.close()
+
+
+def warm_up(a, b) -> None:
+    """A session made on A and used on B: both have the container, and B has loaded it.
+
+    (Without it, B's fresh session would also create the container, conflict
+    with A's, and the retry would hide the miss.)
+    """
+    cookie = cookie_of(call(a, "POST", "/api/counter"))
+    assert call(b, "POST", "/api/counter", cookie).json == {"count": 2}
+
+
+def call(app, method: str, path: str, cookie: str | None = None, **kw):
+    """One request as a new browser would send it: only *cookie*, not the TestApp's jar."""
+    app.reset()
+    headers = {"Cookie": f"zodbsession={cookie}"} if cookie else {}
+    return app.request(path, method=method, headers=headers, **kw)
+
+
+def cookie_of(response) -> str:
+    return response.headers["Set-Cookie"].split(";", 1)[0].split("=", 1)[1]
+
+
+def test_a_session_made_on_a_is_found_on_b_whose_invalidations_are_late(two_publishers):
+    (a, _), (b, b_db) = two_publishers
+    warm_up(a, b)
+    held = HeldInvalidations(b_db)
+    first = call(a, "POST", "/api/counter")
+    assert first.json == {"count": 1}
+    wait_for(lambda: held.count() >= 1, 30, "A's invalidations held at B")  # B has not applied them
+    # B's request begins on a snapshot without A's session; the invalidations
+    # arrive once it is under way, before it looks the session up.
+    in_request.append(held.release_and_wait)
+    second = call(b, "POST", "/api/counter", cookie_of(first))
+    assert second.json == {"count": 2}, "B answered the cookie with a fresh session"
+    assert "Set-Cookie" not in second.headers
+
+
+def test_a_read_on_b_finds_the_session_a_just_made(two_publishers):
+    """A read commits nothing, so no conflict could ever have caught the miss."""
+    (a, _), (b, b_db) = two_publishers
+    warm_up(a, b)
+    held = HeldInvalidations(b_db)
+    first = call(a, "POST", "/api/counter")
+    wait_for(lambda: held.count() >= 1, 30, "A's invalidations held at B")
+    in_request.append(held.release_and_wait)
+    seen = call(b, "GET", "/api/session", cookie_of(first)).json
+    assert seen["new"] is False and seen["data"] == {"count": 1}
+
+
+def test_b_answers_503_rather_than_a_fresh_session_while_it_cannot_catch_up(two_publishers, monkeypatch):
+    import zodbsession.core.freshness as freshness
+    monkeypatch.setattr(freshness, "CATCH_UP_WAIT", 0.5)
+    (a, _), (b, b_db) = two_publishers
+    warm_up(a, b)
+    held = HeldInvalidations(b_db)
+    first = call(a, "POST", "/api/counter")
+    wait_for(lambda: held.count() >= 1, 30, "A's invalidations held at B")
+    second = call(b, "POST", "/api/counter", cookie_of(first), expect_errors=True)
+    assert second.status_int == 503 and "Retry-After" in second.headers
+    assert "Set-Cookie" not in second.headers
+    held.release()
+    third = call(b, "POST", "/api/counter", cookie_of(first))
+    assert third.json == {"count": 2}
+
+
+def test_an_unknown_cookie_still_gets_a_fresh_session_at_no_more_than_one_round_trip(two_publishers):
+    (_, _), (b, _) = two_publishers
+    response = call(b, "POST", "/api/counter", "x" * 43)
+    assert response.json == {"count": 1}
+    assert "Set-Cookie" in response.headers
+
+
+PAIRS = 200
+
+
+def test_three_servers_on_one_zeo_200_immediate_cross_server_pairs_lose_no_session(tmp_path):
+    with ZeoProcess(tmp_path, {"ZODBSESSION_ZEO_STORAGE": str(tmp_path / "Data.fs")}) as zeo:
+        env = {"ZODBSESSION_STORAGE_URI": zeo.uri(wait_timeout=10), "ZODBSESSION_SERVER_THREADS": "4",
+               "ZODBSESSION_STORAGE_POOL_SIZE": "4"}
+        with ServerProcess(tmp_path, env) as s1, ServerProcess(tmp_path, env) as s2, \
+                ServerProcess(tmp_path, env) as s3:
+            servers = [s1, s2, s3]
+            fresh = []
+            for n in range(PAIRS):
+                on_a = Client(servers[n % 3].url)
+                assert on_a.json("POST", "/api/counter") == (200, {"count": 1})
+                on_b = on_a.sharing_cookies(servers[(n + 1) % 3].url)
+                status, answer = on_b.json("POST", "/api/counter")
+                assert status == 200, answer
+                if answer != {"count": 2}:
+                    fresh.append((n, answer))
+            assert fresh == []
+
+
+def test_three_servers_on_one_sqlite_relstorage_lose_no_session_across_immediate_pairs(tmp_path):
+    """RelStorage begins each transaction with a poll of the database itself: the same guarantee."""
+    pytest.importorskip("relstorage", reason="RelStorage is not installed (pip install RelStorage)")
+    env = {"ZODBSESSION_STORAGE_URI": f"sqlite://?data_dir={tmp_path / 'relstorage'}&keep_history=false",
+           "ZODBSESSION_SERVER_THREADS": "4", "ZODBSESSION_STORAGE_POOL_SIZE": "4"}
+    with ServerProcess(tmp_path, env) as s1, ServerProcess(tmp_path, env) as s2, \
+            ServerProcess(tmp_path, env) as s3:
+        servers = [s1, s2, s3]
+        fresh = []
+        for n in range(60):
+            on_a = Client(servers[n % 3].url)
+            assert on_a.json("POST", "/api/counter") == (200, {"count": 1})
+            status, answer = on_a.sharing_cookies(servers[(n + 1) % 3].url).json("POST", "/api/counter")
+            assert status == 200, answer
+            if answer != {"count": 2}:
+                fresh.append((n, answer))
+        assert fresh == []

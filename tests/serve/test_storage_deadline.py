@@ -1,0 +1,62 @@
+"""A deadline on each request's storage work: a frozen ZEO server gives bounded 503s, not hangs.
+
+The ZEO server is stopped with SIGSTOP: its connections stay open, so ZEO's
+client notices nothing and, without ``storage.request_timeout``, every
+request waited until the server resumed. With it, each is answered 503 with
+``Retry-After`` (the clients here give up after 30 s: an answer at all is
+the test, no duration is measured), and the first request after SIGCONT
+is served.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+from serverproc import Client, ServerProcess, ZeoProcess, wait_for
+
+DEADLINE = 2
+
+
+@pytest.fixture
+def zeo(tmp_path):
+    with ZeoProcess(tmp_path, {"ZODBSESSION_ZEO_STORAGE": str(tmp_path / "Data.fs")}) as server:
+        yield server
+        os.kill(server.process.pid, signal.SIGCONT)  # never leave it stopped for the teardown
+
+
+def test_requests_on_a_frozen_zeo_end_in_503_and_recover_when_it_resumes(tmp_path, env, zeo):
+    env = {**env, "ZODBSESSION_STORAGE_URI": zeo.uri(wait_timeout=60),
+           "ZODBSESSION_STORAGE_REQUEST_TIMEOUT": str(DEADLINE)}
+    with ServerProcess(tmp_path, env) as server:
+        users = [Client(server.url) for _ in range(6)]
+        for user in users:
+            assert user.json("POST", "/api/counter") == (200, {"count": 1})
+        os.kill(zeo.process.pid, signal.SIGSTOP)
+        answers: list[tuple[int, str | None]] = []
+        lock = threading.Lock()
+
+        def use(client: Client, method: str, path: str) -> None:
+            status, headers, _body = client.request(method, path, b"" if method == "POST" else None,
+                                                    timeout=30)
+            with lock:
+                answers.append((status, headers.get("Retry-After")))
+
+        try:
+            # more requests than the server has threads, writes and reads, with and without cookies
+            jobs = [(user, "POST", "/api/counter") for user in users]
+            jobs += [(Client(server.url), "GET", "/api/session") for _ in range(4)]
+            threads = [threading.Thread(target=use, args=job) for job in jobs]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert len(answers) == len(jobs), "a request hung on the frozen storage"
+            assert all(status == 503 and retry_after for status, retry_after in answers), answers
+        finally:
+            os.kill(zeo.process.pid, signal.SIGCONT)
+        wait_for(lambda: users[0].json("POST", "/api/counter")[0] == 200, 30, "service after SIGCONT")
+        status, answer = users[1].json("POST", "/api/counter")
+        assert (status, answer) == (200, {"count": 2})  # nothing half-done while it was frozen
