@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import FakeClock
 from zodbsession import SessionManager
 from zodbsession.core.budget import AddressBudget, client_address
 from zodbsession.core.errors import SessionLimitReached, TooManyNewSessions
+from zodbsession.testing import ManualClock
 
 
 def test_an_address_gets_its_burst_then_one_per_interval_and_others_are_untouched():
-    clock = FakeClock()
+    clock = ManualClock()
     budget = AddressBudget(6, clock=clock)  # one every 10 s
     for _ in range(6):
         budget.charge("127.0.0.2")
