@@ -58,7 +58,8 @@ class UvicornListener:
             "limit_concurrency": server.connection_limit,
             "timeout_keep_alive": max(1, int(server.channel_timeout)),
             "h11_max_incomplete_event_size": server.max_request_header_size,
-            "http": header_deadline_protocol(max(1.0, float(server.channel_timeout))),
+            "http": header_deadline_protocol(max(1.0, float(server.channel_timeout)),
+                                             server.max_request_header_size),
             "ws": "none", "loop": "asyncio",
         }
         if server.trusted_proxy:
@@ -101,29 +102,50 @@ class UvicornListener:
             log.error("the ASGI server stopped: %s", exc or type(exc).__name__)
 
 
-def header_deadline_protocol(deadline: float) -> type[Any]:
-    """uvicorn's h11 protocol, closing connections that take over *deadline* seconds to send headers.
+def header_deadline_protocol(deadline: float, max_header_size: int | None = None) -> type[Any]:
+    """uvicorn's h11 protocol, with waitress's limits on a request's head.
 
-    The clock starts when the connection opens, and again when a response
-    is complete (the keep-alive wait for the next request); bytes that
-    trickle in do not restart it, so a slowloris client cannot hold the
-    connection by sending a header line now and then. Made on first use:
-    uvicorn is an optional dependency.
+    A connection that takes over *deadline* seconds to send its headers is
+    closed. The clock starts when the connection opens, and again when a
+    response is complete (the keep-alive wait for the next request); bytes
+    that trickle in do not restart it, so a slowloris client cannot hold the
+    connection by sending a header line now and then. A head (request line
+    and headers) longer than *max_header_size* bytes is answered **431**
+    and its connection closed, as waitress answers it, whatever the number
+    of headers (h11 alone answers 400). Made on first use: uvicorn is an
+    optional dependency.
     """
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class HeaderDeadlineProtocol(H11Protocol):
         _header_timer: Any = None
+        _head = b""  # the current request's head so far, while its headers are not all in
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._arm_header_deadline()
 
         def data_received(self, data: bytes) -> None:
+            if max_header_size is not None and self.conn.their_state is h11.IDLE:
+                head = self._head + data
+                end = head.find(b"\r\n\r\n")
+                if (end if end != -1 else len(head)) > max_header_size:
+                    self._refuse_head_too_large()
+                    return
+                self._head = head if end == -1 else b""
             super().data_received(data)
             if self.conn.their_state is not h11.IDLE:
                 self._disarm_header_deadline()  # the headers are in: the request runs
+                self._head = b""
+
+        def _refuse_head_too_large(self) -> None:
+            body = b"Request Header Fields Too Large"
+            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                                 b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+                                 b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            self._head = b""
+            self.transport.close()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
