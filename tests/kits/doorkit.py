@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from asgikit import serving as serving_asgi
-from waitress.server import create_server
+from waitresskit import serving as serving_wsgi
 
 TIMEOUT = 30  # seconds, for every socket call, join and barrier: a hang fails, never a figure
 COOKIE = "zodbsession"
@@ -18,15 +17,8 @@ THREADS = 8
 @contextmanager
 def on_waitress(app: Any) -> Iterator[int]:
     """Serve a WSGI *app* on waitress with THREADS threads; its port."""
-    server = create_server(app, host="127.0.0.1", port=0, threads=THREADS)
-    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
-    thread.start()
-    try:
-        yield server.effective_port
-    finally:
-        server.close()
-        server.task_dispatcher.shutdown(timeout=TIMEOUT)
-        thread.join(timeout=TIMEOUT)
+    with serving_wsgi(app, threads=THREADS) as port:
+        yield port
 
 
 @contextmanager
