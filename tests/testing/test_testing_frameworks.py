@@ -79,7 +79,8 @@ DJANGO_TESTS = textwrap.dedent('''
 
 def run_suite(tmp_path: Path, source: str) -> subprocess.CompletedProcess:
     (tmp_path / "test_user_suite.py").write_text(source)
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+    # -rN: no short summary, whose lines pytest leaves whole when CI is set (and repeats the message)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rN", "-p", "no:cacheprovider",
                            "test_user_suite.py"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)
 
