@@ -57,6 +57,8 @@ class _Process:
     """A ``zodbsession`` command in a child process, ready once its port accepts connections."""
 
     command = ""
+    #: The signal ``stop()`` sends: SIGTERM, as a supervisor does.
+    stop_signal = signal.SIGTERM
 
     def __init__(self, cwd: Path, env: dict[str, str], *args: str, port: int | None = None,
                  executable: str | Path = ZODBSESSION) -> None:
@@ -74,9 +76,13 @@ class _Process:
     def listening(self) -> bool:
         return port_open(self.port)
 
+    def argv(self) -> list[str]:
+        """The child's command line."""
+        return [self.executable, self.command, *self.args]
+
     def start(self, timeout: float = 30) -> _Process:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen([self.executable, self.command, *self.args], cwd=self.cwd,
+        self.process = subprocess.Popen(self.argv(), cwd=self.cwd,
                                         env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                         preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
@@ -90,9 +96,9 @@ class _Process:
         raise RuntimeError(f"{self.command} did not listen within {timeout} s:\n{self.log()}")
 
     def stop(self, timeout: float = 30) -> int:
-        """SIGTERM, then wait for a clean exit; returns the exit status."""
+        """``stop_signal``, then wait for a clean exit; returns the exit status."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(self.stop_signal)
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
