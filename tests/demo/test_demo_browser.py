@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from browserkit import BROWSER_WAIT as WAIT
+from browserkit import replaced
 from serverproc import ServerProcess
 
 
@@ -40,13 +41,12 @@ def status(browser) -> int:
 def click_and_wait(browser, element_id: str) -> None:
     """Click the button with this id and wait until the next document has loaded."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     old_page = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.ID, element_id).click()
     wait = WebDriverWait(browser, WAIT)
-    wait.until(expected_conditions.staleness_of(old_page))
+    wait.until(replaced(old_page))
     wait.until(lambda b: b.execute_script("return document.readyState") == "complete")
 
 

@@ -6,6 +6,8 @@ importing ``conftest`` gets whichever folder's conftest was imported last.
 
 from __future__ import annotations
 
+from typing import Any
+
 #: Upper bound, in seconds, of every browser wait: page loads, element look-ups.
 BROWSER_WAIT = 10
 
@@ -23,3 +25,26 @@ CHROME_FLAGS = (
     "--disable-sync",
     "--window-size=1200,1400",
 )
+
+
+def replaced(element: Any) -> Any:
+    """A wait condition: *element*'s document has been replaced by the next one.
+
+    Selenium's ``staleness_of`` knows one way a browser says so (a stale
+    reference); Chromium, asked mid-navigation, can also answer that the node
+    "does not belong to the document". Both mean the old page is gone.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    def check(_driver: Any) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    return check
