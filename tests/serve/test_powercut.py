@@ -29,7 +29,6 @@ import time
 import pytest
 from serverproc import Client, ServerProcess
 from stresskit import Writer, assert_sound, counter_app_env, run_writers
-
 from ZODB import DB
 from ZODB.FileStorage import FileStorage
 

@@ -12,8 +12,11 @@ page) aborts, whatever the status.
 
 Under ``zodbsession serve --app`` the server's own publisher already runs
 each request: the application sees ``environ["zodbsession.session"]`` and
-joins that transaction instead of opening a second one. The server's
-settings (storage, cookie, session timeouts) then apply, and its commit veto
+joins that transaction instead of opening a second one. The app's cookie
+(Quixote's ``session_cookie_*``) and a database URI given to ``make_app``
+replace the server's (``server_settings``, one start-up line says so), so
+that moving the app between servers logs nobody out; the server's session
+timeouts apply, and its commit veto
 (a 5xx aborts, anything else commits), which agrees with Quixote's hooks
 except for a view that returns a 5xx without raising.
 """
@@ -111,6 +114,29 @@ class QuixoteApp:
         self._owns_db = False
         self._publisher: SessionPublisher | None = None
         self._lock = threading.Lock()
+        #: Whether the cookie is Quixote's ``session_cookie_*`` (not ``make_app(cookie=...)``).
+        self.cookie_from_config = True
+
+    def server_settings(self) -> dict[str, tuple[Any, str]]:
+        """What ``zodbsession serve``, which wraps this app itself, must use to match ``make_app``.
+
+        ``{"section.field": (value, where the app says it)}``: the database of
+        a URI given to ``make_app`` and the cookie of Quixote's
+        ``session_cookie_*`` settings (or of ``cookie=``), so that the app has
+        one cookie name and one database under ``serve`` and under any other
+        server; ``serve`` says at start-up which of its settings these replace.
+        """
+        wanted: dict[str, tuple[Any, str]] = {}
+        if self._uri:
+            wanted["storage.uri"] = (self._uri, "make_app's db")
+            wanted["storage.sessions_uri"] = ("", "make_app's db")
+        cookie: CookiePolicy = self.publisher_options["cookie"]
+        for name in ("name", "path", "domain", "secure", "httponly", "samesite"):
+            value = getattr(cookie, name)
+            source = (f"Quixote's session_cookie_{name}" if self.cookie_from_config
+                      else f"make_app's cookie.{name}")
+            wanted[f"cookie.{name}"] = ("" if value is None else value, source)
+        return wanted
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if "zodbsession.session" in environ:
@@ -183,9 +209,11 @@ def make_app(root_directory: Any, db: DB | str | None, *,
         manager = ZODBSessionManager(manager=manager)
     publisher = ThreadSafePublisher(root_directory, session_manager=manager, config=config, logger=logger)
     options = dict(publisher_options)
+    cookie_given = "cookie" in options
     options.setdefault("cookie", cookie_policy_from(publisher.config))
     options["commit_veto"] = quixote_commit_veto(options.get("commit_veto"))
     app = QuixoteApp(publisher, db, manager, options)
+    app.cookie_from_config = not cookie_given
     if isinstance(db, DB):
         app.get_publisher()  # a database at hand: fail now, not on the first request
     return app

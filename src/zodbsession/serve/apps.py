@@ -104,7 +104,8 @@ def load_app(spec: str, *, key: str = "server.app", asgi: bool = False) -> Loade
 def adopt_app_settings(settings: Settings, app: Any) -> Settings:
     """*settings* with what an application's own session settings replace, said in one log line.
 
-    A Flask app with ``zodbsession.flask`` keeps its database
+    A Flask app with ``zodbsession.flask`` (and likewise a Quixote app from
+    ``zodbsession.quixote.make_app``) keeps its database
     (``ZODBSESSION_URI``), cookie (``SESSION_COOKIE_*``) and timeouts in its
     configuration; under another server its own publisher uses them, so
     ``serve`` uses them too: the same cookie name and the same database under
@@ -113,7 +114,10 @@ def adopt_app_settings(settings: Settings, app: Any) -> Settings:
     """
     extensions = getattr(app, "extensions", None)
     state = extensions.get("zodbsession") if isinstance(extensions, dict) else None
-    wanted = getattr(state, "server_settings", None)
+    wanted = getattr(state, "server_settings", None)  # Flask's extension
+    kind = "Flask"
+    if not callable(wanted):
+        wanted, kind = getattr(app, "server_settings", None), "Quixote"  # zodbsession.quixote's app
     if not callable(wanted):
         return settings
     changes: dict[str, dict[str, Any]] = {}
@@ -131,8 +135,8 @@ def adopt_app_settings(settings: Settings, app: Any) -> Settings:
         said.append(f"{source} {shown!r} over {key} {was!r}")
     if not changes:
         return settings
-    log.info("the Flask app's own settings win over zodbsession's, so that it has one cookie and one "
-             "database under any server: %s", "; ".join(said))
+    log.info("the %s app's own settings win over zodbsession's, so that it has one cookie and one "
+             "database under any server: %s", kind, "; ".join(said))
     return dataclasses.replace(settings, **{
         section: dataclasses.replace(getattr(settings, section), **fields)
         for section, fields in changes.items()})
