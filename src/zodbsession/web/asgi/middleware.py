@@ -8,18 +8,25 @@ conflicts retried with the body replayed, the same cookie, the same outcome
 table (``zodbsession.core.outcomes``) and the same per-session queue, here an
 ``asyncio`` lock per session id with a bounded number of waiters.
 
-The event loop never waits on ZODB: opening the connection (and beginning
-the transaction), loading the session the cookie names, the commit or abort
-and closing the connection each run in a worker thread. The application
-itself runs in the loop, in the request's task, and reads and writes the
-already-loaded session in memory. A ZODB connection is used by one thread at
-a time, which holds here because those steps and the application take turns.
+The event loop never waits on ZODB I/O. On a storage where beginning,
+aborting and closing touch only memory (``inline.loop_safe``: MappingStorage,
+the ``file://`` group-commit FileStorage, DemoStorage over those) a read of
+a session already in the connection's cache runs wholly in the loop (0
+thread hops) and a write hops once, for its commit; a load the cache cannot
+answer and any commit go to a worker thread (``inline``). On other storages
+(ZEO, RelStorage: a begin is a round trip) opening the connection and
+loading the session, then the commit or abort and the close, each run in a
+worker thread. The application itself runs in the loop, in the request's
+task, and reads and writes the already-loaded session in memory. A ZODB
+connection is used by one thread at a time, which holds here because those
+steps and the application take turns.
 
 ``lifespan`` and ``websocket`` scopes (and any other) pass through untouched:
 a websocket handler gets no session and no transaction.
 
-Built from: ``messages`` (the body kept for replay, the response held back)
-and ``threads`` (the worker threads and ``run_in_connection``'s runner), on
+Built from: ``messages`` (the body kept for replay, the response held back),
+``threads`` (the worker threads and ``run_in_connection``'s runner) and
+``inline`` (which steps may run in the loop, and the guard that keeps them off I/O), on
 the core (``transact``, ``outcomes``, ``locks``).
 """
 
@@ -47,6 +54,16 @@ from zodbsession.core.transact import (
     SessionUse,
     TransactionCore,
     default_commit_veto,
+)
+from zodbsession.web.asgi.inline import (
+    LoadOnLoop,
+    LoopTransactionCore,
+    StepInThread,
+    database_loop_safe,
+    guard_connections,
+    resolve_on_loop,
+    scope_has_hooks,
+    steps_on_loop,
 )
 from zodbsession.web.asgi.messages import (
     Message,
@@ -110,9 +127,12 @@ class SessionMiddleware:
     wait in the loop for a connection to come back, so the pool is never
     outgrown.
 
-    Threading: one middleware serves one event loop. The ZODB steps (and
-    ``run_in_connection``) run in *executor*; None gives the middleware a
-    pool of its own, a thread per connection it may have in use.
+    Threading: one middleware serves one event loop. The ZODB steps that
+    may wait on I/O (and ``run_in_connection``) run in *executor*; None
+    gives the middleware a pool of its own, a thread per connection it may
+    have in use. *inline* says whether the steps that need no I/O run in the
+    loop: None decides by the storage (``inline.loop_safe``), False never,
+    True insists (refused for a storage that is not loop-safe).
     ``join_outer_transaction`` exists for keyword compatibility with the
     publisher and must stay False: nothing outside owns an ASGI request's
     transaction.
@@ -131,6 +151,7 @@ class SessionMiddleware:
         join_outer_transaction: bool = False,
         max_connections: int | None = None,
         executor: Executor | None = None,
+        inline: bool | None = None,
         **option_keywords: Any,
     ) -> None:
         if join_outer_transaction:
@@ -150,7 +171,13 @@ class SessionMiddleware:
         # thread, nor compete with the application's own to_thread work.
         self.threads = WorkerThreads(executor, max_connections)
         self._in_thread = self.threads.run
-        self.core = TransactionCore(db, manager=self.manager, retry=self.options.retry,
+        safe = database_loop_safe(db)
+        if inline and not safe:
+            raise ValueError(f"inline=True needs a storage whose begin, abort and close touch only "
+                             f"memory; {type(db.storage).__name__} may wait on I/O (leave inline=None)")
+        #: Whether the steps that need no I/O run in the event loop (``inline``).
+        self.inline = safe if inline is None else inline
+        self.core = LoopTransactionCore(db, manager=self.manager, retry=self.options.retry,
                                     commit_veto=commit_veto, registry=registry)
         self.session_locks = (AsyncKeyedLocks(self.options.max_waiting_per_session,
                                               self.options.session_wait_timeout)
@@ -243,10 +270,10 @@ class SessionMiddleware:
         """Open, run, finish (or fail) and close one attempt, by the outcome table."""
         core = self.core
         try:
-            await self._in_thread(core.open, attempt, preload=True)
+            await self._open(attempt)
         except Exception as exc:
             ending = core.fail(attempt, exc)  # nothing begun: no I/O
-            await self._in_thread(core.close, attempt)
+            await self._close(attempt)
             return ending, []
         request = attempt.request
         request["zodbsession.session"] = attempt.session
@@ -264,7 +291,26 @@ class SessionMiddleware:
         finally:
             core.leave()
             if attempt.tm is not None or attempt.connection is not None:  # not closed with its ending
-                await self._in_thread(core.close, attempt)
+                await self._close(attempt)
+
+    async def _open(self, attempt: Attempt) -> None:
+        """Open the attempt and load the cookie's session: in the loop while that needs no I/O."""
+        if not self.inline:
+            await self._in_thread(self.core.open, attempt, preload=True)
+            return
+        with steps_on_loop(LoadOnLoop):
+            self.core.open(attempt)
+            guard_connections(attempt.connection, self.manager.database)
+        if attempt.cookie_id is not None and not resolve_on_loop(attempt.opened_session):
+            await self._in_thread(attempt.opened_session._resolve)
+
+    async def _close(self, attempt: Attempt) -> None:
+        """``core.close``: in the loop where aborting and closing touch only memory."""
+        if self.inline and not scope_has_hooks(attempt):
+            with steps_on_loop():
+                self.core.close(attempt)
+            return
+        await self._in_thread(self.core.close, attempt)
 
     async def _run_app(self, attempt: Attempt, replay: ReplayReceive,
                        send: Send) -> tuple[Ending, list[Message]]:
@@ -300,7 +346,22 @@ class SessionMiddleware:
 
     async def _ending(self, step: Callable[..., Ending], attempt: Attempt, *args: Any,
                       **kwargs: Any) -> Ending:
-        """End the attempt by *step* (``finish``, ``fail``, ``abandon``) and close it, in one thread hop."""
+        """End the attempt by *step* (``finish``, ``fail``, ``abandon``) and close it.
+
+        In the loop when nothing is to be committed and no hook is to run,
+        else in one thread hop: a ``finish`` begun in the loop stops where
+        its commit would begin, or at a load (``StepInThread``), and runs again, whole,
+        in the thread (``inline.LoopTransactionCore``).
+        """
+        if self.inline and not scope_has_hooks(attempt):
+            with steps_on_loop():
+                try:
+                    ending = step(attempt, *args, **kwargs)
+                except StepInThread:
+                    pass
+                else:
+                    self.core.close(attempt)
+                    return ending
         return await self._in_thread(_then_close, self.core, step, attempt, *args, **kwargs)
 
     async def _commit_head(self, attempt: Attempt, head: list[Ending], response: ResponseBuffer) -> bool:

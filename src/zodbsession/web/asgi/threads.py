@@ -29,9 +29,14 @@ class WorkerThreads:
     pool's threads. A step using a connection must not overlap another
     step on it: callers await one before starting the next, and a cancelled
     caller still waits for its step (``run``).
+
+    ``hops`` counts the steps run so far (one ``run_in_executor`` each): the
+    bench and the tests read it to count the thread hops of a request.
     """
 
     def __init__(self, executor: Executor | None, size: int) -> None:
+        #: Steps handed to a worker thread so far (only the loop changes it).
+        self.hops = 0
         self.own = executor is None
         self.executor = executor if executor is not None else ThreadPoolExecutor(
             size, thread_name_prefix="zodbsession-asgi")
@@ -44,6 +49,7 @@ class WorkerThreads:
         (closing the connection) must not use the connection beside it.
         """
         loop = asyncio.get_running_loop()
+        self.hops += 1
         context = contextvars.copy_context()
         future = loop.run_in_executor(self.executor, functools.partial(context.run, fn, *args, **kwargs))
         try:
