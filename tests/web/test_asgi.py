@@ -14,6 +14,7 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -27,8 +28,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from ZODB import DB
+from ZODB.FileStorage import FileStorage
 
 from zodbsession import PublishError, Redirect, SessionManager, current_connection, current_session
+from zodbsession.core.groupcommit import GroupCommitFileStorage
 from zodbsession.core.locks import MAX_WAITING
 from zodbsession.core.observe import Observer
 from zodbsession.core.registry import after_abort, after_commit
@@ -234,12 +237,20 @@ def _box(conn) -> Box:
 # -- fixtures --------------------------------------------------------------------
 
 
-@pytest.fixture
-def database(db: DB) -> DB:
-    """Not the folder's MappingStorage: tests/conftest.py's FileStorage ``db``, with ``root()["box"]``."""
+@pytest.fixture(params=["inline", "threads"])
+def database(request, db_path: str) -> Iterator[DB]:
+    """Not the folder's MappingStorage: a FileStorage with ``root()["box"]``, run both ways.
+
+    ``inline``: the ``GroupCommitFileStorage`` that ``file://`` opens, whose
+    reads run in the loop and whose commits hop once (``web.asgi.inline``);
+    ``threads``: a stock ``FileStorage``, every step in a worker thread (as on ZEO).
+    """
+    storage = GroupCommitFileStorage(db_path) if request.param == "inline" else FileStorage(db_path)
+    db = DB(storage)
     with db.transaction() as conn:
         conn.root()["box"] = Box()
-    return db
+    yield db
+    db.close()
 
 
 @pytest.fixture
