@@ -7,7 +7,9 @@ differs from the ``zodbsession`` contender is only the front door and the
 server: ``zodbsession.web.asgi.SessionMiddleware`` with its defaults, on uvicorn
 (one process, one event loop) instead of the WSGI publisher on waitress.
 ``python -m bench.asgi_app PORT`` serves it on the storage
-``ZODBSESSION_STORAGE_URI`` names.
+``ZODBSESSION_STORAGE_URI`` names; ``BENCH_ASGI_INLINE=0`` keeps every ZODB
+step in a worker thread (``inline=False``: the door as it was before the
+loop-safe steps, the ``zodbsession-asgi-threads`` contender).
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ async def counter_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 def make_app() -> SessionMiddleware:
     """The contender: the counter inside the middleware, on ``ZODBSESSION_STORAGE_URI``."""
+    inline = None if os.environ.get("BENCH_ASGI_INLINE", "") != "0" else False
     return SessionMiddleware(counter_app, open_db(os.environ.get("ZODBSESSION_STORAGE_URI",
-                                                                 "file://var/Data.fs")))
+                                                                 "file://var/Data.fs")), inline=inline)
 
 
 def main(argv: list[str]) -> None:

@@ -56,6 +56,8 @@ GOALS = (
     ("writes", "zodbsession-relaxed", "beaker-redis", 1.0),
     ("reads", "zodbsession", "plain-zodb", 0.9),
     ("reads", "zodbsession", "bare", 0.9),
+    ("reads", "zodbsession-asgi", "zodbsession", 0.8),
+    ("writes", "zodbsession-asgi", "zodbsession", 0.7),
 )
 #: Issue #25: fsyncs per acknowledged durable write with 16 writers, at most.
 FSYNCS_PER_WRITE_GOAL = 0.67
@@ -208,6 +210,9 @@ def _contenders(workdir: Path, redis: dict[str, str], scale_out: dict[str, Any],
     contenders.append(Contender("zodbsession-asgi", [sys.executable, "-m", "bench.asgi_app"],
                                 {**base, "ZODBSESSION_STORAGE_URI":
                                  f"file://{workdir / 'zs-asgi' / 'Data.fs'}"}))
+    contenders.append(Contender("zodbsession-asgi-threads", [sys.executable, "-m", "bench.asgi_app"],
+                                {**base, "BENCH_ASGI_INLINE": "0", "ZODBSESSION_STORAGE_URI":
+                                 f"file://{workdir / 'zs-asgi-threads' / 'Data.fs'}"}))
     contenders.append(Contender("plain-zodb", [*serve, "plain_zodb"],
                                 {**base, "BENCH_WORKDIR": str(workdir / "plain")}))
     for name, url in redis.items():
@@ -216,7 +221,7 @@ def _contenders(workdir: Path, redis: dict[str, str], scale_out: dict[str, Any],
                                 {**base, "BENCH_WORKDIR": str(workdir / "beaker")}))
     contenders.append(stock)
     for contender in contenders:
-        if contender.command[:2] == serve[:2] or contender.name == "zodbsession-asgi":
+        if contender.command[:2] == serve[:2] or contender.name.startswith("zodbsession-asgi"):
             contender.command.append(str(contender.port))
         for key in ("BENCH_WORKDIR",):
             if key in contender.env:
@@ -225,7 +230,23 @@ def _contenders(workdir: Path, redis: dict[str, str], scale_out: dict[str, Any],
     (workdir / "zs").mkdir()
     (workdir / "zs-relaxed").mkdir()
     (workdir / "zs-asgi").mkdir()
-    return contenders
+    (workdir / "zs-asgi-threads").mkdir()
+    return chosen(contenders, os.environ.get("BENCH_CONTENDERS", ""))
+
+
+#: Contenders run only when ``BENCH_CONTENDERS`` names them.
+OPT_IN = ("zodbsession-asgi-threads",)
+
+
+def chosen(contenders: list[Contender], names: str) -> list[Contender]:
+    """The contenders ``BENCH_CONTENDERS`` (comma-separated names) asks for; empty: all but ``OPT_IN``."""
+    wanted = {name.strip() for name in names.split(",") if name.strip()}
+    if not wanted:
+        return [contender for contender in contenders if contender.name not in OPT_IN]
+    unknown = wanted - {contender.name for contender in contenders}
+    if unknown:
+        raise SystemExit(f"BENCH_CONTENDERS: no contender named {', '.join(sorted(unknown))}")
+    return [contender for contender in contenders if contender.name in wanted]
 
 
 def _request(port: int, method: str, cookie: str | None) -> tuple[int, str, str | None]:

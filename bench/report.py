@@ -169,6 +169,10 @@ def render(results: dict[str, Any]) -> str:
         from bench.counts import render as render_counts
 
         out += ["### Counts load cannot bend (in process)", "", render_counts(results["counts"])]
+    if results.get("asgi_hops"):
+        from bench.asgi_hops import render as render_asgi_hops
+
+        out += [render_asgi_hops(results["asgi_hops"])]
     if results.get("http_compare"):
         from bench.http_compare import render as render_http_compare
 

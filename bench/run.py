@@ -28,6 +28,7 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench import report  # noqa: E402 (after the path fix above)
+from bench.asgi_hops import asgi_hops  # noqa: E402
 from bench.compare import CompareConfig, compare  # noqa: E402
 from bench.counts import counts  # noqa: E402
 from bench.expiry import expiry  # noqa: E402
@@ -119,6 +120,7 @@ def run(mode_name: str, sections: tuple[str, ...], command: str) -> dict[str, An
                 results["counts"] = counts(directory, existing=mode.counts_existing,
                                            new_sessions=mode.counts_new,
                                            writes_per_writer=mode.counts_writes)
+                results["asgi_hops"] = asgi_hops(directory)
             elif section == "http-compare":
                 results["http_compare"] = http_compare(mode.http_compare, directory)
             elif section == "profile":
