@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import transaction
+from transaction.interfaces import NoTransaction
 from ZODB import DB
 from ZODB.DemoStorage import DemoStorage
 from ZODB.FileStorage import FileStorage
@@ -38,7 +39,7 @@ from ZODB.MappingStorage import MappingStorage
 from ZODB.POSException import ReadConflictError
 from ZODB.utils import oid_repr
 
-from zodbsession.core.commit import nothing_joined
+from zodbsession.core.commit import anything_joined, nothing_joined
 from zodbsession.core.groupcommit import GroupCommitFileStorage
 from zodbsession.core.request_session import RequestSession
 from zodbsession.core.transact import TransactionCore
@@ -188,3 +189,18 @@ def scope_has_hooks(attempt: Any) -> bool:
     """Whether the attempt's scope holds hooks (the application's code: they run in a thread)."""
     scope = attempt.scope
     return scope is not None and any(scope.hooks.values())
+
+
+def writes_pending(attempt: Any) -> bool:
+    """Whether something joined the attempt's transaction already (a write): its end goes to a thread.
+
+    Memory only. False says nothing of what ``finish`` may still find (an
+    in-place change): ``LoopTransactionCore`` stops that one at the commit.
+    """
+    tm = attempt.tm
+    if tm is None:
+        return False
+    try:
+        return anything_joined(tm.get())
+    except NoTransaction:
+        return False

@@ -64,6 +64,7 @@ from zodbsession.web.asgi.inline import (
     resolve_on_loop,
     scope_has_hooks,
     steps_on_loop,
+    writes_pending,
 )
 from zodbsession.web.asgi.messages import (
     Message,
@@ -349,11 +350,12 @@ class SessionMiddleware:
         """End the attempt by *step* (``finish``, ``fail``, ``abandon``) and close it.
 
         In the loop when nothing is to be committed and no hook is to run,
-        else in one thread hop: a ``finish`` begun in the loop stops where
+        else in one thread hop: a write the application made already goes
+        to the thread at once (``writes_pending``), and a ``finish`` begun in the loop stops where
         its commit would begin, or at a load (``StepInThread``), and runs again, whole,
         in the thread (``inline.LoopTransactionCore``).
         """
-        if self.inline and not scope_has_hooks(attempt):
+        if self.inline and not scope_has_hooks(attempt) and not writes_pending(attempt):
             with steps_on_loop():
                 try:
                     ending = step(attempt, *args, **kwargs)
