@@ -25,6 +25,7 @@ from ZODB.FileStorage import FileStorage
 from ZODB.MappingStorage import MappingStorage
 
 from zodbsession import SessionManager
+from zodbsession.core.db import SESSIONS_DATABASE, open_db
 from zodbsession.core.groupcommit import GroupCommitFileStorage
 from zodbsession.core.registry import before_commit
 from zodbsession.web.asgi import SessionMiddleware
@@ -52,10 +53,10 @@ async def counter_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 class Door:
     """One middleware on *db*, served by uvicorn, with one client whose cookie jar keeps its session."""
 
-    def __init__(self, db: DB) -> None:
+    def __init__(self, db: DB, **options: Any) -> None:
         self.db = db
-        self.middleware = SessionMiddleware(counter_app, db,
-                                            manager=SessionManager(unsaved_changes="save"))
+        options.setdefault("manager", SessionManager(unsaved_changes="save"))
+        self.middleware = SessionMiddleware(counter_app, db, **options)
 
     def hops(self, method: str, path: str = "/") -> tuple[int, dict[str, int]]:
         """The thread hops one request took, and its answer."""
@@ -120,6 +121,20 @@ def test_a_request_with_commit_hooks_ends_in_a_thread(group_commit_db):
         assert door.hops("GET") == (0, {"count": 1, "seen": 0})
 
 
+def test_sessions_in_a_database_of_their_own_read_in_the_loop_too(tmp_path):
+    db = open_db(f"file://{tmp_path}/Data.fs", sessions_uri=f"file://{tmp_path}/Sessions.fs")
+    try:
+        with Door(db, manager=SessionManager(database=SESSIONS_DATABASE)) as door:
+            assert door.middleware.inline
+            assert door.hops("POST") == (1, {"count": 1, "seen": 0})
+            assert door.hops("GET") == (0, {"count": 1, "seen": 0})
+            db.databases[SESSIONS_DATABASE].cacheMinimize()
+            assert door.hops("GET") == (1, {"count": 1, "seen": 0})  # the sessions database's loads
+            assert door.hops("POST") == (1, {"count": 2, "seen": 0})
+    finally:
+        db.close()
+
+
 def test_a_mapping_storage_reads_in_the_loop_too():
     db = DB(MappingStorage())
     try:
@@ -157,10 +172,7 @@ def test_inline_is_refused_for_a_storage_that_may_wait_on_io(db):
 
 
 def test_inline_false_keeps_every_step_in_threads(group_commit_db):
-    door = Door.__new__(Door)
-    door.db = group_commit_db
-    door.middleware = SessionMiddleware(counter_app, group_commit_db, inline=False)
-    with door:
+    with Door(group_commit_db, inline=False) as door:
         assert door.hops("POST") == (2, {"count": 1, "seen": 0})
         assert door.hops("GET") == (2, {"count": 1, "seen": 0})
 
