@@ -308,7 +308,10 @@ class SessionMiddleware:
     async def _close(self, attempt: Attempt) -> None:
         """``core.close``: in the loop where aborting and closing touch only memory."""
         if self.inline and not scope_has_hooks(attempt):
-            with steps_on_loop():
+            # Closing loads nothing; a load refused all the same (an
+            # application's own after-abort hook) is an Exception, which the
+            # abort logs and the close goes on past: the connection goes back.
+            with steps_on_loop(LoadOnLoop):
                 self.core.close(attempt)
             return
         await self._in_thread(self.core.close, attempt)
