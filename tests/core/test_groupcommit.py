@@ -261,3 +261,30 @@ def test_a_synced_offset_that_ends_no_transaction_is_not_trusted(tmp_path):
     size = os.path.getsize(path)
     assert _keys(path) == [0, 1, 2, 3, 4, 5]
     assert os.path.getsize(path) == size
+
+
+def test_last_transaction_is_read_without_waiting_for_the_storage_lock(tmp_path):
+    """A begin (the ASGI door's, on its event loop) never waits behind a commit holding the lock."""
+    storage = GroupCommitFileStorage(str(tmp_path / "Data.fs"))
+    db = DB(storage)
+    try:
+        with db.transaction() as conn:
+            conn.root()["x"] = 1
+        published = storage.lastTransaction()
+        held, release = threading.Event(), threading.Event()
+
+        def hold_the_lock() -> None:
+            with storage._lock:  # as a commit's vote or finish holds it while writing
+                held.set()
+                release.wait()
+
+        holder = threading.Thread(target=hold_the_lock)
+        holder.start()
+        held.wait()
+        try:
+            assert storage.lastTransaction() == published  # would wait for release() under the lock
+        finally:
+            release.set()
+            holder.join()
+    finally:
+        db.close()
