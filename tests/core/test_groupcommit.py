@@ -281,10 +281,15 @@ def test_last_transaction_is_read_without_waiting_for_the_storage_lock(tmp_path)
         holder = threading.Thread(target=hold_the_lock)
         holder.start()
         held.wait()
+        seen: list[bytes] = []
+        reader = threading.Thread(target=lambda: seen.append(storage.lastTransaction()))
         try:
-            assert storage.lastTransaction() == published  # would wait for release() under the lock
+            reader.start()
+            reader.join(10)  # a bound against a hang: under the lock it would wait for release()
+            assert seen == [published]
         finally:
             release.set()
             holder.join()
+            reader.join()
     finally:
         db.close()
