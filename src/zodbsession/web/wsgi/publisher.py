@@ -171,8 +171,12 @@ class SessionPublisher:
         self.manager = manager if manager is not None else SessionManager()
         self.cookie = cookie if cookie is not None else CookiePolicy()
         self.join_outer_transaction = join_outer_transaction
+        # A WSGI request runs in one server thread from open to close: its
+        # connection may stay with the thread for its next request
+        # (``TransactionCore``, keep_connections: why that is safe).
         self.core = TransactionCore(db, manager=self.manager, retry=self.options.retry,
-                                    commit_veto=commit_veto, registry=registry)
+                                    commit_veto=commit_veto, registry=registry,
+                                    keep_connections=not join_outer_transaction)
         self.session_locks = (KeyedLocks(self.options.max_waiting_per_session,
                                          self.options.session_wait_timeout)
                               if self.options.serialize_same_session else None)
@@ -187,6 +191,14 @@ class SessionPublisher:
     retry_deadline = property(lambda self: self.core.retry.deadline)
     max_request_body = property(lambda self: self.options.max_request_body)
     _idle_managers = property(lambda self: self.core.idle_managers)
+
+    def release_connections(self) -> int:
+        """Give the connections server threads keep between requests back to the pool (at shutdown).
+
+        ``DB.close()`` releases them anyway; this is for a publisher retired
+        while its database stays open. Returns how many there were.
+        """
+        return self.core.release_kept()
 
     def _ensure_container(self) -> None:
         # Made once here, so that concurrent first requests don't all create it.
@@ -271,7 +283,7 @@ class SessionPublisher:
             if response.status is None and not self.options.streaming:
                 raise RuntimeError("the application returned without calling start_response")
             ending = core.finish(attempt, response.status or "", response.headers, raised=raised)
-            if ending.committed:
+            if ending.outcome.fate == "commit":  # (``ending.committed``, without the property's call)
                 self._add_session_headers(response, ending.session_use, environ)
             elif ending.outcome is not VETOED:  # a failure: the table's answer, or a retry
                 response.close_app_quietly()
