@@ -3,7 +3,7 @@
 ``commit`` tells a failure in the commit's finish phase (some storages may
 have committed: the outcome is unknown) from one before every vote passed
 (nothing was committed). ``nothing_joined`` lets a read abort instead of
-committing an empty transaction. ``in_transaction`` and ``onclose_callbacks``
+committing an empty transaction. ``in_transaction`` and ``at_rest``
 are the other questions the core asks of the ``transaction`` and ZODB
 packages' private state (here and nowhere else). ``close_when_transaction_ends`` gives a
 connection back once an outer transaction, which the publisher does not own,
@@ -114,13 +114,21 @@ def in_transaction(tm: transaction.TransactionManager) -> bool:
         return True
 
 
-def onclose_callbacks(connection: Any) -> bool:
-    """Whether the application gave *connection* callbacks to run when it is closed (``onCloseCallback``).
+def at_rest(connection: Any, tm: transaction.TransactionManager) -> bool:
+    """Whether *connection* may wait for its thread's next request instead of being closed.
 
-    Such a connection must really be closed at the end of its request, never
-    kept for the thread's next one (``TransactionCore``'s kept connections).
+    Its manager *tm* has no transaction (nothing begun, nothing joined: what
+    the pool holds), and the application gave it no ``onCloseCallback``,
+    which must run when the request's connection is closed. One call for
+    ``TransactionCore.close``'s question on every read.
     """
-    return getattr(connection, "_Connection__onCloseCallbacks", None) is not None
+    try:
+        if tm._txn is not None:
+            return False
+    except AttributeError:  # another manager: ask it the public way
+        if in_transaction(tm):
+            return False
+    return getattr(connection, "_Connection__onCloseCallbacks", None) is None
 
 
 def abort_quietly(tm: transaction.TransactionManager) -> None:

@@ -43,11 +43,11 @@ from ZODB import DB
 from zodbsession.core.attempt import UNUSED, Attempt, Ending, Headers, SessionUse
 from zodbsession.core.commit import (
     abort_quietly,
+    at_rest,
     close_when_transaction_ends,
     commit,
     in_transaction,
     nothing_joined,
-    onclose_callbacks,
 )
 from zodbsession.core.errors import StorageUnavailable
 from zodbsession.core.manager import SessionManager
@@ -355,11 +355,11 @@ class TransactionCore:
             return
         tm, attempt.tm = attempt.tm, None
         if connection is not None and tm is not None:
+            if (attempt.clean and self.keep_connections and at_rest(connection, tm)
+                    and self._kept.setdefault(get_ident(), (connection, tm))[0] is connection):
+                return  # kept for this thread's next request
             if in_transaction(tm):
                 abort_quietly(tm)
-            elif (attempt.clean and self.keep_connections and not onclose_callbacks(connection)
-                  and self._kept.setdefault(get_ident(), (connection, tm))[0] is connection):
-                return  # kept for this thread's next request
         if connection is not None:
             connection.close()
         if tm is not None:

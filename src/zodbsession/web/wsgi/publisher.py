@@ -221,11 +221,19 @@ class SessionPublisher:
 
     def _call_owned(self, environ: dict[str, Any], cookie_id: str | None,
                     more_ids: tuple[str, ...] = ()) -> Response:
-        where = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
+        method = environ.get("REQUEST_METHOD")
+        where = f"{method} {environ.get('PATH_INFO')}"
         try:
-            check_length(environ, self.options.max_request_body)
-            body = replayable_body(environ, self.options.max_replay_bytes, self.options.max_request_body)
-            ending, response = self._run_with_retries(environ, cookie_id, where, body, more_ids)
+            length = environ.get("CONTENT_LENGTH")
+            if (not length or length == "0") and not environ.get("wsgi.input_terminated"):
+                # No body (a GET, most often): what the two calls below give
+                # for it, without making them.
+                body: bytes | None = b""
+            else:
+                check_length(environ, self.options.max_request_body)
+                body = replayable_body(environ, self.options.max_replay_bytes, self.options.max_request_body)
+            ending, response = self._run_with_retries(environ, cookie_id, where, body, more_ids,
+                                                      method="GET" if method is None else str(method))
         except (RequestBodyTooLarge, SessionBusy) as exc:
             ending = self.core.refuse(exc, where=where, request=environ)
             response = None
@@ -235,7 +243,7 @@ class SessionPublisher:
         return response
 
     def _run_with_retries(self, environ: dict[str, Any], cookie_id: str | None, where: str,
-                          body: bytes | None, more_ids: tuple[str, ...] = (),
+                          body: bytes | None, more_ids: tuple[str, ...] = (), *, method: str = "GET",
                           ) -> tuple[Ending, Response | None]:
         """Attempt the request until it does not ask for a retry; *body* None: not replayable.
 
@@ -243,7 +251,6 @@ class SessionPublisher:
         ``locks.takes_turn``: a write method's and any retry's; a first GET
         runs beside the session's other requests.
         """
-        method = str(environ.get("REQUEST_METHOD", "GET"))
         responses: list[Response | None] = []
 
         def step(attempt: Attempt) -> Ending:
@@ -273,7 +280,10 @@ class SessionPublisher:
             ending = core.fail(attempt, exc)
             core.close(attempt)
             return ending, None
-        self._expose(environ, attempt)
+        # (``_expose``, written out: this runs for every request.)
+        environ["zodbsession.session"] = attempt.session
+        environ["zodbsession.connection"] = attempt.connection
+        environ["zodbsession.attempt"] = attempt.number
         core.enter(attempt)
         handed_off = False
         response: Response | None = None
