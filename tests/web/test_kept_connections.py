@@ -10,6 +10,7 @@ run, and ``DB.close()`` still closes the database with connections kept.
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import transaction
@@ -101,3 +102,14 @@ def test_closing_the_database_releases_the_kept_connections(database):
 
 def _publisher(action, database):
     return publisher(app_from(action), database)
+
+
+def test_a_publisher_dropped_without_release_gives_its_kept_connection_back(database):
+    seen = []
+    testapp = client(_publisher(_app_value_reader(seen), database))
+    assert request(testapp).text == "0"
+    assert [conn for conn in database.pool.all if conn.opened] == [seen[0]]
+    del testapp, seen
+    gc.collect()
+    assert [conn for conn in database.pool.all if conn.opened] == []
+    assert len(database.pool.available) == len(database.pool.all) == 1

@@ -32,6 +32,7 @@ import contextlib
 import itertools
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from threading import get_ident
 from typing import Any
@@ -155,6 +156,10 @@ class TransactionCore:
         # {thread id: (connection, its manager)}: the connection each thread
         # keeps between its requests; dict pop and setdefault are atomic.
         self._kept: dict[int, tuple[Any, transaction.TransactionManager]] = {}
+        if keep_connections:
+            # A core dropped without release_kept() still gives its kept
+            # connections back (their storage instances are released with them).
+            weakref.finalize(self, _release_kept, self._kept, None)
 
     # -- making an attempt (no I/O) ------------------------------------------
 
@@ -371,17 +376,7 @@ class TransactionCore:
         Safe while requests run: a connection is either kept or in use, and
         whoever pops it from the kept ones owns it.
         """
-        released = 0
-        for ident in list(self._kept):
-            kept = self._kept.pop(ident, None)
-            if kept is None:
-                continue
-            connection, tm = kept
-            if connection.transaction_manager is tm:  # not already released by DB.close()
-                connection.close()
-                self._give_back(tm)
-            released += 1
-        return released
+        return _release_kept(self._kept, self._give_back)
 
     # -- the caller's context ------------------------------------------------
 
@@ -502,6 +497,27 @@ class TransactionCore:
                 and len(self.idle_managers) < self.max_idle_managers):
             self.idle_managers.append(tm)
 
+
+
+def _release_kept(kept: dict[int, tuple[Any, transaction.TransactionManager]],
+                  give_back: Callable[[transaction.TransactionManager], None] | None) -> int:
+    """Close every connection in *kept* (emptying it), handing each manager to *give_back*; how many."""
+    released = 0
+    for ident in list(kept):
+        pair = kept.pop(ident, None)
+        if pair is None:
+            continue
+        connection, tm = pair
+        if connection.transaction_manager is tm:  # not already released by DB.close()
+            try:
+                connection.close()
+            except Exception:  # at shutdown or collection: nothing else to do with it
+                log.exception("closing a kept connection failed")
+            else:
+                if give_back is not None:
+                    give_back(tm)
+        released += 1
+    return released
 
 
 class RequestAttempts:
