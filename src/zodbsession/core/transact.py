@@ -126,8 +126,9 @@ class TransactionCore:
     joined, exactly what the pool holds. Never kept: an attempt that failed,
     was abandoned or vetoed, a streamed response, a connection with
     ``onCloseCallback``s; those are closed. ``DB.close()`` releases kept
-    connections as it does pooled ones (``RequestTransactionManager``), and
-    ``release_kept`` gives them back to the pool. A kept connection counts as
+    connections as it does pooled ones (``RequestTransactionManager``),
+    ``release_kept`` gives them back to the pool, and so does a core that is
+    dropped (a finalizer). A kept connection counts as
     in use in ``DB.connectionDebugInfo()`` (so in the pool gauges): at most
     one per server thread.
     """
