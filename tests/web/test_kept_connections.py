@@ -113,3 +113,51 @@ def test_a_publisher_dropped_without_release_gives_its_kept_connection_back(data
     gc.collect()
     assert [conn for conn in database.pool.all if conn.opened] == []
     assert len(database.pool.available) == len(database.pool.all) == 1
+
+
+def test_a_manager_given_a_synchronizer_by_the_application_is_not_kept(database):
+    class Synchronizer:
+        def newTransaction(self, txn):  # noqa: N802 (the ISynchronizer spelling)
+            pass
+
+        def beforeCompletion(self, txn):  # noqa: N802
+            pass
+
+        def afterCompletion(self, txn):  # noqa: N802
+            pass
+
+    synchronizer = Synchronizer()
+
+    def action(environ):
+        environ["zodbsession.connection"].transaction_manager.registerSynch(synchronizer)
+        return "ok"
+
+    testapp = client(_publisher(action, database))
+    assert request(testapp).status_int == 200
+    assert [conn for conn in database.pool.all if conn.opened] == []
+    assert testapp.publisher.release_connections() == 0
+
+
+def test_a_connection_with_a_second_database_open_is_kept_with_it():
+    from ZODB import DB
+    from ZODB.MappingStorage import MappingStorage
+
+    databases = {}
+    main = DB(MappingStorage(), databases=databases, database_name="main")
+    DB(MappingStorage(), databases=databases, database_name="other")
+    try:
+        seen = []
+
+        def action(environ):
+            connection = environ["zodbsession.connection"]
+            seen.append(connection.get_connection("other"))
+            return "ok"
+
+        testapp = client(_publisher(action, main))
+        assert request(testapp).status_int == 200
+        assert request(testapp).status_int == 200
+        assert seen[0] is seen[1]  # kept along with its primary
+        assert testapp.publisher.release_connections() == 1
+    finally:
+        main.close()
+        databases["other"].close()

@@ -118,16 +118,18 @@ def at_rest(connection: Any, tm: transaction.TransactionManager) -> bool:
     """Whether *connection* may wait for its thread's next request instead of being closed.
 
     Its manager *tm* has no transaction (nothing begun, nothing joined: what
-    the pool holds), and the application gave it no ``onCloseCallback``,
-    which must run when the request's connection is closed. One call for
-    ``TransactionCore.close``'s question on every read.
+    the pool holds) and no synchronizer but the connection's own (one per
+    database it has opened: an application's would otherwise hear the next
+    request's transactions), and the application gave the connection no
+    ``onCloseCallback``, which must run when the request's connection is
+    closed. One call for ``TransactionCore.close``'s question on every read.
     """
     try:
-        if tm._txn is not None:
+        # (``_synchs`` is transaction's WeakSet; its ``data`` a WeakValueDictionary.)
+        if tm._txn is not None or len(tm._synchs.data) != len(connection.connections):
             return False
-    except AttributeError:  # another manager: ask it the public way
-        if in_transaction(tm):
-            return False
+    except AttributeError:  # another manager: ask it the public way, and never keep it
+        return False
     return getattr(connection, "_Connection__onCloseCallbacks", None) is None
 
 
