@@ -118,7 +118,7 @@ class TransactionCore:
     attempt ended cleanly (committed, or a read's empty transaction aborted)
     is kept for the next request of the same thread, with its manager,
     instead of going back to the pool: that skips the pool's bookkeeping
-    (``DB.open``/``Connection.close``, about 45 calls). It is as safe as the
+    (``DB.open``/``Connection.close``, about 50 calls). It is as safe as the
     pool: the next ``open`` still begins a transaction, and beginning calls
     the connection's ``newTransaction``, which syncs with the storage and
     applies every invalidation received meanwhile (a pooled connection gets
