@@ -10,22 +10,31 @@
   storage ``zodbsession serve`` opens for ``file://``) for a fixed number of
   writes; the storage counts its fsyncs and commits. The HTTP run counts the
   same thing inside the real server (``http_compare``).
+- **Calls per request**: Python calls (``sys.setprofile``'s ``call`` and
+  ``c_call`` events, both counted) made by one cached read (a GET of a
+  session already in the connection's cache) and one write (a POST that
+  increments it), through ``SessionPublisher`` and through the plain-ZODB
+  floor, each counted around the same ``bench.workload.Client`` call. The
+  load on the machine cannot change these; ``tests/core/test_call_budget.py``
+  holds zodbsession to its budget.
 """
 
 from __future__ import annotations
 
 import io
 import pickle
+import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ZODB import DB
 
-from bench.contenders import PlainZODB
+from bench.contenders import PlainZODB, ZodbSession
 from bench.populate import populate_plain, populate_zodbsession
-from bench.workload import counter_app
+from bench.workload import Client, counter_app
 from zodbsession import SessionPublisher
 from zodbsession.core.groupcommit import GroupCommitFileStorage
 
@@ -148,12 +157,58 @@ def fsyncs_per_write(workdir: Path, writes_per_writer: int) -> dict[str, Any]:
         db.close()
 
 
+def count_calls(fn: Callable[[], object]) -> int:
+    """How many Python calls ``fn()`` makes: ``sys.setprofile``'s ``call`` and ``c_call`` events.
+
+    Deterministic for one interpreter and one set of installed packages:
+    counts, not timings.
+    """
+    calls = 0
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        nonlocal calls
+        if event == "call" or event == "c_call":
+            calls += 1
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def calls_per_request(workdir: Path, *, filler: int = 100, warm_rounds: int = 5) -> dict[str, dict[str, int]]:
+    """Calls per cached read and per write, zodbsession and the plain-ZODB floor: {name: {read, write}}.
+
+    One client's session, made by a write, then *warm_rounds* reads and
+    writes so that the session is in the cache and every lazy set-up done;
+    then one read and one write counted.
+    """
+    result = {}
+    for kind in (ZodbSession, PlainZODB):
+        directory = workdir / kind.name
+        directory.mkdir(parents=True, exist_ok=True)
+        contender = kind(directory, filler)
+        try:
+            client = Client(contender.app)
+            client.write()
+            for _ in range(warm_rounds):
+                client.read()
+                client.write()
+            result[kind.name] = {"read": count_calls(client.read), "write": count_calls(client.write)}
+        finally:
+            contender.close()
+    return result
+
+
 def counts(workdir: Path, *, existing: int, new_sessions: int, writes_per_writer: int,
            ) -> dict[str, Any]:
     """The ``counts`` section."""
     return {"existing_sessions": existing,
             "new_session": new_session_costs(workdir / "new", existing, new_sessions),
-            "fsyncs": fsyncs_per_write(workdir, writes_per_writer)}
+            "fsyncs": fsyncs_per_write(workdir, writes_per_writer),
+            "calls": calls_per_request(workdir / "calls")}
 
 
 def render(section: dict[str, Any]) -> str:
@@ -172,4 +227,10 @@ def render(section: dict[str, Any]) -> str:
               f"`SessionPublisher` in process on the group-commit FileStorage: "
               f"**{fs['fsyncs_per_write']:.3f}** ({fs['fsyncs']:,} fsyncs for "
               f"{fs['acknowledged']:,} acknowledged writes, {fs['commits']:,} commits)."]
+    calls = section.get("calls")
+    if calls:
+        lines += ["", "Python calls per request (`sys.setprofile` call and c_call events), one cached "
+                  "read and one write through the same in-process client:", "",
+                  "| contender | calls per cached read | calls per write |", "| --- | ---: | ---: |"]
+        lines += [f"| {name} | {entry['read']:,} | {entry['write']:,} |" for name, entry in calls.items()]
     return "\n".join(lines) + "\n"

@@ -132,15 +132,20 @@ def _outcome_app(environ, start_response):
     return [b"ok"]
 
 
-@pytest.mark.parametrize(("path", "status"), [
-    ("/ok", 200), ("/fail", 500), ("/retry", 200), ("/always-conflict", 503),
-    ("/publish", 404), ("/5xx", 500),
+@pytest.mark.parametrize(("path", "status", "kept"), [
+    ("/ok", 200, 1), ("/fail", 500, 0), ("/retry", 200, 1), ("/always-conflict", 503, 0),
+    ("/publish", 404, 1), ("/5xx", 500, 0),
 ])
-def test_no_scope_remains_after_any_request(database, path, status):
+def test_no_scope_remains_after_any_request_and_only_a_clean_ending_keeps_its_connection(
+        database, path, status, kept):
     publisher = SessionPublisher(_outcome_app, database, retry_backoff=0)
     response = webtest.TestApp(validator(publisher)).get(path, expect_errors=True)
     assert response.status_int == status
     assert registry.has() is False
+    # A committed request's connection stays with its thread for the next
+    # request; a failed, vetoed or given-up one went back to the pool.
+    assert len([conn for conn in database.pool.all if conn.opened]) == kept
+    assert publisher.release_connections() == kept
     assert [conn for conn in database.pool.all if conn.opened] == []
 
 

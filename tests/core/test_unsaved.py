@@ -25,7 +25,7 @@ from ZODB.MappingStorage import MappingStorage
 from zodbsession.core.errors import ConfigError, UnsavedSessionChanges, UnstorableSessionValue
 from zodbsession.core.manager import SessionManager
 from zodbsession.core.request_session import RequestSession
-from zodbsession.core.unsaved import changed_keys, fingerprint
+from zodbsession.core.unsaved import changed_keys, fingerprint, holds_only_immutables
 from zodbsession.testing import make_client
 
 
@@ -132,6 +132,50 @@ def test_only_the_keys_changed_in_place_are_named(manager, memory_db):
         view["c"]["y"] = 2
 
     assert _request(manager, memory_db, session_id, work) == ["a", "c"]
+
+
+class _Counter(int):
+    """An int subclass: its instances carry a ``__dict__`` that can change in place."""
+
+
+@pytest.mark.parametrize(("data", "immutable"), [
+    ({}, True),
+    ({"n": 1, "f": 1.5, "c": 1j, "s": "x", "b": b"x", "t": True, "none": None}, True),
+    ({"pair": (1, ("a", b"b")), "set": frozenset({1, "a", (2, 3)})}, True),
+    ({"n": 1, "cart": []}, False),
+    ({"pair": (1, [2])}, False),
+    ({"set": frozenset({(1, frozenset({_Counter(2)}))})}, False),
+    ({"n": _Counter(1)}, False),
+    ({"d": {}}, False),
+    ({"p": PersistentList()}, False),
+])
+def test_only_values_immutable_all_the_way_down_skip_the_fingerprint(data, immutable):
+    assert holds_only_immutables(data) is immutable
+
+
+def test_a_session_of_immutable_values_is_not_fingerprinted_and_its_changes_still_commit(
+        manager, file_db):
+    database, reopen = file_db
+    session_id = _stored_id(manager, database, n=1, name="ann", pair=(1, 2))
+
+    def work(view):
+        assert view["n"] == 1
+        assert view._loaded is None  # no fingerprint: nothing can change in place
+        view["n"] = 2  # a change is an assignment, which marks the record
+
+    assert _request(manager, database, session_id, work) == []
+    assert _read_after_restart(manager, reopen, session_id, "n") == 2
+
+
+def test_a_session_holding_a_mutable_value_is_fingerprinted(manager, memory_db):
+    session_id = _stored_id(manager, memory_db, n=1, cart=["apple"])
+
+    def work(view):
+        assert view["n"] == 1
+        assert view._loaded is not None
+        view["cart"].append("pear")
+
+    assert _request(manager, memory_db, session_id, work) == ["cart"]
 
 
 def test_a_new_session_is_never_fingerprinted(manager, memory_db):

@@ -297,6 +297,9 @@ def test_transaction_managers_are_reused_clean_across_requests(database):
     for _ in range(3):
         assert request(testapp, method="POST").status_int == 200
     assert managers[0] is managers[1] is managers[2]
+    # Kept with its connection for the thread's next request, then given back clean.
+    assert testapp.publisher._idle_managers == []
+    assert testapp.publisher.release_connections() == 1
     assert testapp.publisher._idle_managers == [managers[0]]
     with pytest.raises(NoTransaction):
         managers[0].get()

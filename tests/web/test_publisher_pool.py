@@ -107,6 +107,9 @@ def test_pool_stays_bounded_over_a_thousand_mixed_requests(database):
     assert statuses == {"/write": {200}, "/fail": {500}, "/conflict": {200}, "/5xx": {500},
                         "/read": {200}, "/publish": {409}}
     assert max(seen_open) == 1
+    # The last request (a committed /publish) left its connection with the thread.
+    assert len(open_connections(database)) == 1
+    assert testapp.publisher.release_connections() == 1
     assert open_connections(database) == []
     assert all(info["opened"] is None for info in database.connectionDebugInfo())
     assert registry.has() is False

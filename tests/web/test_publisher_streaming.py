@@ -160,4 +160,6 @@ def test_failing_streaming_attempt_closes_its_iterable(database, failure):
     b"".join(pub(environ_for(), recorder))
     assert recorder.status.startswith("500" if failure == "exception" else "410")
     assert closed == [1]
+    # A PublishError's answer commits: that connection stays with the thread.
+    assert pub.release_connections() == (1 if failure == "publish-error" else 0)
     assert open_connections(database) == []

@@ -146,6 +146,10 @@ def test_concurrent_clients_lose_no_increment(file_db):
     assert {sid: values[sid] for sid in private_ids} == dict.fromkeys(private_ids, 50)
     assert values[shared] == 1 + 8 * 25
     assert len(values) == 9
+    # Connections stay with the server threads that used them, one each; given back, none is open.
+    kept = len([conn for conn in file_db.pool.all if conn.opened])
+    assert 1 <= kept <= len(publisher.core._kept)
+    assert publisher.release_connections() == kept
     assert [conn for conn in file_db.pool.all if conn.opened] == []
 
 

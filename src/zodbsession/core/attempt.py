@@ -36,7 +36,7 @@ class Attempt:
     """
 
     __slots__ = ("number", "attempts", "started", "cookie_id", "more_ids", "where", "request", "tm",
-                 "connection", "session", "scope", "joined")
+                 "connection", "session", "scope", "joined", "clean")
 
     def __init__(self, cookie_id: str | None, number: int, attempts: int, where: str,
                  request: Any, more_ids: tuple[str, ...], started: float) -> None:
@@ -56,6 +56,9 @@ class Attempt:
         self.session: RequestSession | None = None
         self.scope: Scope | None = None
         self.joined = False
+        # Ended as planned (``TransactionCore.finish`` committed, or aborted a
+        # read's empty transaction): its connection may be kept for the thread.
+        self.clean = False
 
     @property
     def last(self) -> bool:

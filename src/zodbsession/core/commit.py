@@ -3,7 +3,9 @@
 ``commit`` tells a failure in the commit's finish phase (some storages may
 have committed: the outcome is unknown) from one before every vote passed
 (nothing was committed). ``nothing_joined`` lets a read abort instead of
-committing an empty transaction. ``close_when_transaction_ends`` gives a
+committing an empty transaction. ``in_transaction`` and ``at_rest``
+are the other questions the core asks of the ``transaction`` and ZODB
+packages' private state (here and nowhere else). ``close_when_transaction_ends`` gives a
 connection back once an outer transaction, which the publisher does not own,
 has ended. They live apart from the publisher because they speak only the
 ``transaction`` package's protocol, never WSGI.
@@ -90,12 +92,45 @@ def nothing_joined(txn: transaction.Transaction) -> bool:
     joined; without its ``_resources`` (and hook lists) this says False, and
     the publisher commits as it always did.
     """
-    resources = getattr(txn, "_resources", None)
-    if resources is None or resources or txn.isDoomed():
+    try:
+        # Read directly (the public getters build iterators): a read pays
+        # for this on every request.
+        if txn._resources or txn._before_commit or txn._after_commit:
+            return False
+    except AttributeError:  # another transaction package: count it as joined
         return False
-    # The hook lists, read directly (the public getters build iterators):
-    # a read pays for this on every request. Missing, they count as hooks.
-    return not (getattr(txn, "_before_commit", True) or getattr(txn, "_after_commit", True))
+    return not txn.isDoomed()
+
+
+def in_transaction(tm: transaction.TransactionManager) -> bool:
+    """Whether *tm* has a transaction begun and not yet ended (asked without raising ``NoTransaction``)."""
+    try:
+        return tm._txn is not None
+    except AttributeError:  # another manager: ask it the public way
+        try:
+            tm.get()
+        except NoTransaction:
+            return False
+        return True
+
+
+def at_rest(connection: Any, tm: transaction.TransactionManager) -> bool:
+    """Whether *connection* may wait for its thread's next request instead of being closed.
+
+    Its manager *tm* has no transaction (nothing begun, nothing joined: what
+    the pool holds) and no synchronizer but the connection's own (one per
+    database it has opened: an application's would otherwise hear the next
+    request's transactions), and the application gave the connection no
+    ``onCloseCallback``, which must run when the request's connection is
+    closed. One call for ``TransactionCore.close``'s question on every read.
+    """
+    try:
+        # (``_synchs`` is transaction's WeakSet; its ``data`` a WeakValueDictionary.)
+        if tm._txn is not None or len(tm._synchs.data) != len(connection.connections):
+            return False
+    except AttributeError:  # another manager: ask it the public way, and never keep it
+        return False
+    return getattr(connection, "_Connection__onCloseCallbacks", None) is None
 
 
 def abort_quietly(tm: transaction.TransactionManager) -> None:

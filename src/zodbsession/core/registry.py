@@ -67,7 +67,7 @@ class Scope:
     outer: bool = False
     # {kind -> [(fn, args, kwargs)]}
     hooks: dict[str, list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]] = field(
-        default_factory=lambda: {kind: [] for kind in HOOK_KINDS}, repr=False)
+        default_factory=lambda: {"before_commit": [], "after_commit": [], "after_abort": []}, repr=False)
 
     @property
     def transaction_manager(self) -> transaction.TransactionManager:

@@ -30,12 +30,13 @@ from typing import Any, Literal
 from transaction.interfaces import NoTransaction
 from ZODB.Connection import Connection
 
+from zodbsession.core.budget import client_address
 from zodbsession.core.errors import UnsavedSessionChanges
 from zodbsession.core.freshness import catch_up
 from zodbsession.core.manager import SessionManager
 from zodbsession.core.session import ExpiryValue, Session, ids_equal
 from zodbsession.core.session_dict import DictMethods, SessionDict
-from zodbsession.core.unsaved import Fingerprint, changed_keys, fingerprint
+from zodbsession.core.unsaved import Fingerprint, changed_keys, fingerprint, holds_only_immutables
 from zodbsession.core.unsaved import log as unsaved_log
 
 
@@ -48,7 +49,9 @@ class RequestSession(DictMethods):
     (``cookies.session_cookie_ids``), tried in order when *cookie_id* names no
     live session; the cookie is then sent again with the one found. *client*
     is the request's address: storing a new session and logging in are
-    charged to it (``SessionManager.new_per_address_per_minute``).
+    charged to it (``SessionManager.new_per_address_per_minute``); or give
+    *request* (a WSGI environ, an ASGI scope) and the address is read from it
+    only when something is charged, which a read never is.
 
     To application code it is a dict with dict's methods (``DictMethods``:
     ``popitem`` takes the last key, ``copy`` gives a plain dict, ``==``
@@ -58,9 +61,10 @@ class RequestSession(DictMethods):
     """
 
     def __init__(self, manager: SessionManager, connection: Connection, cookie_id: str | None,
-                 *, more_ids: Sequence[str] = (), client: str | None = None):
+                 *, more_ids: Sequence[str] = (), client: str | None = None, request: Any = None):
         self._manager = manager
-        self._client = client
+        self._given_client = client
+        self._request = request
         self._connection = connection
         self._cookie_id = cookie_id
         self._more_ids = tuple(more_ids)
@@ -72,6 +76,14 @@ class RequestSession(DictMethods):
         self._clean = False  # settle() found the data as loaded
         self._used = False  # the application asked for the session (not only a preload)
         self._faces: list[SessionDict] = []  # as_dict()'s, whose storage mirrors the data
+
+    @property
+    def _client(self) -> str | None:
+        """The address new sessions and logins are charged to (read from the request when asked)."""
+        if self._given_client is None and self._request is not None:
+            self._given_client = client_address(self._request)
+            self._request = None
+        return self._given_client
 
     # -- resolution ---------------------------------------------------------
 
@@ -96,8 +108,11 @@ class RequestSession(DictMethods):
                     session = self._find_cookie_session()
             self._found = session is not None
             # Only a found session can hold a change that nothing marked: a
-            # new one is stored by its first write, which marks it.
-            self._loaded = fingerprint(session._data) if session is not None else None
+            # new one is stored by its first write, which marks it. Nor can
+            # one whose values are all immutable (``unsaved``): no fingerprint.
+            self._loaded = (fingerprint(session._data)
+                            if session is not None and not holds_only_immutables(session._data)
+                            else None)
             self._clean = False
             if self._loaded is not None:
                 self._on_abort_drop_unsaved()
@@ -378,8 +393,9 @@ class RequestSession(DictMethods):
     def cookie_to_send(self) -> str | None | bool:
         """What the client's cookie must become: an id, False to delete it, None to leave it."""
         session = self._session
-        if session is not None and session.is_stored and (
-                session.id != self._cookie_id or self._expiry_changed):
+        # (The cheap comparisons first: a read of its own cookie's session stops there.)
+        if session is not None and (session.id != self._cookie_id or self._expiry_changed) and (
+                session.is_stored):
             return session.id
         if self._invalidated:
             return False

@@ -19,7 +19,13 @@ what differs in a session nobody marked changed is handled by the manager's
 ====================  =========================================================
 
 The cost is paid only by requests that use a session they found, and is
-measured in ``docs/testing.md``.
+measured in ``docs/testing.md``; and not even by those when every value in the
+session is immutable (``holds_only_immutables``): a value of an exact type
+among ``int``, ``float``, ``complex``, ``str``, ``bytes``, ``bool``, ``None``
+(or a ``tuple``/``frozenset`` of such values) has no method that changes it, so
+the only way to change such a session is through its mapping's own methods,
+which mark the record changed. A fingerprint could only ever find nothing, so
+none is taken: the read fast path (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -92,6 +98,42 @@ def _pickled(value: Any) -> bytes:
         pickler.clear_memo()
         buffer.seek(0)
         buffer.truncate()
+
+
+#: The exact types whose values nothing can change in place (subclasses may add mutable state).
+IMMUTABLE_TYPES: frozenset[type] = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
+def holds_only_immutables(data: dict[str, Any]) -> bool:
+    """Whether every value in *data* is immutable all the way down, so no in-place change is possible.
+
+    Exact types only (``IMMUTABLE_TYPES``; a ``tuple`` or ``frozenset`` counts
+    when its members do): a subclass of ``int`` can carry a mutable
+    ``__dict__``. One look at each value, no pickling: this is what lets a
+    read of such a session skip the fingerprint.
+    """
+    immutable = IMMUTABLE_TYPES
+    for value in data.values():
+        kind = type(value)
+        if kind in immutable:
+            continue
+        if (kind is tuple or kind is frozenset) and _members_immutable(value):
+            continue
+        return False
+    return True
+
+
+def _members_immutable(members: tuple[Any, ...] | frozenset[Any], depth: int = 0) -> bool:
+    if depth > 20:  # a pathological nesting: let the fingerprint decide
+        return False
+    for value in members:
+        kind = type(value)
+        if kind in IMMUTABLE_TYPES:
+            continue
+        if (kind is tuple or kind is frozenset) and _members_immutable(value, depth + 1):
+            continue
+        return False
+    return True
 
 
 def fingerprint(data: dict[str, Any]) -> Fingerprint | None:

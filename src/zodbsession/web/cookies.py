@@ -66,7 +66,8 @@ def read_cookies(header: CookieHeader, name: str) -> list[str]:
     Surrounding double quotes are removed from a value. A header past
     ``MAX_COOKIE_HEADER`` (all of them together) is ignored whole.
     """
-    header = _one_header(header)
+    if header.__class__ is not str:  # (a WSGI server's one string needs no joining)
+        header = _one_header(header)
     if not header or len(header) > MAX_COOKIE_HEADER:
         return []
     values = []

@@ -43,7 +43,12 @@ def session_headers(headers: Iterable[tuple[str, str]], cookie: CookiePolicy, us
     sends_cookie = use.cookie is not None and use.cookie is not True
     if not (use.used or sends_cookie):
         return result
-    _merge(result, "Vary", _vary_on_cookie)
+    for name, _value in result:
+        if name.lower() == "vary":
+            _merge(result, "Vary", _vary_on_cookie)
+            break
+    else:  # no Vary yet (most responses): the merge would only append this
+        result.append(("Vary", "Cookie"))
     if sends_cookie:
         _merge(result, "Cache-Control", _private)
         result.append(set_cookie if set_cookie is not None else _set_cookie(cookie, use, https))

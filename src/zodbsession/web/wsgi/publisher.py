@@ -171,8 +171,12 @@ class SessionPublisher:
         self.manager = manager if manager is not None else SessionManager()
         self.cookie = cookie if cookie is not None else CookiePolicy()
         self.join_outer_transaction = join_outer_transaction
+        # A WSGI request runs in one server thread from open to close: its
+        # connection may stay with the thread for its next request
+        # (``TransactionCore``, keep_connections: why that is safe).
         self.core = TransactionCore(db, manager=self.manager, retry=self.options.retry,
-                                    commit_veto=commit_veto, registry=registry)
+                                    commit_veto=commit_veto, registry=registry,
+                                    keep_connections=not join_outer_transaction)
         self.session_locks = (KeyedLocks(self.options.max_waiting_per_session,
                                          self.options.session_wait_timeout)
                               if self.options.serialize_same_session else None)
@@ -187,6 +191,14 @@ class SessionPublisher:
     retry_deadline = property(lambda self: self.core.retry.deadline)
     max_request_body = property(lambda self: self.options.max_request_body)
     _idle_managers = property(lambda self: self.core.idle_managers)
+
+    def release_connections(self) -> int:
+        """Give the connections server threads keep between requests back to the pool (at shutdown).
+
+        ``DB.close()`` releases them anyway; this is for a publisher retired
+        while its database stays open. Returns how many there were.
+        """
+        return self.core.release_kept()
 
     def _ensure_container(self) -> None:
         # Made once here, so that concurrent first requests don't all create it.
@@ -209,11 +221,19 @@ class SessionPublisher:
 
     def _call_owned(self, environ: dict[str, Any], cookie_id: str | None,
                     more_ids: tuple[str, ...] = ()) -> Response:
-        where = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
+        method = environ.get("REQUEST_METHOD")
+        where = f"{method} {environ.get('PATH_INFO')}"
         try:
-            check_length(environ, self.options.max_request_body)
-            body = replayable_body(environ, self.options.max_replay_bytes, self.options.max_request_body)
-            ending, response = self._run_with_retries(environ, cookie_id, where, body, more_ids)
+            length = environ.get("CONTENT_LENGTH")
+            if (not length or length == "0") and not environ.get("wsgi.input_terminated"):
+                # No body (a GET, most often): what the two calls below give
+                # for it, without making them.
+                body: bytes | None = b""
+            else:
+                check_length(environ, self.options.max_request_body)
+                body = replayable_body(environ, self.options.max_replay_bytes, self.options.max_request_body)
+            ending, response = self._run_with_retries(environ, cookie_id, where, body, more_ids,
+                                                      method="GET" if method is None else str(method))
         except (RequestBodyTooLarge, SessionBusy) as exc:
             ending = self.core.refuse(exc, where=where, request=environ)
             response = None
@@ -223,7 +243,7 @@ class SessionPublisher:
         return response
 
     def _run_with_retries(self, environ: dict[str, Any], cookie_id: str | None, where: str,
-                          body: bytes | None, more_ids: tuple[str, ...] = (),
+                          body: bytes | None, more_ids: tuple[str, ...] = (), *, method: str = "GET",
                           ) -> tuple[Ending, Response | None]:
         """Attempt the request until it does not ask for a retry; *body* None: not replayable.
 
@@ -231,7 +251,6 @@ class SessionPublisher:
         ``locks.takes_turn``: a write method's and any retry's; a first GET
         runs beside the session's other requests.
         """
-        method = str(environ.get("REQUEST_METHOD", "GET"))
         responses: list[Response | None] = []
 
         def step(attempt: Attempt) -> Ending:
@@ -261,7 +280,10 @@ class SessionPublisher:
             ending = core.fail(attempt, exc)
             core.close(attempt)
             return ending, None
-        self._expose(environ, attempt)
+        # (``_expose``, written out: this runs for every request.)
+        environ["zodbsession.session"] = attempt.session
+        environ["zodbsession.connection"] = attempt.connection
+        environ["zodbsession.attempt"] = attempt.number
         core.enter(attempt)
         handed_off = False
         response: Response | None = None
@@ -271,7 +293,7 @@ class SessionPublisher:
             if response.status is None and not self.options.streaming:
                 raise RuntimeError("the application returned without calling start_response")
             ending = core.finish(attempt, response.status or "", response.headers, raised=raised)
-            if ending.committed:
+            if ending.outcome.fate == "commit":  # (``ending.committed``, without the property's call)
                 self._add_session_headers(response, ending.session_use, environ)
             elif ending.outcome is not VETOED:  # a failure: the table's answer, or a retry
                 response.close_app_quietly()

@@ -1,0 +1,163 @@
+"""A WSGI server thread keeps its connection between requests, and that changes nothing a request sees.
+
+``TransactionCore(keep_connections=True)`` (the WSGI publisher's): after a
+clean ending the connection stays with its thread instead of going back to
+the pool. These tests hold what makes that safe: the next request still
+begins on a fresh snapshot (a commit made meanwhile elsewhere is seen), a
+failed request's connection goes back to the pool, close callbacks still
+run, and ``DB.close()`` still closes the database with connections kept.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import transaction
+from publisherkit import app_from, client, publisher, request
+
+
+def _app_value_reader(seen):
+    def action(environ):
+        connection = environ["zodbsession.connection"]
+        seen.append(connection)
+        return connection.root()["app"]
+    return action
+
+
+def _set_app_value(database, value):
+    tm = transaction.TransactionManager()
+    connection = database.open(tm)
+    try:
+        with tm:
+            connection.root()["app"] = value
+    finally:
+        connection.close()
+
+
+def test_a_kept_connection_sees_what_another_connection_committed_meanwhile(database):
+    seen = []
+    testapp = client(_publisher(_app_value_reader(seen), database))
+    assert request(testapp).text == "0"
+    _set_app_value(database, 5)
+    assert request(testapp).text == "5"
+    assert seen[0] is seen[1]  # the same connection, kept: it synced when its transaction began
+    _set_app_value(database, 6)
+    assert request(testapp).text == "6"
+
+
+def test_a_failed_request_gives_its_connection_back_to_the_pool(database):
+    def action(environ):
+        raise RuntimeError("boom")
+
+    testapp = client(_publisher(action, database))
+    assert request(testapp, expect_errors=True).status_int == 500
+    assert [conn for conn in database.pool.all if conn.opened] == []
+    assert testapp.publisher.release_connections() == 0
+
+
+def test_a_connection_given_close_callbacks_is_closed_and_they_run(database):
+    closed = []
+
+    def action(environ):
+        environ["zodbsession.connection"].onCloseCallback(lambda: closed.append(True))
+        return "ok"
+
+    testapp = client(_publisher(action, database))
+    assert request(testapp).status_int == 200
+    assert closed == [True]
+    assert [conn for conn in database.pool.all if conn.opened] == []
+
+
+def test_each_thread_keeps_a_connection_of_its_own(database):
+    seen = []
+    pub = _publisher(_app_value_reader(seen), database)
+    testapp = client(pub)
+    inside = threading.Barrier(2)
+
+    def both_inside(environ):
+        inside.wait(timeout=10)  # both requests hold a connection at once
+        return _app_value_reader(seen)(environ)
+
+    pub.app = app_from(both_inside)
+    threads = [threading.Thread(target=lambda: request(testapp)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen[0] is not seen[1]
+    assert pub.release_connections() == 2
+    assert [conn for conn in database.pool.all if conn.opened] == []
+
+
+def test_closing_the_database_releases_the_kept_connections(database):
+    seen = []
+    testapp = client(_publisher(_app_value_reader(seen), database))
+    assert request(testapp).text == "0"
+    assert seen[0].opened  # kept, with no transaction begun
+    database.close()  # aborts every open connection's manager: nothing to abort is no error
+    assert seen[0].transaction_manager is None
+    assert testapp.publisher.release_connections() == 1  # found released, not closed twice
+
+
+def _publisher(action, database):
+    return publisher(app_from(action), database)
+
+
+def test_a_publisher_dropped_without_release_gives_its_kept_connection_back(database):
+    seen = []
+    testapp = client(_publisher(_app_value_reader(seen), database))
+    assert request(testapp).text == "0"
+    assert [conn for conn in database.pool.all if conn.opened] == [seen[0]]
+    del testapp, seen
+    gc.collect()
+    assert [conn for conn in database.pool.all if conn.opened] == []
+    assert len(database.pool.available) == len(database.pool.all) == 1
+
+
+def test_a_manager_given_a_synchronizer_by_the_application_is_not_kept(database):
+    class Synchronizer:
+        def newTransaction(self, txn):  # noqa: N802 (the ISynchronizer spelling)
+            pass
+
+        def beforeCompletion(self, txn):  # noqa: N802
+            pass
+
+        def afterCompletion(self, txn):  # noqa: N802
+            pass
+
+    synchronizer = Synchronizer()
+
+    def action(environ):
+        environ["zodbsession.connection"].transaction_manager.registerSynch(synchronizer)
+        return "ok"
+
+    testapp = client(_publisher(action, database))
+    assert request(testapp).status_int == 200
+    assert [conn for conn in database.pool.all if conn.opened] == []
+    assert testapp.publisher.release_connections() == 0
+
+
+def test_a_connection_with_a_second_database_open_is_kept_with_it():
+    from ZODB import DB
+    from ZODB.MappingStorage import MappingStorage
+
+    databases = {}
+    main = DB(MappingStorage(), databases=databases, database_name="main")
+    DB(MappingStorage(), databases=databases, database_name="other")
+    try:
+        seen = []
+
+        def action(environ):
+            connection = environ["zodbsession.connection"]
+            seen.append(connection.get_connection("other"))
+            return "ok"
+
+        testapp = client(_publisher(action, main))
+        assert request(testapp).status_int == 200
+        assert request(testapp).status_int == 200
+        assert seen[0] is seen[1]  # kept along with its primary
+        assert testapp.publisher.release_connections() == 1
+    finally:
+        main.close()
+        databases["other"].close()
