@@ -58,11 +58,40 @@ def ref_equal(a: Any, b: Any) -> bool:
         return False
 
 
+ACCESS_NAMES = {"_accessed", "_last_access"}
+
+
 def reference_merge(old: dict, committed: dict, new: dict) -> dict | str:
     """Dict-of-keys three-way merge, as the spec reads, with nothing shared with merge.py."""
-    if ref_equal(committed, old) or ref_equal(new, old):
+    def but(state: dict, names: set[str]) -> dict:
+        return {k: v for k, v in state.items() if k not in names}
+
+    removed = ["_removed" in state for state in (old, committed, new)]
+    if ref_equal(but(committed, {"_removed"}), but(old, {"_removed"})) \
+            or ref_equal(but(new, {"_removed"}), but(old, {"_removed"})):
         return CONFLICT  # an unchanged rewrite claims the record
-    names = (set(old) | set(committed) | set(new)) - {"_data"}
+    for side in (committed, new):
+        if "_removed" in side and ref_equal(but(side, ACCESS_NAMES | {"_removed"}),
+                                            but(old, ACCESS_NAMES | {"_removed"})):
+            return CONFLICT  # a removal that changed nothing else, an old record migrated or not
+    access: dict[str, Any] = {}
+    for side in (committed, new):
+        if not ACCESS_NAMES & set(side) and ACCESS_NAMES & set(old):
+            return CONFLICT  # the access time removed
+        if "_last_access" in side and not ref_equal(side["_last_access"], old.get("_last_access", ABSENT)):
+            return CONFLICT  # the old layout's reference is only ever dropped, never changed
+    times = [side["_accessed"] for side in (committed, new) if "_accessed" in side]
+    if times:
+        access["_accessed"] = max(times)  # the later access wins
+    if "_last_access" in committed and "_last_access" in new:
+        access["_last_access"] = committed["_last_access"]
+    for side, other in ((committed, new), (new, committed)):
+        if "_removed" not in other and ref_equal(but(side, ACCESS_NAMES), but(old, ACCESS_NAMES)):
+            # A touch: the other side's record, with the later access.
+            return {**but(other, ACCESS_NAMES), **access}
+    if removed[1] or removed[2]:
+        access["_removed"] = True  # the merged record stays a removal
+    names = (set(old) | set(committed) | set(new)) - {"_data", "_removed"} - ACCESS_NAMES
 
     if any(not ref_equal(old.get(name, ABSENT), side.get(name, ABSENT))
            for name in names for side in (committed, new)):
@@ -90,6 +119,7 @@ def reference_merge(old: dict, committed: dict, new: dict) -> dict | str:
         if value is not ABSENT:
             data[key] = value
     result["_data"] = data
+    result.update(access)
     return result
 
 
@@ -132,6 +162,7 @@ ATTRIBUTES = {
     "created": st.sampled_from([1.0, 2.5]),
     "_expiry": st.sampled_from([None, ("idle", 60.0), ("at", 1.7e9), ("browser", 0.0)]),
     "_last_access": st.sampled_from([OID_ACCESS, OID_B]).map(lambda oid: ref(oid)),
+    "_accessed": st.sampled_from([5.0, 7.0, 9.0]),
 }
 
 
@@ -139,7 +170,7 @@ ATTRIBUTES = {
 def three_states(draw) -> tuple[dict, dict, dict]:
     old_makers: dict[str, Any] = {key: draw(VALUE_MAKERS) for key in KEYS if draw(st.booleans())}
     old_attributes = {name: draw(values) for name, values in ATTRIBUTES.items()
-                      if name != "_expiry" or draw(st.booleans())}
+                      if name not in ("_expiry", "_last_access", "_accessed") or draw(st.booleans())}
 
     def side() -> dict:
         makers = dict(old_makers)

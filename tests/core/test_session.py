@@ -213,10 +213,33 @@ def test_touch_at_resolution_records_access(session, clock):
     assert session.last_access == clock() + 60
 
 
-def test_touch_changes_only_the_access_record(session, clock):
-    session.touch(clock() + 100, 60)
-    assert not session._p_changed
-    assert session._last_access._p_changed
+def test_a_touch_alone_is_not_a_rewrite_of_the_session(session, clock):
+    session._p_changed = False  # as if loaded
+    assert session.touch(clock() + 100, 60)
+    assert session._p_changed  # the access time is in the record: it is stored
+    assert not session.rewritten  # but nothing else changed
+    session.touch(clock() + 200, 60)
+    assert not session.rewritten
+
+
+def test_any_other_write_after_a_touch_is_a_rewrite(session, clock):
+    for write in (lambda: session.__setitem__("a", 1), lambda: setattr(session, "user_id", "u"),
+                  session.changed, lambda: setattr(session, "_p_changed", True)):
+        session._p_changed = False
+        session.touch(session.last_access + 100, 60)
+        write()
+        assert session.rewritten
+
+
+def test_a_touch_never_moves_the_access_time_back(session, clock):
+    assert not session.touch(clock() - 10, 0)
+    assert not session.touch(clock(), 0)
+    assert session.last_access == clock()
+
+
+def test_a_new_session_keeps_its_access_time_in_its_own_record(session):
+    assert "_last_access" not in session.__getstate__()
+    assert session.__getstate__()["_accessed"] == session.last_access
 
 
 def test_deadline_is_the_earlier_of_both_timeouts(session, clock):
