@@ -66,14 +66,7 @@ def reference_merge(old: dict, committed: dict, new: dict) -> dict | str:
     def but(state: dict, names: set[str]) -> dict:
         return {k: v for k, v in state.items() if k not in names}
 
-    removed = ["_removed" in state for state in (old, committed, new)]
-    if ref_equal(but(committed, {"_removed"}), but(old, {"_removed"})) \
-            or ref_equal(but(new, {"_removed"}), but(old, {"_removed"})):
-        return CONFLICT  # an unchanged rewrite claims the record
-    for side in (committed, new):
-        if "_removed" in side and ref_equal(but(side, ACCESS_NAMES | {"_removed"}),
-                                            but(old, ACCESS_NAMES | {"_removed"})):
-            return CONFLICT  # a removal that changed nothing else, an old record migrated or not
+    removed = [state.get("_removed") for state in (old, committed, new)]
     access: dict[str, Any] = {}
     for side in (committed, new):
         if not ACCESS_NAMES & set(side) and ACCESS_NAMES & set(old):
@@ -86,11 +79,21 @@ def reference_merge(old: dict, committed: dict, new: dict) -> dict | str:
     if "_last_access" in committed and "_last_access" in new:
         access["_last_access"] = committed["_last_access"]
     for side, other in ((committed, new), (new, committed)):
-        if "_removed" not in other and ref_equal(but(side, ACCESS_NAMES), but(old, ACCESS_NAMES)):
+        touched = "_removed" not in side and not ref_equal(side, old) and ref_equal(
+            but(side, ACCESS_NAMES), but(old, ACCESS_NAMES))
+        if touched and other.get("_removed") == "idle":
+            return CONFLICT  # the sweep must see the access
+        if touched and (other.get("_removed") or not ref_equal(other, old)):
             # A touch: the other side's record, with the later access.
             return {**but(other, ACCESS_NAMES), **access}
+    if ref_equal(committed, old) or ref_equal(new, old):
+        return CONFLICT  # an unchanged rewrite claims the record
+    for side in (committed, new):
+        if "_removed" in side and ref_equal(but(side, ACCESS_NAMES | {"_removed"}),
+                                            but(old, ACCESS_NAMES | {"_removed"})):
+            return CONFLICT  # a removal that changed nothing else, an old record migrated or not
     if removed[1] or removed[2]:
-        access["_removed"] = True  # the merged record stays a removal
+        access["_removed"] = removed[1] or removed[2]  # the merged record stays a removal
     names = (set(old) | set(committed) | set(new)) - {"_data", "_removed"} - ACCESS_NAMES
 
     if any(not ref_equal(old.get(name, ABSENT), side.get(name, ABSENT))

@@ -25,6 +25,7 @@ from ZODB.Connection import Connection
 from zodbsession.core.budget import AddressBudget
 from zodbsession.core.errors import ConfigError, SessionLimitReached
 from zodbsession.core.limits import measure
+from zodbsession.core.merge import REMOVED_ENDED, REMOVED_IDLE
 from zodbsession.core.observe import EventKind, Observers, SessionEvent
 from zodbsession.core.session import (
     MAX_USER_ID_LENGTH,
@@ -506,7 +507,7 @@ class SessionManager:
         # it conflict, a touch included (core.merge): a delete alone would let
         # that change commit into an unreachable object, and a sweep would
         # remove a session used meanwhile.
-        session._removed = True
+        session._removed = REMOVED_IDLE if why in ("expired", "evicted") else REMOVED_ENDED
         legacy = session.__dict__.get("_last_access")
         if legacy is not None:
             # An old record's access time is a record of its own, which a

@@ -60,9 +60,11 @@ The last-access time is the exception to both rules. It lives in the record
   index's invariant (entries early, never late);
 - a removal (``SessionManager`` marks the record it removes: ``_removed``)
   that changed nothing else is an unchanged rewrite, even when it folded an
-  old record's access time in, and a touch never merges with a removal: so
-  the sweep conflicts with a request that used the session meanwhile, and
-  re-checks it.
+  old record's access time in, so a concurrent change conflicts; a touch
+  merges into a revocation or logout (the session is gone either way, as
+  with the old layout) but conflicts with a removal decided by the access
+  time (the sweep, the cap's eviction), which then re-checks the session:
+  used meanwhile, it survives.
 
 "The same value" is decided by ``fingerprint``, never by a value's own
 ``__eq__``: type for type, item for item, so ``1``, ``1.0`` and ``True``
@@ -96,8 +98,15 @@ ACCESSED = "_accessed"
 #: Where old records kept it: a reference to a separate ``zope.minmax.Maximum``.
 LEGACY_ACCESS = "_last_access"
 
-#: The attribute ``SessionManager`` sets on a session it removes: that write never merges.
+#: The attribute ``SessionManager`` sets on a session it removes (why, see ``REMOVED_IDLE``).
 REMOVED = "_removed"
+
+#: ``REMOVED``'s value when the removal was decided by the access time (the
+#: sweep, the cap's eviction): it conflicts with a concurrent touch.
+REMOVED_IDLE = "idle"
+
+#: ``REMOVED``'s value for any other removal (revoke, logout): a touch merges into it.
+REMOVED_ENDED = "ended"
 
 _ACCESS = (ACCESSED, LEGACY_ACCESS)
 
@@ -246,7 +255,7 @@ def merge_session_state(old: Any, committed: Any, new: Any, *, by_key: tuple[str
     for name in by_key:
         if not all(type(state.get(name)) is dict for state in states):
             raise ConflictError(f"session merge: attribute {name!r} is not a dict on every side")
-    removed = [REMOVED in state for state in states]
+    removed = [state.get(REMOVED) for state in states]
     apart = (*by_key, *_ACCESS, REMOVED)
     bookkeeping = [_fingerprints(_without(state, apart), "attribute") for state in states]
     access = [_fingerprints(_only(state, _ACCESS), "attribute") for state in states]
@@ -256,19 +265,25 @@ def merge_session_state(old: Any, committed: Any, new: Any, *, by_key: tuple[str
         return bookkeeping[side] == bookkeeping[0] and (but_access or access[side] == access[0]) \
             and all(prints[side] == prints[0] for prints in data.values())
 
+    times = _merged_access(old, committed, new)
+    for side in (1, 2):
+        other = 3 - side
+        if not removed[side] and access[side] != access[0] and same_as_old(side, but_access=True):
+            # A touch: the other side's record, with the later time; but a
+            # removal decided by the access time must see this access.
+            if removed[other] == REMOVED_IDLE:
+                raise ConflictError("session merge: a touch raced the removal of the session as idle")
+            if not removed[other] and same_as_old(other, but_access=False):
+                break  # an unchanged rewrite claims the record: refused below
+            merged = _without(states[other], _ACCESS)
+            merged.update(times)
+            return merged
     for side in (1, 2):
         # A removal that changed nothing else (an old record's access time
         # folded in is no change) is an unchanged rewrite.
-        if same_as_old(side, but_access=removed[side]):
+        if same_as_old(side, but_access=bool(removed[side])):
             raise ConflictError("session merge: one side rewrote the session without changing it "
                                 "(it was removed, or claimed on purpose)")
-    times = _merged_access(old, committed, new)
-    for side in (1, 2):
-        if same_as_old(side, but_access=True) and not removed[3 - side]:
-            # A touch: the other side's record, with the later time.
-            merged = _without(states[3 - side], _ACCESS)
-            merged.update(times)
-            return merged
     changed = {name for side in (1, 2) for name in bookkeeping[0].keys() | bookkeeping[side].keys()
                if bookkeeping[0].get(name, MISSING) != bookkeeping[side].get(name, MISSING)}
     if changed:
@@ -280,7 +295,7 @@ def merge_session_state(old: Any, committed: Any, new: Any, *, by_key: tuple[str
         merged[name] = _merge_fingerprinted((old[name], committed[name], new[name]), prints, "key")
     merged.update(times)
     if removed[1] or removed[2]:
-        merged[REMOVED] = True
+        merged[REMOVED] = removed[1] or removed[2]
     return merged
 
 

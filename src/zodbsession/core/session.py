@@ -148,8 +148,8 @@ class Session(Persistent, MutableMapping[str, Any]):  # type: ignore[misc]  # pe
     # Only in records written before the access time moved into the record:
     # the separate ``zope.minmax.Maximum`` that held it. Dropped when next written.
     _last_access: _LastAccess | None = None
-    # Set on a session being removed: that write never merges (core.merge).
-    _removed: bool = False
+    # Set on a session being removed, saying why: core.merge's REMOVED_IDLE or REMOVED_ENDED.
+    _removed: str | None = None
     # True while the only change of this transaction is the access time (see ``rewritten``).
     _v_access_only: bool = False
 
