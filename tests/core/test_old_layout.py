@@ -41,7 +41,7 @@ def write_old_layout(monkeypatch, database: DB, manager: SessionManager, data: d
         conn = database.open(tm)
         try:
             session = manager.new(conn, user_id=user_id)
-            del session._accessed
+            session.user_id = user_id  # the old code stored it, None too
             session._last_access = Maximum(session.created)
             session.update(data)
             tm.commit()

@@ -237,9 +237,12 @@ def test_a_touch_never_moves_the_access_time_back(session, clock):
     assert session.last_access == clock()
 
 
-def test_a_new_session_keeps_its_access_time_in_its_own_record(session):
-    assert "_last_access" not in session.__getstate__()
-    assert session.__getstate__()["_accessed"] == session.last_access
+def test_a_new_session_keeps_its_access_time_in_its_own_record(session, clock):
+    state = session.__getstate__()
+    assert "_last_access" not in state and "_accessed" not in state  # not touched: its creation
+    assert "user_id" not in state  # None, the class default
+    session.touch(clock() + 60, 60)
+    assert session.__getstate__()["_accessed"] == clock() + 60 == session.last_access
 
 
 def test_deadline_is_the_earlier_of_both_timeouts(session, clock):
@@ -284,7 +287,7 @@ def test_browser_close_expiry_keeps_the_managers_timeouts(session, clock):
 def test_old_pickles_without_an_expiry_load_with_none(memory_db, memory_conn, clock, connect):
     """A session stored before sessions had an expiry of their own reads as the manager's."""
     session = Session(new_session_id(), clock())
-    del session.__dict__["user_id"]  # as pickled by a version without later attributes
+    session.__dict__.pop("user_id", None)  # as pickled by a version without later attributes
     memory_conn.root()["old"] = session
     memory_conn.transaction_manager.commit()
     loaded = connect(memory_db).root()["old"]

@@ -28,7 +28,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from persistent import Persistent
 
@@ -143,7 +143,8 @@ class Session(Persistent, MutableMapping[str, Any]):  # type: ignore[misc]  # pe
     # The session's own expiry, or None for the manager's timeouts:
     # ("idle", seconds) | ("at", epoch seconds) | ("browser", 0.0).
     _expiry: tuple[str, float] | None = None
-    # The last access (epoch seconds). None only in an old record not yet migrated.
+    # The last access (epoch seconds); None: never touched since ``created``
+    # (or an old record, whose time is in ``_last_access``).
     _accessed: float | None = None
     # Only in records written before the access time moved into the record:
     # the separate ``zope.minmax.Maximum`` that held it. Dropped when next written.
@@ -156,9 +157,12 @@ class Session(Persistent, MutableMapping[str, Any]):  # type: ignore[misc]  # pe
     def __init__(self, session_id: str, created: float, user_id: str | None = None) -> None:
         self.id = session_id
         self.created = created
-        self.user_id = user_id
+        # Left to the class defaults until they differ from them, so a new
+        # record stores neither (the smaller record; ``_accessed`` None reads
+        # as ``created``).
+        if user_id is not None:
+            self.user_id = user_id
         self._data: dict[str, Any] = {}
-        self._accessed = created
         # Called once, on the first write of a transient session, to store it.
         self._v_attach: Callable[[Session], None] | None = None
 
@@ -187,7 +191,7 @@ class Session(Persistent, MutableMapping[str, Any]):  # type: ignore[misc]  # pe
         legacy = self._last_access
         accessed = self._accessed
         if legacy is None:
-            return cast(float, accessed)
+            return self.created if accessed is None else accessed
         # An old record: its time is in the separate Maximum (one more load).
         return legacy.value if accessed is None else max(legacy.value, accessed)
 

@@ -277,8 +277,6 @@ def _check_consistency(conn: Connection, container: SessionContainer) -> list[st
             problems.append(f"session {key[:8]}... is stored under another id's key")
         if key not in filed:
             problems.append(f"session {key[:8]}... has no expiry entry: no sweep will remove it")
-        if session._accessed is None and session._last_access is None:  # either layout has one
-            problems.append(f"session {key[:8]}... has no access time")
         owner_ids = container.by_user.get(session.user_id) if session.user_id is not None else ()
         if session.user_id is not None and (owner_ids is None or key not in owner_ids):
             problems.append(f"session {key[:8]}... is missing from {session.user_id!r}'s index")
