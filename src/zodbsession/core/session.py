@@ -4,7 +4,8 @@ A session is one persistent record: its id, owner, own expiry, the
 application's data and its last-access time (``_accessed``), so a session not
 in the cache costs one load. Touching a session rewrites that record, and
 ``Session._p_resolveConflict`` merges a touch with any concurrent write but a
-removal (the later access time wins, the other side's change stands), so a
+removal decided by the access time (the sweep's: the later access time wins,
+the other side's change stands), so a
 read racing a write still never conflicts, while two concurrent changes of
 one data key do conflict, as they must (``zodbsession.core.merge``).
 
@@ -200,7 +201,8 @@ class Session(Persistent, MutableMapping[str, Any]):  # type: ignore[misc]  # pe
 
         Returns whether anything was written. The session's record is
         rewritten; a concurrent write of it merges (the later time wins, see
-        ``zodbsession.core.merge``), so a touch conflicts only with a removal.
+        ``zodbsession.core.merge``), so a touch conflicts only with the sweep's
+        (or the cap's) removal, which must see it.
         """
         last = self.last_access
         if now - last < resolution or now <= last:
@@ -252,7 +254,7 @@ class Session(Persistent, MutableMapping[str, Any]):  # type: ignore[misc]  # pe
         ZODB calls it (on the ZEO server, with ZEO) when a commit finds the
         session changed since it was read. Changes to different data keys
         both survive, and access times merge to the later one; a touch
-        merges with any change but a removal; everything else conflicts (the
+        merges with any change but the sweep's removal; everything else conflicts (the
         same key, the id, the owner, the expiry, a removal). The rules are
         ``zodbsession.core.merge``'s.
         """
