@@ -437,3 +437,54 @@ def test_a_state_of_an_unexpected_shape_conflicts(broken):
 def test_merge_mapping_keeps_the_committed_order_then_the_new_keys():
     merged = merge_mapping({"a": 1}, {"b": 2, "a": 1}, {"a": 1, "c": 3})
     assert list(merged) == ["b", "a", "c"]
+
+
+# -- the access time ------------------------------------------------------------------------
+
+
+def timed(data: dict | None = None, accessed: float | None = None, **attributes: Any) -> dict[str, Any]:
+    """A state in the current layout: the access time in the record, no ``Maximum``."""
+    result = state(data, **attributes)
+    del result["_last_access"]
+    if accessed is not None:
+        result["_accessed"] = accessed
+    return result
+
+
+def test_a_touch_merges_with_a_data_change_keeping_the_later_time():
+    merged = merge_session_state(timed({"a": 1}), timed({"a": 1}, 9.0), timed({"a": 2}))
+    assert merged["_data"] == {"a": 2} and merged["_accessed"] == 9.0
+
+
+def test_a_touch_merges_with_a_change_of_the_bookkeeping():
+    login, touch = timed({"a": 1}, 5.0, user_id="u"), timed({"a": 1}, 9.0)
+    merged = merge_session_state(timed({"a": 1}, 5.0), login, touch)
+    assert merged["user_id"] == "u" and merged["_accessed"] == 9.0
+
+
+def test_two_touches_merge_to_the_later_time():
+    merged = merge_session_state(timed({}, 5.0), timed({}, 9.0), timed({}, 7.0))
+    assert merged["_accessed"] == 9.0
+
+
+@pytest.mark.parametrize("why, conflicts", [("idle", True), ("ended", False)])
+def test_a_touch_conflicts_only_with_a_removal_decided_by_the_access_time(why, conflicts):
+    old, touched, removed = timed({"a": 1}, 5.0), timed({"a": 1}, 9.0), timed({"a": 1}, 5.0, _removed=why)
+    for committed, new in ((touched, removed), (removed, touched)):
+        if conflicts:
+            with pytest.raises(ConflictError):
+                merge_session_state(old, committed, new)
+        else:
+            assert merge_session_state(old, committed, new)["_removed"] == "ended"
+
+
+def test_a_removal_that_only_migrated_an_old_record_is_an_unchanged_rewrite():
+    old = state({"a": 1})  # the old layout: a reference to the Maximum
+    removal = timed({"a": 1}, 5.0, _removed="ended")  # written by the current code: migrated
+    with pytest.raises(ConflictError, match="without changing it"):
+        merge_session_state(old, removal, state({"a": 1, "b": 2}))
+
+
+def test_an_access_time_that_is_not_a_float_conflicts():
+    with pytest.raises(ConflictError):
+        merge_session_state(timed({}, 5.0), timed({}, 9.0), timed({}, "7"))

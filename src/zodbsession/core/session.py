@@ -181,7 +181,7 @@ class Session(Persistent, MutableMapping[str, Any]):  # type: ignore[misc]  # pe
         legacy = state.pop("_last_access", None)
         if legacy is not None:
             accessed = state.get("_accessed")
-            state["_accessed"] = legacy.value if accessed is None else max(legacy.value, accessed)
+            state["_accessed"] = float(legacy.value if accessed is None else max(legacy.value, accessed))
         return state
 
     # -- bookkeeping -------------------------------------------------------
@@ -208,7 +208,7 @@ class Session(Persistent, MutableMapping[str, Any]):  # type: ignore[misc]  # pe
         if now - last < resolution or now <= last:
             return False
         access_only = self._p_changed is False
-        self._accessed = now
+        self._accessed = float(now)  # merged only as a float (core.merge)
         if access_only:
             self._v_access_only = True
         return True
