@@ -217,7 +217,7 @@ def test_each_expired_session_is_reported_once_per_committed_batch(database, eve
 
 def test_expire_batch_retried_after_a_conflict_reports_its_victims_once(db, clock, recorder):
     """A request touches the victim while the sweep's batch runs: the batch
-    conflicts (it read the access time as current) and is retried; the
+    conflicts (a removal never merges with a touch) and is retried; the
     events of the failed try are dropped with it."""
     touched = [True]  # disarmed while the session is stored
 
@@ -226,8 +226,8 @@ def test_expire_batch_retried_after_a_conflict_reports_its_victims_once(db, cloc
         if not touched:
             touched.append(True)
             with db.transaction() as other:
-                access = other.root()["zodbsession.sessions"].sessions[victim]._last_access
-                access._p_changed = True  # a new revision, the same (old) time
+                session = other.root()["zodbsession.sessions"].sessions[victim]
+                session._p_changed = True  # a new revision, the same (old) time
         return clock.now
 
     manager = SessionManager(clock=racing_clock)

@@ -58,11 +58,43 @@ def ref_equal(a: Any, b: Any) -> bool:
         return False
 
 
+ACCESS_NAMES = {"_accessed", "_last_access"}
+
+
 def reference_merge(old: dict, committed: dict, new: dict) -> dict | str:
     """Dict-of-keys three-way merge, as the spec reads, with nothing shared with merge.py."""
+    def but(state: dict, names: set[str]) -> dict:
+        return {k: v for k, v in state.items() if k not in names}
+
+    removed = [state.get("_removed") for state in (old, committed, new)]
+    access: dict[str, Any] = {}
+    for side in (committed, new):
+        if not ACCESS_NAMES & set(side) and ACCESS_NAMES & set(old):
+            return CONFLICT  # the access time removed
+        if "_last_access" in side and not ref_equal(side["_last_access"], old.get("_last_access", ABSENT)):
+            return CONFLICT  # the old layout's reference is only ever dropped, never changed
+    times = [side["_accessed"] for side in (committed, new) if "_accessed" in side]
+    if times:
+        access["_accessed"] = max(times)  # the later access wins
+    if "_last_access" in committed and "_last_access" in new:
+        access["_last_access"] = committed["_last_access"]
+    for side, other in ((committed, new), (new, committed)):
+        touched = "_removed" not in side and not ref_equal(side, old) and ref_equal(
+            but(side, ACCESS_NAMES), but(old, ACCESS_NAMES))
+        if touched and other.get("_removed") == "idle":
+            return CONFLICT  # the sweep must see the access
+        if touched and (other.get("_removed") or not ref_equal(other, old)):
+            # A touch: the other side's record, with the later access.
+            return {**but(other, ACCESS_NAMES), **access}
     if ref_equal(committed, old) or ref_equal(new, old):
         return CONFLICT  # an unchanged rewrite claims the record
-    names = (set(old) | set(committed) | set(new)) - {"_data"}
+    for side in (committed, new):
+        if "_removed" in side and ref_equal(but(side, ACCESS_NAMES | {"_removed"}),
+                                            but(old, ACCESS_NAMES | {"_removed"})):
+            return CONFLICT  # a removal that changed nothing else, an old record migrated or not
+    if removed[1] or removed[2]:
+        access["_removed"] = removed[1] or removed[2]  # the merged record stays a removal
+    names = (set(old) | set(committed) | set(new)) - {"_data", "_removed"} - ACCESS_NAMES
 
     if any(not ref_equal(old.get(name, ABSENT), side.get(name, ABSENT))
            for name in names for side in (committed, new)):
@@ -90,6 +122,7 @@ def reference_merge(old: dict, committed: dict, new: dict) -> dict | str:
         if value is not ABSENT:
             data[key] = value
     result["_data"] = data
+    result.update(access)
     return result
 
 
@@ -132,6 +165,7 @@ ATTRIBUTES = {
     "created": st.sampled_from([1.0, 2.5]),
     "_expiry": st.sampled_from([None, ("idle", 60.0), ("at", 1.7e9), ("browser", 0.0)]),
     "_last_access": st.sampled_from([OID_ACCESS, OID_B]).map(lambda oid: ref(oid)),
+    "_accessed": st.sampled_from([5.0, 7.0, 9.0]),
 }
 
 
@@ -139,7 +173,7 @@ ATTRIBUTES = {
 def three_states(draw) -> tuple[dict, dict, dict]:
     old_makers: dict[str, Any] = {key: draw(VALUE_MAKERS) for key in KEYS if draw(st.booleans())}
     old_attributes = {name: draw(values) for name, values in ATTRIBUTES.items()
-                      if name != "_expiry" or draw(st.booleans())}
+                      if name not in ("_expiry", "_last_access", "_accessed") or draw(st.booleans())}
 
     def side() -> dict:
         makers = dict(old_makers)
@@ -403,3 +437,54 @@ def test_a_state_of_an_unexpected_shape_conflicts(broken):
 def test_merge_mapping_keeps_the_committed_order_then_the_new_keys():
     merged = merge_mapping({"a": 1}, {"b": 2, "a": 1}, {"a": 1, "c": 3})
     assert list(merged) == ["b", "a", "c"]
+
+
+# -- the access time ------------------------------------------------------------------------
+
+
+def timed(data: dict | None = None, accessed: float | None = None, **attributes: Any) -> dict[str, Any]:
+    """A state in the current layout: the access time in the record, no ``Maximum``."""
+    result = state(data, **attributes)
+    del result["_last_access"]
+    if accessed is not None:
+        result["_accessed"] = accessed
+    return result
+
+
+def test_a_touch_merges_with_a_data_change_keeping_the_later_time():
+    merged = merge_session_state(timed({"a": 1}), timed({"a": 1}, 9.0), timed({"a": 2}))
+    assert merged["_data"] == {"a": 2} and merged["_accessed"] == 9.0
+
+
+def test_a_touch_merges_with_a_change_of_the_bookkeeping():
+    login, touch = timed({"a": 1}, 5.0, user_id="u"), timed({"a": 1}, 9.0)
+    merged = merge_session_state(timed({"a": 1}, 5.0), login, touch)
+    assert merged["user_id"] == "u" and merged["_accessed"] == 9.0
+
+
+def test_two_touches_merge_to_the_later_time():
+    merged = merge_session_state(timed({}, 5.0), timed({}, 9.0), timed({}, 7.0))
+    assert merged["_accessed"] == 9.0
+
+
+@pytest.mark.parametrize("why, conflicts", [("idle", True), ("ended", False)])
+def test_a_touch_conflicts_only_with_a_removal_decided_by_the_access_time(why, conflicts):
+    old, touched, removed = timed({"a": 1}, 5.0), timed({"a": 1}, 9.0), timed({"a": 1}, 5.0, _removed=why)
+    for committed, new in ((touched, removed), (removed, touched)):
+        if conflicts:
+            with pytest.raises(ConflictError):
+                merge_session_state(old, committed, new)
+        else:
+            assert merge_session_state(old, committed, new)["_removed"] == "ended"
+
+
+def test_a_removal_that_only_migrated_an_old_record_is_an_unchanged_rewrite():
+    old = state({"a": 1})  # the old layout: a reference to the Maximum
+    removal = timed({"a": 1}, 5.0, _removed="ended")  # written by the current code: migrated
+    with pytest.raises(ConflictError, match="without changing it"):
+        merge_session_state(old, removal, state({"a": 1, "b": 2}))
+
+
+def test_an_access_time_that_is_not_a_float_conflicts():
+    with pytest.raises(ConflictError):
+        merge_session_state(timed({}, 5.0), timed({}, 9.0), timed({}, "7"))

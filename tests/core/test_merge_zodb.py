@@ -260,6 +260,108 @@ def test_a_zodbsession_zeo_process_merges_different_keys_and_refuses_one_key(zeo
     assert stored_data(zeo_process, session_id) == {"a": "first", "b": 2, "c": 3}
 
 
+# -- touches: the access time is in the session's record, and merges -------------------------
+
+RESOLUTION = 60
+
+
+def toucher_and_other(backend: Backend, manager: SessionManager, clock, session_id: str
+                      ) -> tuple[Connection, Session, Connection, Session]:
+    """Two connections from one snapshot: *other* read within the resolution (no touch), the toucher after."""
+    other = backend.connect()
+    found = manager.get(other, session_id)
+    clock.advance(RESOLUTION)
+    toucher = backend.connect()
+    touched = manager.get(toucher, session_id)
+    assert touched._p_changed and not touched.rewritten and not found._p_changed
+    return toucher, touched, other, found
+
+
+def commit_both(first: Connection, second: Connection) -> None:
+    first.transaction_manager.commit()
+    second.transaction_manager.commit()  # a ConflictError here fails the test
+
+
+@pytest.mark.parametrize("touch_first", [True, False], ids=["touch-first", "write-first"])
+def test_a_touch_racing_a_data_write_merges_and_keeps_both(backend, clock, touch_first):
+    manager = SessionManager(clock=clock, access_resolution=RESOLUTION)
+    session_id = store(backend, manager, {"a": 1})
+    clock.advance(RESOLUTION / 2)
+    toucher, _touched, writer, written = toucher_and_other(backend, manager, clock, session_id)
+    written["b"] = 2
+    commit_both(*((toucher, writer) if touch_first else (writer, toucher)))
+    backend.reopen()
+    session = get_container(backend.connect()).get(session_id)
+    assert session.data() == {"a": 1, "b": 2}
+    assert session.last_access == clock()
+
+
+@pytest.mark.parametrize("later_first", [True, False], ids=["later-first", "earlier-first"])
+def test_two_touches_merge_to_the_later_time(backend, clock, later_first):
+    manager = SessionManager(clock=clock, access_resolution=RESOLUTION)
+    session_id = store(backend, manager, {"a": 1})
+    clock.advance(RESOLUTION)
+    one, two = backend.connect(), backend.connect()
+    assert manager.get(one, session_id).last_access == clock()  # touched now
+    clock.advance(5)
+    assert manager.get(two, session_id).last_access == clock()  # same snapshot, touched later
+    commit_both(*((two, one) if later_first else (one, two)))
+    session = get_container(backend.connect()).get(session_id)
+    assert session.last_access == clock() and session.data() == {"a": 1}
+
+
+@pytest.mark.parametrize("touch_first", [True, False], ids=["touch-first", "change-first"])
+@pytest.mark.parametrize("change", ["rotate", "login", "set_expiry", "revoke"])
+def test_a_touch_merges_with_a_change_of_the_bookkeeping(backend, clock, change, touch_first):
+    """As with the access time in a record of its own: a touch changes no index, so it never
+    conflicts; the other side's change stands, with the later access time."""
+    manager = SessionManager(clock=clock, access_resolution=RESOLUTION)
+    session_id = store(backend, manager, {"a": 1})
+    toucher, _touched, other, found = toucher_and_other(backend, manager, clock, session_id)
+    if change == "rotate":
+        manager.rotate(found)
+    elif change == "login":
+        manager.set_user(found, "alice")
+    elif change == "set_expiry":
+        manager.set_expiry(found, 14 * 86400)
+    else:
+        assert manager.revoke(other, session_id)
+    commit_both(*((toucher, other) if touch_first else (other, toucher)))
+    container = get_container(backend.connect())
+    if change == "revoke":
+        assert container.get(session_id) is None
+    else:
+        session = container.get(found.id)
+        assert session is not None and session.data() == {"a": 1}
+        assert session.last_access == clock()
+    if change == "rotate":
+        assert container.get(session_id) is None
+    if change == "login":
+        assert container.user_session_ids("alice") == [session_id]
+    assert verify(backend.db).problems == ()
+
+
+def test_a_touch_racing_the_sweep_makes_it_conflict_and_keep_the_session(backend, clock):
+    """The sweep decided by the access time it read: a touch committed meanwhile must be seen."""
+    manager = SessionManager(clock=clock, access_resolution=RESOLUTION)
+    session_id = store(backend, manager, {"a": 1})
+    clock.advance(manager.idle_timeout + EXPIRY_SLOT_SECONDS)
+    sweeper = backend.connect()
+    container = get_container(sweeper)
+    victim = container.get(session_id)
+    assert not manager.is_live(victim)
+    manager.invalidate(victim)  # as the sweep removes it
+    victim._removed = "idle"
+    toucher = backend.connect()
+    get_container(toucher).get(session_id).touch(clock(), RESOLUTION)
+    toucher.transaction_manager.commit()
+    with pytest.raises(ConflictError):
+        sweeper.transaction_manager.commit()
+    sweeper.transaction_manager.abort()
+    assert manager.expire(backend.connect()) == 0  # re-checked: used meanwhile, it stays
+    assert stored_data(backend, session_id) == {"a": 1}
+
+
 # -- removals, rotation and login racing a change ------------------------------------------
 
 
@@ -616,7 +718,7 @@ def both_keys(session: Session, index: int, round_: int) -> None:
 
 @pytest.fixture
 def ticking_manager() -> SessionManager:
-    """Every read of a session also records its access (a write of its ``Maximum``)."""
+    """Every read of a session also records its access (a write of its record, which merges)."""
     return SessionManager(clock=Ticker(), access_resolution=0, idle_timeout=10**6, max_lifetime=10**7)
 
 

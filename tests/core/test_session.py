@@ -213,10 +213,36 @@ def test_touch_at_resolution_records_access(session, clock):
     assert session.last_access == clock() + 60
 
 
-def test_touch_changes_only_the_access_record(session, clock):
-    session.touch(clock() + 100, 60)
-    assert not session._p_changed
-    assert session._last_access._p_changed
+def test_a_touch_alone_is_not_a_rewrite_of_the_session(session, clock):
+    session._p_changed = False  # as if loaded
+    assert session.touch(clock() + 100, 60)
+    assert session._p_changed  # the access time is in the record: it is stored
+    assert not session.rewritten  # but nothing else changed
+    session.touch(clock() + 200, 60)
+    assert not session.rewritten
+
+
+def test_any_other_write_after_a_touch_is_a_rewrite(session, clock):
+    for write in (lambda: session.__setitem__("a", 1), lambda: setattr(session, "user_id", "u"),
+                  session.changed, lambda: setattr(session, "_p_changed", True)):
+        session._p_changed = False
+        session.touch(session.last_access + 100, 60)
+        write()
+        assert session.rewritten
+
+
+def test_a_touch_never_moves_the_access_time_back(session, clock):
+    assert not session.touch(clock() - 10, 0)
+    assert not session.touch(clock(), 0)
+    assert session.last_access == clock()
+
+
+def test_a_new_session_keeps_its_access_time_in_its_own_record(session, clock):
+    state = session.__getstate__()
+    assert "_last_access" not in state and "_accessed" not in state  # not touched: its creation
+    assert "user_id" not in state  # None, the class default
+    session.touch(clock() + 60, 60)
+    assert session.__getstate__()["_accessed"] == clock() + 60 == session.last_access
 
 
 def test_deadline_is_the_earlier_of_both_timeouts(session, clock):
@@ -261,7 +287,7 @@ def test_browser_close_expiry_keeps_the_managers_timeouts(session, clock):
 def test_old_pickles_without_an_expiry_load_with_none(memory_db, memory_conn, clock, connect):
     """A session stored before sessions had an expiry of their own reads as the manager's."""
     session = Session(new_session_id(), clock())
-    del session.__dict__["user_id"]  # as pickled by a version without later attributes
+    session.__dict__.pop("user_id", None)  # as pickled by a version without later attributes
     memory_conn.root()["old"] = session
     memory_conn.transaction_manager.commit()
     loaded = connect(memory_db).root()["old"]

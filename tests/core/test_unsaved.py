@@ -232,6 +232,42 @@ def test_error_raises_naming_the_keys_and_the_fix(clock, memory_db):
     assert "save_changes()" in str(info.value)
 
 
+def test_a_touch_in_the_same_request_hides_no_in_place_change(clock, memory_db, caplog):
+    """The touch rewrites the session's record, but settle still sees the in-place change."""
+    manager = SessionManager(clock=clock, unsaved_changes="error", access_resolution=60)
+    session_id = _stored_id(manager, memory_db, cart=["apple"])
+    clock.advance(61)
+
+    def work(view):
+        view["cart"].append("pear")
+        assert view._session._p_changed and not view._session.rewritten  # touched only
+
+    tm = transaction.TransactionManager()
+    conn = memory_db.open(tm)
+    try:
+        view = RequestSession(manager, conn, session_id)
+        work(view)
+        with pytest.raises(UnsavedSessionChanges):
+            view.settle()
+    finally:
+        tm.abort()
+        conn.close()
+    warning = SessionManager(clock=clock, unsaved_changes="warn", access_resolution=60)
+    with caplog.at_level(logging.WARNING, logger="zodbsession.core.unsaved"):
+        assert _request(warning, memory_db, session_id, work) == ["cart"]
+    assert [r for r in caplog.records if r.name == "zodbsession.core.unsaved"]
+
+
+def test_a_touch_alone_is_no_written_session(clock, memory_db):
+    manager = SessionManager(clock=clock, access_resolution=60)
+    session_id = _stored_id(manager, memory_db, cart=["apple"])
+    clock.advance(61)
+    written = []
+    _request(manager, memory_db, session_id, lambda view: written.append((
+        view["cart"], view._session._p_changed, view.written_session())))
+    assert written == [(["apple"], True, None)]
+
+
 def test_error_lets_a_marked_change_through(clock, memory_db):
     manager = SessionManager(clock=clock, unsaved_changes="error")
     session_id = _stored_id(manager, memory_db, cart=["apple"])

@@ -25,6 +25,7 @@ from ZODB.Connection import Connection
 from zodbsession.core.budget import AddressBudget
 from zodbsession.core.errors import ConfigError, SessionLimitReached
 from zodbsession.core.limits import measure
+from zodbsession.core.merge import REMOVED_ENDED, REMOVED_IDLE
 from zodbsession.core.observe import EventKind, Observers, SessionEvent
 from zodbsession.core.session import (
     MAX_USER_ID_LENGTH,
@@ -261,7 +262,6 @@ class SessionManager:
 
     def _evict(self, container: SessionContainer, entry: tuple[int, str], victim: Session) -> None:
         container.expiry.remove(entry)
-        victim._p_jar.readCurrent(victim._last_access)
         self._remove(container, victim, "evicted")
 
     def check_storable(self, session: Any) -> int:
@@ -490,9 +490,6 @@ class SessionManager:
             if deadline > now:
                 container.file_expiry(session.id, deadline)
                 continue
-            # Through the session's own connection: in a multi-database it is
-            # the sessions database's, not *connection* (readCurrent asserts so).
-            session._p_jar.readCurrent(session._last_access)
             self._remove(container, session, "expired")
             removed += 1
         return removed, len(entries)
@@ -506,10 +503,18 @@ class SessionManager:
         return self.container(session._p_jar)
 
     def _remove(self, container: SessionContainer, session: Session, why: EventKind) -> None:
-        # Rewriting the victim makes a concurrent change to it conflict; a
-        # delete alone would let that change commit into an unreachable object.
-        session._p_activate()
-        session._p_changed = True
+        # Rewriting the victim, marked removed, makes a concurrent change to
+        # it conflict, a touch included (core.merge): a delete alone would let
+        # that change commit into an unreachable object, and a sweep would
+        # remove a session used meanwhile.
+        session._removed = REMOVED_IDLE if why in ("expired", "evicted") else REMOVED_ENDED
+        legacy = session.__dict__.get("_last_access")
+        if legacy is not None:
+            # An old record's access time is a record of its own, which a
+            # process still running the old code may touch: read it as current.
+            # Through the session's own connection: in a multi-database it is
+            # the sessions database's (readCurrent asserts so).
+            session._p_jar.readCurrent(legacy)
         container.remove(session)
         self._report(session._p_jar, why, session)
 

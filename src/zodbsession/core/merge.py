@@ -46,6 +46,26 @@ Such a record never merges. (A request that changed data and then removed
 the session merges with a concurrent change of another key, as if that
 change had come just before the removal: either way the session is gone.)
 
+The last-access time is the exception to both rules. It lives in the record
+(``_accessed``; in old records a reference to a separate ``Maximum`` under
+``_last_access``, which a write drops after folding its time in), and:
+
+- two sides that changed it merge to the later time (``max``), wherever
+  else they changed the record;
+- a side whose *only* change is the access time (a touch) merges with any
+  change of the other side, bookkeeping included: the result is the other
+  side's record with the later time. That is exactly what the old layout,
+  with the time in a record of its own, gave: a touch changes no index, and
+  a later access only moves the deadline later, which keeps the expiry
+  index's invariant (entries early, never late);
+- a removal (``SessionManager`` marks the record it removes: ``_removed``)
+  that changed nothing else is an unchanged rewrite, even when it folded an
+  old record's access time in, so a concurrent change conflicts; a touch
+  merges into a revocation or logout (the session is gone either way, as
+  with the old layout) but conflicts with a removal decided by the access
+  time (the sweep, the cap's eviction), which then re-checks the session:
+  used meanwhile, it survives.
+
 "The same value" is decided by ``fingerprint``, never by a value's own
 ``__eq__``: type for type, item for item, so ``1``, ``1.0`` and ``True``
 differ; two references are the same when ZODB's ``PersistentReference``
@@ -71,6 +91,24 @@ MAX_DEPTH = 100
 
 #: The attribute of a session's state that holds the application's data.
 DATA = "_data"
+
+#: The attribute holding a session's last-access time (a float, epoch seconds).
+ACCESSED = "_accessed"
+
+#: Where old records kept it: a reference to a separate ``zope.minmax.Maximum``.
+LEGACY_ACCESS = "_last_access"
+
+#: The attribute ``SessionManager`` sets on a session it removes (why, see ``REMOVED_IDLE``).
+REMOVED = "_removed"
+
+#: ``REMOVED``'s value when the removal was decided by the access time (the
+#: sweep, the cap's eviction): it conflicts with a concurrent touch.
+REMOVED_IDLE = "idle"
+
+#: ``REMOVED``'s value for any other removal (revoke, logout): a touch merges into it.
+REMOVED_ENDED = "ended"
+
+_ACCESS = (ACCESSED, LEGACY_ACCESS)
 
 class _Missing:
     """The type of ``MISSING``: compares and hashes by identity."""
@@ -205,9 +243,11 @@ def merge_session_state(old: Any, committed: Any, new: Any, *, by_key: tuple[str
     """Merge three states of a ``Session`` record (its ``__getstate__`` dicts); raises ConflictError.
 
     The attributes named in *by_key* (the application's data) are merged
-    key by key; the other attributes (the bookkeeping) must be unchanged on
-    both sides. A side that rewrote the record unchanged conflicts. See the
-    module docstring for why. Every value is fingerprinted once.
+    key by key; the access time merges to the later one; the other
+    attributes (the bookkeeping) must be unchanged on both sides, unless
+    one side only touched the session. A side that rewrote the record
+    unchanged, or removed it, conflicts. See the module docstring for why.
+    Every value is fingerprinted once.
     """
     states = (old, committed, new)
     if not all(type(state) is dict for state in states):
@@ -215,10 +255,33 @@ def merge_session_state(old: Any, committed: Any, new: Any, *, by_key: tuple[str
     for name in by_key:
         if not all(type(state.get(name)) is dict for state in states):
             raise ConflictError(f"session merge: attribute {name!r} is not a dict on every side")
-    bookkeeping = [_fingerprints(_without(state, by_key), "attribute") for state in states]
+    removed = [state.get(REMOVED) for state in states]
+    apart = (*by_key, *_ACCESS, REMOVED)
+    bookkeeping = [_fingerprints(_without(state, apart), "attribute") for state in states]
+    access = [_fingerprints(_only(state, _ACCESS), "attribute") for state in states]
     data = {name: [_fingerprints(state[name], "key") for state in states] for name in by_key}
+
+    def same_as_old(side: int, *, but_access: bool) -> bool:
+        return bookkeeping[side] == bookkeeping[0] and (but_access or access[side] == access[0]) \
+            and all(prints[side] == prints[0] for prints in data.values())
+
+    times = _merged_access(old, committed, new)
     for side in (1, 2):
-        if bookkeeping[side] == bookkeeping[0] and all(prints[side] == prints[0] for prints in data.values()):
+        other = 3 - side
+        if not removed[side] and access[side] != access[0] and same_as_old(side, but_access=True):
+            # A touch: the other side's record, with the later time; but a
+            # removal decided by the access time must see this access.
+            if removed[other] == REMOVED_IDLE:
+                raise ConflictError("session merge: a touch raced the removal of the session as idle")
+            if not removed[other] and same_as_old(other, but_access=False):
+                break  # an unchanged rewrite claims the record: refused below
+            merged = _without(states[other], _ACCESS)
+            merged.update(times)
+            return merged
+    for side in (1, 2):
+        # A removal that changed nothing else (an old record's access time
+        # folded in is no change) is an unchanged rewrite.
+        if same_as_old(side, but_access=bool(removed[side])):
             raise ConflictError("session merge: one side rewrote the session without changing it "
                                 "(it was removed, or claimed on purpose)")
     changed = {name for side in (1, 2) for name in bookkeeping[0].keys() | bookkeeping[side].keys()
@@ -227,10 +290,43 @@ def merge_session_state(old: Any, committed: Any, new: Any, *, by_key: tuple[str
         # The other side changed something too: an unchanged rewrite was refused above.
         raise ConflictError(f"session merge: attributes {', '.join(sorted(map(str, changed)))} changed, "
                             "and a change of the bookkeeping never merges")
-    merged = _without(committed, by_key)
+    merged = _without(committed, apart)
     for name, prints in data.items():
         merged[name] = _merge_fingerprinted((old[name], committed[name], new[name]), prints, "key")
+    merged.update(times)
+    if removed[1] or removed[2]:
+        merged[REMOVED] = removed[1] or removed[2]
     return merged
+
+
+def _merged_access(old: dict[str, Any], committed: dict[str, Any], new: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """The access attributes of a merged record: the later time, the old reference only if both kept it.
+
+    The old layout's reference is never changed, only dropped: a side that
+    changed it conflicts.
+    """
+    merged: dict[str, Any] = {}
+    for side in (committed, new):
+        if not side.keys() & _ACCESS and old.keys() & _ACCESS:
+            raise ConflictError("session merge: one side has no access time")
+        if LEGACY_ACCESS in side and (LEGACY_ACCESS not in old or _fingerprint_of(
+                side[LEGACY_ACCESS], "attribute") != _fingerprint_of(old[LEGACY_ACCESS], "attribute")):
+            raise ConflictError(f"session merge: attribute {LEGACY_ACCESS!r} changed")
+    times = [state[ACCESSED] for state in (committed, new) if ACCESSED in state]
+    if times:
+        if not all(type(time) is float for time in times):
+            raise ConflictError(f"session merge: attribute {ACCESSED!r} is not a float on every side")
+        merged[ACCESSED] = max(times)
+    if LEGACY_ACCESS in committed and LEGACY_ACCESS in new:  # neither side migrated the old record
+        merged[LEGACY_ACCESS] = committed[LEGACY_ACCESS]
+    # A side that dropped the reference folded the old record's time into its
+    # own (``Session.__getstate__``), and nothing writes that record any more.
+    return merged
+
+
+def _only(state: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: state[name] for name in names if name in state}
 
 
 def _without(state: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:

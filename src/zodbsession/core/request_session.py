@@ -363,7 +363,7 @@ class RequestSession(DictMethods):
         if session is None or loaded is None or session._p_jar is None:
             return []
         # True: already marked, the commit stores it; None: a ghost, nothing in memory.
-        if session._p_changed is not False:
+        if session._p_changed is None or session.rewritten:
             return []
         keys = changed_keys(loaded, session._data)
         if not keys:
@@ -382,11 +382,10 @@ class RequestSession(DictMethods):
     def written_session(self) -> Session | None:
         """The persistent session if this request changed it (so the commit stores it), else None.
 
-        Only the session's own record counts: a touch of its access time,
-        which is a record of its own, does not.
+        A touch of its access time alone does not count (``Session.rewritten``).
         """
         session = self._session
-        if session is None or session._p_jar is None or not session._p_changed:
+        if session is None or session._p_jar is None or not session.rewritten:
             return None
         return session
 

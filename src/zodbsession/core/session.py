@@ -1,11 +1,18 @@
 """The persistent ``Session`` and its ids.
 
-A session's state is split in two persistent records on purpose. The
-``Session`` itself holds what changes rarely and must never be merged (its id,
-owner and the application's data); its last-access time lives in a separate
-``zope.minmax.Maximum`` record, which ZODB resolves to the later of two
-concurrent values. Touching a session therefore rewrites a few bytes and never
-conflicts, while two concurrent changes to its data do conflict, as they must.
+A session is one persistent record: its id, owner, own expiry, the
+application's data and its last-access time (``_accessed``), so a session not
+in the cache costs one load. Touching a session rewrites that record, and
+``Session._p_resolveConflict`` merges a touch with any concurrent write but a
+removal decided by the access time (the sweep's: the later access time wins,
+the other side's change stands), so a
+read racing a write still never conflicts, while two concurrent changes of
+one data key do conflict, as they must (``zodbsession.core.merge``).
+
+Records written before this layout keep their access time in a separate
+``zope.minmax.Maximum`` under ``_last_access``. They are read both ways and
+migrate when next written: ``__getstate__`` folds the old record's time into
+``_accessed`` and drops the reference (nothing writes the old record any more).
 
 The session also carries the features web frameworks assume of one, under the
 names Pyramid's ``ISession`` and Django's ``SessionBase`` use: flash queues, a
@@ -25,14 +32,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from persistent import Persistent
-from zope.minmax import Maximum
 
 from zodbsession.core.errors import InvalidUserId
 
 if TYPE_CHECKING:
 
     class _LastAccess(Protocol):
-        """What a session uses of its ``zope.minmax.Maximum`` (which ships no types)."""
+        """What a session uses of an old record's ``zope.minmax.Maximum`` (which ships no types)."""
 
         value: float
 
@@ -138,33 +144,79 @@ class Session(Persistent, MutableMapping[str, Any]):  # type: ignore[misc]  # pe
     # The session's own expiry, or None for the manager's timeouts:
     # ("idle", seconds) | ("at", epoch seconds) | ("browser", 0.0).
     _expiry: tuple[str, float] | None = None
+    # The last access (epoch seconds); None: never touched since ``created``
+    # (or an old record, whose time is in ``_last_access``).
+    _accessed: float | None = None
+    # Only in records written before the access time moved into the record:
+    # the separate ``zope.minmax.Maximum`` that held it. Dropped when next written.
+    _last_access: _LastAccess | None = None
+    # Set on a session being removed, saying why: core.merge's REMOVED_IDLE or REMOVED_ENDED.
+    _removed: str | None = None
+    # True while the only change of this transaction is the access time (see ``rewritten``).
+    _v_access_only: bool = False
 
     def __init__(self, session_id: str, created: float, user_id: str | None = None) -> None:
         self.id = session_id
         self.created = created
-        self.user_id = user_id
+        # Left to the class defaults until they differ from them, so a new
+        # record stores neither (the smaller record; ``_accessed`` None reads
+        # as ``created``).
+        if user_id is not None:
+            self.user_id = user_id
         self._data: dict[str, Any] = {}
-        self._last_access: _LastAccess = Maximum(created)
         # Called once, on the first write of a transient session, to store it.
         self._v_attach: Callable[[Session], None] | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Any write but the access time's (an attribute, or marking the
+        # record changed) makes this transaction's write more than a touch.
+        if name != "_accessed" and not name.startswith("_v_") and (
+                not name.startswith("_p_") or (name == "_p_changed" and value)):
+            Persistent.__setattr__(self, "_v_access_only", False)
+        Persistent.__setattr__(self, name, value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The record to store: an old record's separate access time folded into ``_accessed``."""
+        state: dict[str, Any] = dict(Persistent.__getstate__(self))
+        legacy = state.pop("_last_access", None)
+        if legacy is not None:
+            accessed = state.get("_accessed")
+            state["_accessed"] = float(legacy.value if accessed is None else max(legacy.value, accessed))
+        return state
 
     # -- bookkeeping -------------------------------------------------------
 
     @property
     def last_access(self) -> float:
         """When the session was last used, to within the access resolution."""
-        return self._last_access.value
+        legacy = self._last_access
+        accessed = self._accessed
+        if legacy is None:
+            return self.created if accessed is None else accessed
+        # An old record: its time is in the separate Maximum (one more load).
+        return legacy.value if accessed is None else max(legacy.value, accessed)
 
     def touch(self, now: float, resolution: float) -> bool:
         """Record an access at *now* unless the recorded one is recent enough.
 
-        Returns whether anything was written. Only the small ``Maximum``
-        record changes, and concurrent touches merge to the later time.
+        Returns whether anything was written. The session's record is
+        rewritten; a concurrent write of it merges (the later time wins, see
+        ``zodbsession.core.merge``), so a touch conflicts only with the sweep's
+        (or the cap's) removal, which must see it.
         """
-        if now - self._last_access.value < resolution:
+        last = self.last_access
+        if now - last < resolution or now <= last:
             return False
-        self._last_access.value = now
+        access_only = self._p_changed is False
+        self._accessed = float(now)  # merged only as a float (core.merge)
+        if access_only:
+            self._v_access_only = True
         return True
+
+    @property
+    def rewritten(self) -> bool:
+        """Whether this transaction changed the record beyond its access time (a touch alone: no)."""
+        return bool(self._p_changed) and not self._v_access_only
 
     def deadline(self, idle_timeout: float, max_lifetime: float) -> float:
         """The moment this session stops being live, by its own expiry or the manager's timeouts.
@@ -181,8 +233,8 @@ class Session(Persistent, MutableMapping[str, Any]):  # type: ignore[misc]  # pe
             if kind == "at":
                 return value
             if kind == "idle":
-                return min(self._last_access.value + value, self.created + max(max_lifetime, value))
-        return min(self._last_access.value + idle_timeout, self.created + max_lifetime)
+                return min(self.last_access + value, self.created + max(max_lifetime, value))
+        return min(self.last_access + idle_timeout, self.created + max_lifetime)
 
     @property
     def is_stored(self) -> bool:
@@ -201,8 +253,10 @@ class Session(Persistent, MutableMapping[str, Any]):  # type: ignore[misc]  # pe
 
         ZODB calls it (on the ZEO server, with ZEO) when a commit finds the
         session changed since it was read. Changes to different data keys
-        both survive; everything else conflicts (the same key, the id, the
-        owner, the expiry, a removal). The rules are ``zodbsession.core.merge``'s.
+        both survive, and access times merge to the later one; a touch
+        merges with any change but the sweep's removal; everything else conflicts (the
+        same key, the id, the owner, the expiry, a removal). The rules are
+        ``zodbsession.core.merge``'s.
         """
         from zodbsession.core.merge import merge_session_state
 
