@@ -18,7 +18,8 @@ forgets a dead worker's per-process gauges when it reaps it. The per-address
 budget of new sessions (``core.budget``) is one table all workers share.
 Across machines, each ``serve`` runs its own janitor; concurrent sweeps are
 safe (each victim is re-checked in the deleting transaction) but wasted
-work, so set ``janitor.interval = 0`` on all machines but one: dm.zope.session's lesson, one cleaner per cluster.
+work, so set ``janitor.interval = 0`` on all machines but one:
+dm.zope.session's lesson, one cleaner per cluster.
 
 Threading: the parent is single-threaded and never opens the database;
 signal handlers only record the signal, and ``run``'s loop acts on it.
