@@ -116,3 +116,14 @@ def test_requests_on_a_frozen_postgresql_end_in_503_and_recover_when_it_resumes(
         status, answer = users[1].json("POST", "/api/counter")
         assert (status, answer) == (200, {"count": 2})  # nothing half-done while it was frozen
     assert "storage.request_timeout" in server.log()
+
+
+def test_a_postgres_uri_gets_libpq_connect_timeout_from_the_deadline_unless_it_sets_one():
+    from zodbsession.core.relstorage_deadline import with_connect_timeout
+
+    uri = "postgres://u:p@127.0.0.1:5432/db"
+    assert with_connect_timeout(uri, 10) == uri + "?connect_timeout=10"
+    assert with_connect_timeout(uri + "?keep_history=false", 0.5) == uri + "?keep_history=false&connect_timeout=2"
+    assert with_connect_timeout(uri + "?connect_timeout=30", 10) == uri + "?connect_timeout=30"
+    assert with_connect_timeout(uri, 0) == uri
+    assert with_connect_timeout("zeo://127.0.0.1:8100", 10) == "zeo://127.0.0.1:8100"
