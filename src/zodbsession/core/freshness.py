@@ -8,8 +8,8 @@ invalidations for the other clients inside ``tpc_finish``, before answering
 the committer, on the one event loop that serves every client; each client
 applies them in its I/O thread as it reads them, before the reply to its
 ``ping`` resolves. Measured on bare ZODB connections, commit on one client
-then at once begin on another: 0 of 4,000 pairs behind (with
-``server_sync=0``, 169 of 1,000). The misses seen from outside (a few in a
+then at once begin on another (``python -m bench.zeo_ordering``): 0 of
+6,000 pairs behind (with ``server_sync=0``, 81 and 169 of 1,000). The misses seen from outside (a few in a
 hundred pairs, under load, a fresh session for a cookie another server had
 just created) are not explained by that chain; their cause is not known
 (docs/operating.md, "Read-your-writes across app servers", says what was
