@@ -108,7 +108,7 @@ class StorageSettings:
     # every fsync_interval seconds, and a power cut loses at most that (docs/benchmarks.md).
     fsync: FsyncPolicy = "always"
     fsync_interval: float = 1.0  # seconds, with fsync = "interval"
-    request_timeout: float = 10.0  # seconds a request waits for a ZEO server's answer; 0: no limit
+    request_timeout: float = 10.0  # s a request waits for ZEO's answer or a PostgreSQL statement; 0: none
 
 
 @dataclass(frozen=True)

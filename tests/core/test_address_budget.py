@@ -47,3 +47,42 @@ def test_the_manager_charges_only_while_a_cap_is_set():
     capped.charge_new("10.0.0.1")
     with pytest.raises(TooManyNewSessions):
         capped.charge_new("10.0.0.1")
+
+
+def test_budgets_on_one_shared_table_spend_one_budget_between_forked_processes():
+    """Two processes, as ``serve --workers 2``: what one spends, the other cannot."""
+    import os
+
+    from zodbsession.core.budget import SharedBuckets
+
+    table = SharedBuckets(slots=64)
+    clock = ManualClock()
+    pid = os.fork()
+    if pid == 0:  # the other worker spends 4 of the address's 6
+        code = 1
+        try:
+            budget = AddressBudget(6, clock=clock, shared=table)
+            for _ in range(4):
+                budget.charge("127.0.0.2")
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0
+    budget = AddressBudget(6, clock=clock, shared=table)
+    budget.charge("127.0.0.2")
+    budget.charge("127.0.0.2")
+    with pytest.raises(TooManyNewSessions) as refused:
+        budget.charge("127.0.0.2")
+    assert refused.value.retry_after == 10
+    for _ in range(6):
+        budget.charge("127.0.0.3")  # another address has its own
+
+
+def test_a_shared_table_full_of_other_addresses_forgets_the_stalest_and_never_refuses_a_newcomer():
+    from zodbsession.core.budget import SharedBuckets
+
+    clock = ManualClock()
+    budget = AddressBudget(1, clock=clock, shared=SharedBuckets(slots=4))
+    for n in range(50):
+        budget.charge(f"10.0.0.{n}")  # each its first: never refused, whatever it displaces
+        clock.advance(0.001)

@@ -13,7 +13,7 @@ import json
 import threading
 
 import pytest
-from serverproc import ServerProcess
+from serverproc import ServerProcess, pid_app_env
 
 CAP = 30
 BUDGET = 10  # new sessions and logins per address per minute
@@ -115,3 +115,46 @@ def test_at_the_cap_sign_ups_from_many_addresses_evict_users_sessions_instead_of
     found = [b for b in browsers if not b.session()["new"]]
     assert len(found) == CAP  # six users' sessions were evicted to let the last six in
     assert browsers[-1] in found  # the newest is never the one evicted
+
+
+def test_the_workers_of_one_serve_spend_one_budget_per_address(tmp_path, zeo):
+    """``serve --workers 2``: what an address spent on one worker, the other does not give again.
+
+    Two kept-alive connections from 127.0.0.2, each held by a different
+    worker (each answer names its pid); a budget of one new session a minute:
+    the first worker stores one, the second then refuses.
+    """
+    env = {"ZODBSESSION_STORAGE_URI": zeo.uri(wait_timeout=5),
+           "ZODBSESSION_SESSIONS_MAX_SESSIONS": str(CAP),
+           "ZODBSESSION_SESSIONS_NEW_PER_ADDRESS_PER_MINUTE": "1",
+           **pid_app_env(tmp_path)}
+    with ServerProcess(tmp_path, env, "--workers", "2") as server:
+        by_pid: dict[int, http.client.HTTPConnection] = {}
+        spare: list[http.client.HTTPConnection] = []
+        for _ in range(200):  # the kernel hands each new connection to one worker
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30,
+                                              source_address=("127.0.0.2", 0))
+            conn.request("GET", "/")  # reads, stores nothing: not charged
+            response = conn.getresponse()
+            assert response.status == 200
+            pid = json.loads(response.read())["pid"]
+            if pid in by_pid:
+                spare.append(conn)
+            else:
+                by_pid[pid] = conn
+            if len(by_pid) == 2:
+                break
+        try:
+            assert len(by_pid) == 2, "every connection went to one worker"
+            answers = []
+            for pid, conn in by_pid.items():
+                conn.request("POST", "/")  # no cookie: a new session, charged to 127.0.0.2
+                response = conn.getresponse()
+                body = response.read()
+                answers.append((response.status, response.getheader("Retry-After"), pid, body))
+            assert [status for status, *_ in answers] == [200, 503], answers
+            assert json.loads(answers[0][3])["pid"] == list(by_pid)[0]
+            assert answers[1][1] is not None and int(answers[1][1]) >= 1
+        finally:
+            for conn in [*by_pid.values(), *spare]:
+                conn.close()

@@ -207,3 +207,60 @@ def test_three_servers_on_one_sqlite_relstorage_lose_no_session_across_immediate
             if answer != {"count": 2}:
                 fresh.append((n, answer))
         assert fresh == []
+
+
+# -- what ZEO itself guarantees, without the guard -----------------------------------
+
+
+def test_every_pooled_connection_begins_with_a_round_trip_to_the_zeo_server(zeo_server):
+    """``server_sync=1`` reaches every connection: ZODB binds a connection's sync when it is made.
+
+    ``MVCCAdapterInstance.__init__`` keeps ``storage.sync`` as it is then;
+    ``ClientStorage`` only makes it the ping in ``notify_connected``. A
+    connection made before the client's first connection would never sync;
+    ``open_db`` waits for the server, so none is.
+    """
+    db = open_db(f"zeo://127.0.0.1:{zeo_server}?wait_timeout=5")
+    try:
+        connections = [db.open() for _ in range(4)]
+        syncs = {connection._storage._sync for connection in connections}
+        assert syncs == {db.storage.sync}
+        assert db.storage.sync.__qualname__ == "ClientStorage.notify_connected.<locals>.<lambda>"
+        for connection in connections:
+            connection.close()
+    finally:
+        db.close()
+
+
+def test_a_commit_acknowledged_on_a_is_seen_by_the_next_begin_on_b_without_the_guard(zeo_server):
+    """The ordering ``server_sync`` promises, checked on bare ZODB connections (no catch_up).
+
+    The server queues the invalidation for B before it answers A's
+    ``tpc_finish`` (its one event loop writes it before anything B sends
+    later is read); B applies it in its I/O thread before the reply to its
+    begin's ping resolves. If this ever failed, the miss would be ZEO's.
+    """
+    import transaction
+
+    uri = f"zeo://127.0.0.1:{zeo_server}?wait_timeout=5"
+    a, b = open_db(uri), open_db(uri)
+    try:
+        a_tm = transaction.TransactionManager(explicit=True)
+        b_tm = transaction.TransactionManager(explicit=True)
+        a_conn, b_conn = a.open(a_tm), b.open(b_tm)
+        behind = []
+        for n in range(300):
+            with a_tm:
+                a_conn.root()[f"key{n % 20}"] = n
+            acknowledged = a.storage.lastTransaction()
+            b_tm.begin()
+            seen = b_conn.root().get(f"key{n % 20}")
+            if seen != n or b.storage.lastTransaction() < acknowledged:
+                behind.append((n, seen))
+            b_tm.abort()
+        a_conn.close()
+        b_conn.close()
+        assert behind == []
+    finally:
+        a.close()
+        b.close()

@@ -60,3 +60,71 @@ def test_requests_on_a_frozen_zeo_end_in_503_and_recover_when_it_resumes(tmp_pat
         wait_for(lambda: users[0].json("POST", "/api/counter")[0] == 200, 30, "service after SIGCONT")
         status, answer = users[1].json("POST", "/api/counter")
         assert (status, answer) == (200, {"count": 2})  # nothing half-done while it was frozen
+
+
+@pytest.fixture
+def frozen_postgres():
+    postgreskit = pytest.importorskip("postgreskit")
+    reason = postgreskit.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    pytest.importorskip("relstorage", reason="RelStorage is not installed (pip install RelStorage)")
+    with postgreskit.PrivateCluster() as cluster:
+        yield cluster
+
+
+def test_requests_on_a_frozen_postgresql_end_in_503_and_recover_when_it_resumes(tmp_path, env,
+                                                                               frozen_postgres):
+    """RelStorage on a stopped PostgreSQL: each statement's deadline answers 503, SIGCONT serves again.
+
+    Every process of the cluster is stopped (SIGSTOP), so nothing on the
+    server side (``statement_timeout``, ``lock_timeout``) can run: the
+    deadline is the client's. Requests already past their poll (a load, a
+    vote) and requests still to begin (the poll itself, a new connection) are
+    both bounded.
+    """
+    uri = frozen_postgres.database("frozen")
+    env = {**env, "ZODBSESSION_STORAGE_URI": uri, "ZODBSESSION_SERVER_THREADS": "4",
+           "ZODBSESSION_STORAGE_REQUEST_TIMEOUT": str(DEADLINE)}
+    with ServerProcess(tmp_path, env) as server:
+        users = [Client(server.url) for _ in range(4)]
+        for user in users:
+            assert user.json("POST", "/api/counter") == (200, {"count": 1})
+        frozen_postgres.freeze()
+        answers: list[tuple[int, str | None, str]] = []
+        lock = threading.Lock()
+
+        def use(client: Client, method: str, path: str) -> None:
+            status, headers, body = client.request(method, path, b"" if method == "POST" else None,
+                                                   timeout=60)
+            with lock:
+                answers.append((status, headers.get("Retry-After"), body.decode(errors="replace")))
+
+        try:
+            jobs = [(user, "POST", "/api/counter") for user in users]
+            jobs += [(Client(server.url), "GET", "/api/session") for _ in range(2)]
+            threads = [threading.Thread(target=use, args=job) for job in jobs]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+            assert len(answers) == len(jobs), "a request hung on the frozen database"
+            assert all(status == 503 and retry_after for status, retry_after, _ in answers), answers
+        finally:
+            frozen_postgres.thaw()
+        wait_for(lambda: users[0].json("POST", "/api/counter")[0] == 200, 30, "service after SIGCONT")
+        status, answer = users[1].json("POST", "/api/counter")
+        assert (status, answer) == (200, {"count": 2})  # nothing half-done while it was frozen
+    assert "storage.request_timeout" in server.log()
+
+
+def test_a_postgres_uri_gets_libpq_connect_timeout_from_the_deadline_unless_it_sets_one():
+    from zodbsession.core.relstorage_deadline import with_connect_timeout
+
+    uri = "postgres://u:p@127.0.0.1:5432/db"
+    assert with_connect_timeout(uri, 10) == uri + "?connect_timeout=10"
+    with_query = uri + "?keep_history=false"
+    assert with_connect_timeout(with_query, 0.5) == with_query + "&connect_timeout=2"  # libpq's least
+    assert with_connect_timeout(uri + "?connect_timeout=30", 10) == uri + "?connect_timeout=30"
+    assert with_connect_timeout(uri, 0) == uri
+    assert with_connect_timeout("zeo://127.0.0.1:8100", 10) == "zeo://127.0.0.1:8100"

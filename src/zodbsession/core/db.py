@@ -44,6 +44,7 @@ from ZODB.POSException import ConflictError
 from zodbsession.core.errors import DatabaseLocked, StorageUnavailable, StorageURIError
 from zodbsession.core.groupcommit import FsyncPolicy
 from zodbsession.core.private import make_private_directory, private_files, warn_if_shared
+from zodbsession.core.relstorage_deadline import bound_relstorage_calls, with_connect_timeout
 from zodbsession.core.tailrepair import open_repaired
 from zodbsession.core.truncation import kept_truncations
 
@@ -91,7 +92,9 @@ def open_db(
     *fsync* and *fsync_interval* are the file:// storages' sync policy (see
     the module docstring); they apply to *sessions_uri* too.
     *request_timeout* (seconds, 0: none) bounds each later wait for a ZEO
-    server that is connected but does not answer (``bound_zeo_calls``).
+    server that is connected but does not answer (``bound_zeo_calls``), and
+    each statement RelStorage sends to PostgreSQL, and its connecting
+    (``relstorage_deadline``).
     """
     if read_only:
         uri = _read_only(uri)
@@ -100,10 +103,10 @@ def open_db(
         db_options["pool_size"] = pool_size
     databases: dict[str, DB] = {}
     sync = {"fsync": fsync, "fsync_interval": fsync_interval}
-    main = _open_one(uri, MAIN_DATABASE, databases, db_options, sync)
+    main = _open_one(uri, MAIN_DATABASE, databases, db_options, sync, request_timeout)
     if sessions_uri:
         try:
-            _open_one(sessions_uri, SESSIONS_DATABASE, databases, db_options, sync)
+            _open_one(sessions_uri, SESSIONS_DATABASE, databases, db_options, sync, request_timeout)
         except BaseException:
             main.close()
             raise
@@ -137,8 +140,9 @@ def close_at_exit(db: DB) -> None:
 
 def _open_one(
     uri: str, name: str, databases: dict[str, DB], db_options: dict[str, Any],
-    sync: dict[str, Any],
+    sync: dict[str, Any], request_timeout: float = 0.0,
 ) -> DB:
+    uri = with_connect_timeout(uri, request_timeout)
     factory, uri_options = resolve(uri)
     factory = _group_commit_factory(uri, sync) or factory
     options = {**uri_options, **db_options, "database_name": name, "databases": databases}
@@ -151,6 +155,7 @@ def _open_one(
                                else contextlib.nullcontext()):
             storage = _open_storage(uri, factory)
         try:
+            bound_relstorage_calls(storage, request_timeout)
             return DB(storage, **options)
         except ConflictError:
             # A shared storage opened for the first time by several processes
@@ -413,8 +418,8 @@ def file_locks(*uris: str) -> Iterator[None]:
 # ``tpc_finish``: once it is sent the transaction may be committed, and giving
 # up on it would only turn a slow commit into an unknown one.
 #
-# RelStorage waits in its database driver; bound those with the database's own
-# settings (PostgreSQL's ``statement_timeout`` and ``connect_timeout``).
+# RelStorage waits in its database driver: ``relstorage_deadline`` bounds each
+# statement it sends to PostgreSQL, and its connecting, with the same timeout.
 
 #: Coroutines of ZEO's client that are never bounded (see above).
 UNBOUNDED = frozenset({"tpc_finish_co", "close_co"})

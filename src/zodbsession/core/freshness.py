@@ -2,15 +2,21 @@
 
 A request's transaction reads a snapshot of the storage taken when it
 began. On ZEO, ``server_sync=1`` makes that begin a round trip to the server,
-meant to order every invalidation the server sent before it ahead of the
-snapshot; but the snapshot is built from the invalidations this client has
-*applied*, in ZEO's I/O thread, and its ``lastTransaction`` is this client's
-idea, not the server's. Whenever they are applied late anyway, a transaction
-reads the container from before a session another server created and
-acknowledged, and the cookie naming it was answered with a fresh session:
-the user logged out, the cart gone. (Seen from outside under load, a few in
-a hundred; not reproduced here, on ZEO 6.2, in 900 pairs under load; the
-tests make the late application happen on purpose.)
+and in ZEO 6.2 / ZODB 6.4 that round trip does order every invalidation the
+server sent before it ahead of the snapshot: the server queues a commit's
+invalidations for the other clients inside ``tpc_finish``, before answering
+the committer, on the one event loop that serves every client; each client
+applies them in its I/O thread as it reads them, before the reply to its
+``ping`` resolves. Measured on bare ZODB connections, commit on one client
+then at once begin on another (``python -m bench.zeo_ordering``): 0 of
+6,000 pairs behind (with ``server_sync=0``, 81 and 169 of 1,000). The misses seen from outside (a few in a
+hundred pairs, under load, a fresh session for a cookie another server had
+just created) are not explained by that chain; their cause is not known
+(docs/operating.md, "Read-your-writes across app servers", says what was
+read and excluded). One hazard is known: ZODB binds a connection's ``sync``
+when the connection is made, and ``ClientStorage`` makes it the ping only
+once connected, so a connection made before that never makes the round trip
+(``open_db`` waits for the server; a test checks every pooled connection).
 
 So a cookie that names no session this transaction can see is not believed
 at once. ``catch_up`` asks the server itself for its newest transaction (one

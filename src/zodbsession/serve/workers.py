@@ -14,10 +14,12 @@ binds the admin address too, so a restarted worker 0 finds it still bound.
 Every worker counts its metrics into prometheus_client's multiprocess
 directory (``server.metrics_directory`` chose it before any import), so
 worker 0's ``/metrics`` and dashboard show the sum of all of them; the parent
-forgets a dead worker's per-process gauges when it reaps it. Across machines, each ``serve`` runs its own
-janitor; concurrent sweeps are safe (each victim is re-checked in the
-deleting transaction) but wasted work, so set ``janitor.interval = 0`` on all
-machines but one: dm.zope.session's lesson, one cleaner per cluster.
+forgets a dead worker's per-process gauges when it reaps it. The per-address
+budget of new sessions (``core.budget``) is one table all workers share.
+Across machines, each ``serve`` runs its own janitor; concurrent sweeps are
+safe (each victim is re-checked in the deleting transaction) but wasted
+work, so set ``janitor.interval = 0`` on all machines but one:
+dm.zope.session's lesson, one cleaner per cluster.
 
 Threading: the parent is single-threaded and never opens the database;
 signal handlers only record the signal, and ``run``'s loop acts on it.
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zodbsession.config import Settings
+from zodbsession.core.budget import share_across_forks
 from zodbsession.core.db import redact_uri
 from zodbsession.core.errors import ConfigError, ZodbSessionError
 from zodbsession.serve.apps import LoadedApp
@@ -117,6 +120,8 @@ class Supervisor:
         self._ready_r, self._ready_w = _pipe()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _SIGNALS}
         previous_fd = signal.set_wakeup_fd(self._wake_w)
+        if self.settings.sessions.max_sessions and self.settings.sessions.new_per_address_per_minute:
+            share_across_forks()  # the workers spend one per-address budget between them
         try:
             # Worker 0 first: on a fresh database it creates the root and the
             # session container (and RelStorage its schema) while nobody races it.
