@@ -38,8 +38,16 @@ def port_open(port: int, timeout: float = 0.5) -> bool:
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run one ``zodbsession`` command to completion."""
-    return subprocess.run([ZODBSESSION, *args], env={**os.environ, **env}, cwd=cwd,
+    """Run one ``zodbsession`` command to completion.
+
+    ``serve`` without a port of the caller's gets a free one, never the
+    default 8080: a test whose server gets as far as binding must not depend
+    on what else the machine runs.
+    """
+    ports: dict[str, str] = {}
+    if args[:1] == ("serve",) and "--port" not in args and "ZODBSESSION_SERVER_PORT" not in env:
+        ports["ZODBSESSION_SERVER_PORT"] = str(free_port())
+    return subprocess.run([ZODBSESSION, *args], env={**os.environ, **ports, **env}, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
 
 
