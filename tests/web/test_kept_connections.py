@@ -161,3 +161,25 @@ def test_a_connection_with_a_second_database_open_is_kept_with_it():
     finally:
         main.close()
         databases["other"].close()
+
+
+
+def test_a_server_with_a_thread_per_request_keeps_no_connection_for_ended_threads(database, monkeypatch):
+    # wsgiref's ThreadingMixIn and werkzeug's development server start a
+    # thread per request. Linux mostly reuses an ended thread's id, but
+    # nothing promises it: each request here runs as a thread id never seen
+    # again (the ids of threads that ended), and what each kept must go
+    # back to the pool instead of piling up, one connection per request.
+    import zodbsession.core.transact as transact
+
+    seen = []
+    testapp = client(_publisher(_app_value_reader(seen), database))
+    current = [0]
+    monkeypatch.setattr(transact, "get_ident", lambda: current[0])
+    for number in range(1, 21):
+        current[0] = -number  # no live thread has a negative id
+        assert request(testapp).text == "0"
+    assert len(seen) == 20
+    opened = [conn for conn in database.pool.all if conn.opened]
+    assert len(opened) <= threading.active_count() + 1, len(opened)
+    assert testapp.publisher.release_connections() == len(opened)

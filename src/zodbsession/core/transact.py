@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -130,7 +131,8 @@ class TransactionCore:
     ``release_kept`` gives them back to the pool, and so does a core that is
     dropped (a finalizer). A kept connection counts as
     in use in ``DB.connectionDebugInfo()`` (so in the pool gauges): at most
-    one per server thread.
+    one per server thread alive (those kept for threads that ended go back
+    to the pool when a new thread opens one).
     """
 
     def __init__(
@@ -204,6 +206,8 @@ class TransactionCore:
             connection, tm = kept
         else:
             # (A kept connection whose manager is gone was released by DB.close().)
+            if self._kept:
+                self._release_ended_threads()
             tm = self._take_manager()
             try:
                 connection = self.db.open(transaction_manager=tm)
@@ -374,6 +378,20 @@ class TransactionCore:
         if tm is not None:
             self._give_back(tm)
 
+    def _release_ended_threads(self) -> None:
+        """Give back the connections kept for threads that ended, when there are as many kept as threads.
+
+        A server that starts a thread per request (``wsgiref`` with
+        ``ThreadingMixIn``, werkzeug's development server) would otherwise
+        leave one kept for every thread that ended (Linux mostly reuses
+        their ids, but nothing promises it). Asked only when a thread finds
+        nothing kept for it and opens a connection from the pool.
+        """
+        kept = self._kept
+        if len(kept) >= threading.active_count():
+            alive = {thread.ident for thread in threading.enumerate()}
+            _release_kept(kept, self._give_back, only=[i for i in list(kept) if i not in alive])
+
     def release_kept(self) -> int:
         """Give every connection kept for a thread back to the pool (at shutdown); how many there were.
 
@@ -504,10 +522,14 @@ class TransactionCore:
 
 
 def _release_kept(kept: dict[int, tuple[Any, transaction.TransactionManager]],
-                  give_back: Callable[[transaction.TransactionManager], None] | None) -> int:
-    """Close every connection in *kept* (emptying it), handing each manager to *give_back*; how many."""
+                  give_back: Callable[[transaction.TransactionManager], None] | None,
+                  only: list[int] | None = None) -> int:
+    """Close the connections in *kept* (of the thread ids *only*, or all); managers go to *give_back*.
+
+    Returns how many were released.
+    """
     released = 0
-    for ident in list(kept):
+    for ident in list(kept) if only is None else only:
         pair = kept.pop(ident, None)
         if pair is None:
             continue
