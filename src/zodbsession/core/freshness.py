@@ -41,6 +41,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ZODB import DB
 from ZODB.Connection import Connection
 from ZODB.utils import p64, tid_repr, u64
 
@@ -61,6 +62,30 @@ def client_storage(connection: Connection) -> Any | None:
     if kind.__module__ == "ZEO.ClientStorage" and kind.__name__ == "ClientStorage":
         return storage
     return None
+
+
+def cookieless_begin_may_skip_round_trip(db: DB) -> bool:
+    """Whether a request that names no session may begin without asking the storage for news.
+
+    True when every database of *db* is on ZEO or on a storage with no
+    ``sync`` at all (FileStorage, MappingStorage: their begin has no round
+    trip to skip). A request with a session cookie always makes ZEO's round
+    trip (``server_sync``): read-your-writes across servers is about the
+    session it names. A request without one has no session elsewhere to
+    miss: it begins on what this process has already heard from the server
+    (invalidations arrive as transactions commit, which is ZEO's own
+    default, ``server_sync=0``), so that a page that reads nothing uncached
+    is answered even while the ZEO server is stopped. Never for RelStorage,
+    whose ``sync`` is what moves its view to the present.
+    """
+    for database in db.databases.values():
+        storage = database.storage
+        kind = type(storage)
+        if kind.__module__ == "ZEO.ClientStorage" and kind.__name__ == "ClientStorage":
+            continue
+        if hasattr(storage, "sync"):
+            return False
+    return True
 
 
 def snapshot_start(connection: Connection) -> bytes | None:

@@ -39,8 +39,9 @@ from threading import get_ident
 from typing import Any
 
 import transaction
-from transaction.interfaces import NoTransaction, TransientError
+from transaction.interfaces import AlreadyInTransaction, NoTransaction, TransientError
 from ZODB import DB
+from ZODB.Connection import Connection
 
 from zodbsession.core.attempt import UNUSED, Attempt, Ending, Headers, SessionUse
 from zodbsession.core.commit import (
@@ -52,6 +53,7 @@ from zodbsession.core.commit import (
     nothing_joined,
 )
 from zodbsession.core.errors import StorageUnavailable
+from zodbsession.core.freshness import cookieless_begin_may_skip_round_trip
 from zodbsession.core.manager import SessionManager
 from zodbsession.core.outcomes import (
     CLIENT_GONE,
@@ -91,8 +93,28 @@ class RequestTransactionManager(transaction.TransactionManager):  # type: ignore
     requests, with no transaction begun.
     """
 
+    _txn: Any  # transaction's own attribute (the current transaction or None), typed for mypy
+
     def __init__(self) -> None:
         super().__init__(explicit=True)
+
+    def begin(self, sync: bool = True) -> Any:
+        """Begin a transaction; with *sync* false the connections ask their storage for no news.
+
+        ``begin()`` calls each connection's ``newTransaction(txn)``, which asks
+        the storage to sync (ZEO with ``server_sync``: a round trip) before
+        polling its invalidations; ``begin(sync=False)`` passes ``False``, as
+        ZODB itself does after a commit, and the connections still apply every
+        invalidation this process has received.
+        """
+        if sync:
+            return super().begin()
+        if self._txn is not None:
+            raise AlreadyInTransaction()
+        txn = self._txn = transaction.Transaction(self._synchs, self)
+        self._synchs.map(lambda synch: synch.newTransaction(txn, False) if isinstance(synch, Connection)
+                         else synch.newTransaction(txn))
+        return txn
 
     def abort(self) -> None:
         """Abort the current transaction; with none begun, do nothing."""
@@ -156,6 +178,8 @@ class TransactionCore:
         # one per request is a measurable part of a read's cost.
         self.idle_managers: list[transaction.TransactionManager] = []
         self.keep_connections = keep_connections
+        # A request naming no session begins without ZEO's round trip (freshness' docstring).
+        self.cookieless_skips_round_trip = cookieless_begin_may_skip_round_trip(db)
         # {thread id: (connection, its manager)}: the connection each thread
         # keeps between its requests; dict pop and setdefault are atomic.
         self._kept: dict[int, tuple[Any, transaction.TransactionManager]] = {}
@@ -219,7 +243,7 @@ class TransactionCore:
                 raise StorageUnavailable(f"the storage cannot be reached: {exc}") from exc
         attempt.tm = tm
         try:
-            tm.begin()
+            tm.begin(attempt.cookie_id is not None or not self.cookieless_skips_round_trip)
         except BaseException as exc:
             # ZEO fault handling: with server_sync, begin() asks the server for
             # news and raises ClientDisconnected when it is away; the
