@@ -243,7 +243,9 @@ class TransactionCore:
                 raise StorageUnavailable(f"the storage cannot be reached: {exc}") from exc
         attempt.tm = tm
         try:
-            tm.begin(attempt.cookie_id is not None or not self.cookieless_skips_round_trip)
+            # A retried attempt (after a conflict: its snapshot was behind) always syncs.
+            tm.begin(attempt.cookie_id is not None or attempt.number > 1
+                     or not self.cookieless_skips_round_trip)
         except BaseException as exc:
             # ZEO fault handling: with server_sync, begin() asks the server for
             # news and raises ClientDisconnected when it is away; the
