@@ -264,3 +264,52 @@ def test_a_commit_acknowledged_on_a_is_seen_by_the_next_begin_on_b_without_the_g
     finally:
         a.close()
         b.close()
+
+
+def test_only_requests_naming_a_session_begin_with_the_round_trip(zeo_server):
+    """A cookieless request begins on what the client has heard; a cookie, or a retry, asks the server.
+
+    Counted on the client's ``sync`` (the ping ``server_sync=1`` makes).
+    """
+    db = open_db(f"zeo://127.0.0.1:{zeo_server}?wait_timeout=5")
+    pings = []
+    sync = db.storage.sync
+
+    def counted_sync(*args):
+        pings.append(True)
+        return sync(*args)
+
+    try:
+        attempts = []
+
+        def app(environ, start_response):
+            attempts.append(environ["zodbsession.attempt"])
+            if environ.get("QUERY_STRING") == "conflict" and len(attempts) == 1:
+                from ZODB.POSException import ConflictError
+
+                raise ConflictError("once")
+            if environ["REQUEST_METHOD"] == "POST":
+                environ["zodbsession.session"]["n"] = 1
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok"]
+
+        client = webtest.TestApp(make_publisher(app, db, Settings()))
+        for connection in db.pool.all:
+            connection._storage._sync = counted_sync
+        db.storage.sync = counted_sync  # connections made from now on
+
+        def pings_of(call):
+            del pings[:]
+            call()
+            return len(pings)
+
+        assert pings_of(lambda: client.get("/")) == 0  # no cookie: no round trip
+        assert pings_of(lambda: client.post("/")) == 0  # a new session's write: none either
+        assert client.cookies, "the POST made a session"
+        assert pings_of(lambda: client.get("/")) == 1  # its cookie: one
+        client.reset()
+        attempts.clear()
+        assert pings_of(lambda: client.get("/?conflict")) == 1  # the retry's
+        assert attempts == [1, 2]
+    finally:
+        db.close()
