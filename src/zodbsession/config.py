@@ -318,8 +318,13 @@ class Settings:
         """The [publisher] section as the options both front doors take."""
         return self.publisher.options()
 
-    def open_db(self, *, read_only: bool = False, **db_options: Any) -> DB:
-        """Open the [storage] database(s); extra keywords go to ``ZODB.DB``."""
+    def open_db(self, *, read_only: bool = False, request_timeout: float | None = None,
+                **db_options: Any) -> DB:
+        """Open the [storage] database(s); extra keywords go to ``ZODB.DB``.
+
+        *request_timeout* replaces ``storage.request_timeout`` (0: no deadline
+        on ZEO calls and PostgreSQL statements, as for a maintenance command).
+        """
         return _open_db(
             self.storage.uri,
             sessions_uri=self.storage.sessions_uri or None,
@@ -327,7 +332,8 @@ class Settings:
             read_only=read_only,
             fsync=self.storage.fsync,
             fsync_interval=self.storage.fsync_interval,
-            request_timeout=self.storage.request_timeout,
+            request_timeout=(self.storage.request_timeout if request_timeout is None
+                             else request_timeout),
             **db_options,
         )
 

@@ -137,3 +137,20 @@ def test_a_postgres_uri_gets_libpq_connect_timeout_from_the_deadline_unless_it_s
     assert with_connect_timeout(uri + "?connect_timeout=30", 10) == uri + "?connect_timeout=30"
     assert with_connect_timeout(uri, 0) == uri
     assert with_connect_timeout("zeo://127.0.0.1:8100", 10) == "zeo://127.0.0.1:8100"
+
+
+def test_maintenance_commands_open_the_storage_without_the_request_deadline(tmp_path, zeo):
+    """A pack or a sweep is no request: its calls may rightly take minutes, so none is cut short."""
+    from zodbsession.config import Settings, StorageSettings
+    from zodbsession.serve.cli import _database
+
+    config = tmp_path / "zodbsession.toml"
+    config.write_text(f'[storage]\nuri = "{zeo.uri(wait_timeout=60)}"\nrequest_timeout = 2\n')
+    settings = Settings(storage=StorageSettings(uri=zeo.uri(wait_timeout=60), request_timeout=2))
+    served = settings.open_db()
+    try:  # what serve opens: bounded
+        assert served.storage._server.io_call.zodbsession_deadline == 2
+    finally:
+        served.close()
+    with _database(str(config)) as (db, _manager):
+        assert getattr(db.storage._server.io_call, "zodbsession_deadline", None) is None

@@ -120,7 +120,9 @@ def _database(config_path: str | None, *, read_only: bool = False
     # it); ZODB.Connection would print a raw traceback for it first.
     logging.getLogger("ZODB.Connection").setLevel(logging.CRITICAL)
     _require_existing(settings, config_path)
-    db = settings.open_db(read_only=read_only)
+    # No request deadline: a command is no request, and a pack's or a
+    # sweep's statements may rightly take minutes (Ctrl-C stops a command).
+    db = settings.open_db(read_only=read_only, request_timeout=0)
     try:
         yield db, settings.session_manager()
     finally:
