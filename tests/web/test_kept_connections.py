@@ -183,3 +183,38 @@ def test_a_server_with_a_thread_per_request_keeps_no_connection_for_ended_thread
     opened = [conn for conn in database.pool.all if conn.opened]
     assert len(opened) <= threading.active_count() + 1, len(opened)
     assert testapp.publisher.release_connections() == len(opened)
+
+
+def test_threads_keep_at_most_the_pool_size_less_one_so_the_pool_never_overflows(caplog):
+    from ZODB import DB
+    from ZODB.MappingStorage import MappingStorage
+
+    small = DB(MappingStorage(), pool_size=3)
+    try:
+        _set_app_value(small, 0)
+        seen = []
+        pub = _publisher(_app_value_reader(seen), small)
+        testapp = client(pub)
+        inside = threading.Barrier(3)
+
+        def all_inside(environ):
+            inside.wait(timeout=10)  # three requests hold a connection at once
+            return _app_value_reader(seen)(environ)
+
+        pub.app = app_from(all_inside)
+        threads = [threading.Thread(target=lambda: request(testapp)) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(set(map(id, seen))) == 3
+        kept = [conn for conn in small.pool.all if conn.opened]
+        assert len(kept) == 2  # the pool's size less one: one went back to the pool
+        assert len(small.pool.available) == 1
+        caplog.clear()
+        other = small.open()  # the janitor's, say: found in the pool, no warning
+        other.close()
+        assert "open connections with a pool_size" not in caplog.text
+        assert pub.release_connections() == 2
+    finally:
+        small.close()

@@ -36,7 +36,7 @@ class Attempt:
     """
 
     __slots__ = ("number", "attempts", "started", "cookie_id", "more_ids", "where", "request", "tm",
-                 "connection", "session", "scope", "joined", "clean")
+                 "connection", "session", "scope", "joined", "clean", "keep")
 
     def __init__(self, cookie_id: str | None, number: int, attempts: int, where: str,
                  request: Any, more_ids: tuple[str, ...], started: float) -> None:
@@ -56,6 +56,10 @@ class Attempt:
         self.session: RequestSession | None = None
         self.scope: Scope | None = None
         self.joined = False
+        # Whether its connection may stay with its thread after a clean ending
+        # (``TransactionCore(keep_connections=True)`` decides at ``open``: 0 no,
+        # 1 the thread's own again, 2 a new one if there is room).
+        self.keep = 0
         # Ended as planned (``TransactionCore.finish`` committed, or aborted a
         # read's empty transaction): its connection may be kept for the thread.
         self.clean = False

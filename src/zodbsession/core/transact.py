@@ -78,6 +78,10 @@ CommitVeto = Callable[[Any, str, Headers], bool]
 IDLE_MANAGERS = 32
 
 
+#: ``Attempt.keep``: never keep its connection; keep again the connection its
+#: thread kept; keep a connection new to its thread only if there is room.
+NEVER_KEEP, KEEP_AGAIN, KEEP_IF_ROOM = 0, 1, 2
+
 #: What ``session_use`` says of a request that read its session and sends no cookie (a read).
 USED = SessionUse(used=True)
 
@@ -154,7 +158,10 @@ class TransactionCore:
     dropped (a finalizer). A kept connection counts as
     in use in ``DB.connectionDebugInfo()`` (so in the pool gauges): at most
     one per server thread alive (those kept for threads that ended go back
-    to the pool when a new thread opens one).
+    to the pool when a new thread opens one), and at most the pool's size
+    less one, so that the janitor, the metrics and any thread beyond them
+    still find a connection in the pool and ZODB's "more open connections
+    than pool_size" warning comes no sooner than without keeping.
     """
 
     def __init__(
@@ -183,6 +190,7 @@ class TransactionCore:
         # {thread id: (connection, its manager)}: the connection each thread
         # keeps between its requests; dict pop and setdefault are atomic.
         self._kept: dict[int, tuple[Any, transaction.TransactionManager]] = {}
+        self._keeping = threading.Lock()  # the check and the insert of _keep_if_room, together
         if keep_connections:
             # A core dropped without release_kept() still gives its kept
             # connections back (their storage instances are released with them).
@@ -228,10 +236,12 @@ class TransactionCore:
         kept = self._kept.pop(get_ident(), None) if self._kept else None
         if kept is not None and kept[0].transaction_manager is kept[1]:
             connection, tm = kept
+            attempt.keep = KEEP_AGAIN
         else:
             # (A kept connection whose manager is gone was released by DB.close().)
             if self._kept:
                 self._release_ended_threads()
+            attempt.keep = KEEP_IF_ROOM if self.keep_connections else NEVER_KEEP
             tm = self._take_manager()
             try:
                 connection = self.db.open(transaction_manager=tm)
@@ -394,8 +404,9 @@ class TransactionCore:
             return
         tm, attempt.tm = attempt.tm, None
         if connection is not None and tm is not None:
-            if (attempt.clean and self.keep_connections and at_rest(connection, tm)
-                    and self._kept.setdefault(get_ident(), (connection, tm))[0] is connection):
+            if attempt.clean and attempt.keep and at_rest(connection, tm) and (
+                    self._kept.setdefault(get_ident(), (connection, tm))[0] is connection
+                    if attempt.keep == KEEP_AGAIN else self._keep_if_room(connection, tm)):
                 return  # kept for this thread's next request
             if in_transaction(tm):
                 abort_quietly(tm)
@@ -403,6 +414,13 @@ class TransactionCore:
             connection.close()
         if tm is not None:
             self._give_back(tm)
+
+    def _keep_if_room(self, connection: Any, tm: transaction.TransactionManager) -> bool:
+        """Keep a connection newly opened for this thread if fewer than the pool's size less one are kept."""
+        with self._keeping:
+            if len(self._kept) >= self.db.pool.size - 1:
+                return False
+            return self._kept.setdefault(get_ident(), (connection, tm))[0] is connection
 
     def _release_ended_threads(self) -> None:
         """Give back the connections kept for threads that ended, when there are as many kept as threads.
