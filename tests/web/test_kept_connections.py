@@ -70,21 +70,7 @@ def test_a_connection_given_close_callbacks_is_closed_and_they_run(database):
 
 
 def test_each_thread_keeps_a_connection_of_its_own(database):
-    seen = []
-    pub = _publisher(_app_value_reader(seen), database)
-    testapp = client(pub)
-    inside = threading.Barrier(2)
-
-    def both_inside(environ):
-        inside.wait(timeout=10)  # both requests hold a connection at once
-        return _app_value_reader(seen)(environ)
-
-    pub.app = app_from(both_inside)
-    threads = [threading.Thread(target=lambda: request(testapp)) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    pub, seen = _requests_at_once(database, 2)
     assert seen[0] is not seen[1]
     assert pub.release_connections() == 2
     assert [conn for conn in database.pool.all if conn.opened] == []
@@ -102,6 +88,25 @@ def test_closing_the_database_releases_the_kept_connections(database):
 
 def _publisher(action, database):
     return publisher(app_from(action), database)
+
+
+def _requests_at_once(database, count):
+    """*count* requests in threads of their own, all holding a connection at once: (publisher, seen)."""
+    seen = []
+    inside = threading.Barrier(count)
+
+    def all_inside(environ):
+        inside.wait(timeout=60)
+        return _app_value_reader(seen)(environ)
+
+    pub = _publisher(all_inside, database)
+    testapp = client(pub)
+    threads = [threading.Thread(target=lambda: request(testapp)) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return pub, seen
 
 
 def test_a_publisher_dropped_without_release_gives_its_kept_connection_back(database):
@@ -192,21 +197,7 @@ def test_threads_keep_at_most_the_pool_size_less_one_so_the_pool_never_overflows
     small = DB(MappingStorage(), pool_size=3)
     try:
         _set_app_value(small, 0)
-        seen = []
-        pub = _publisher(_app_value_reader(seen), small)
-        testapp = client(pub)
-        inside = threading.Barrier(3)
-
-        def all_inside(environ):
-            inside.wait(timeout=10)  # three requests hold a connection at once
-            return _app_value_reader(seen)(environ)
-
-        pub.app = app_from(all_inside)
-        threads = [threading.Thread(target=lambda: request(testapp)) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        pub, seen = _requests_at_once(small, 3)
         assert len(set(map(id, seen))) == 3
         kept = [conn for conn in small.pool.all if conn.opened]
         assert len(kept) == 2  # the pool's size less one: one went back to the pool

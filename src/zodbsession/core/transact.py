@@ -314,10 +314,7 @@ class TransactionCore:
             settle = getattr(session, "settle", None)
             if settle is not None:
                 settle()
-            cookie = session.cookie_to_send()
-            # (``session_use``, its common case written out: a read's.)
-            ending.session_use = ((USED if session.used else UNUSED) if cookie is None
-                                  else self.session_use(attempt))
+            ending.session_use = self.session_use(attempt)
             ending.commit_seconds = self._commit(tm, session)
         except Exception as exc:
             return self.fail(attempt, exc)
